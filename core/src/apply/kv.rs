@@ -1,0 +1,353 @@
+//! The KV semantics of etcd's applier: Range options, Put, DeleteRange and Txn evaluated
+//! against a read or write view of the MVCC store. Every member runs these on the same log
+//! entries and gets the same revisions and responses.
+
+use std::cmp::Ordering;
+
+use cairn_api::etcdserverpb::{
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    range_request::{SortOrder, SortTarget},
+    request_op::Request,
+    response_op::Response,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use cairn_api::mvccpb::KeyValue;
+
+use crate::error::Error;
+use crate::mvcc::{RangeOptions, ReadView, WriteTxn};
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+/// Serves a Range with all of etcd's options.
+pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, Error> {
+    let sort_order = SortOrder::try_from(r.sort_order).map_err(|_| Error::InvalidSortOption)?;
+    let sort_target = SortTarget::try_from(r.sort_target).map_err(|_| Error::InvalidSortOption)?;
+    let filtered = r.min_mod_revision != 0
+        || r.max_mod_revision != 0
+        || r.min_create_revision != 0
+        || r.max_create_revision != 0;
+    // Sorting or filtering needs every key first; otherwise read one past the limit to learn
+    // whether there are more.
+    let limit = if sort_order != SortOrder::None || filtered {
+        0
+    } else if r.limit > 0 {
+        r.limit + 1
+    } else {
+        r.limit
+    };
+    let opts = RangeOptions {
+        limit,
+        rev: r.revision,
+        count_only: r.count_only,
+    };
+    let mut rr = view.range(&r.key, &r.range_end, opts)?;
+
+    rr.kvs.retain(|kv| {
+        !(r.max_mod_revision != 0 && kv.mod_revision > r.max_mod_revision
+            || r.min_mod_revision != 0 && kv.mod_revision < r.min_mod_revision
+            || r.max_create_revision != 0 && kv.create_revision > r.max_create_revision
+            || r.min_create_revision != 0 && kv.create_revision < r.min_create_revision)
+    });
+
+    // Results come in ascending key order already; any other target sorts ascending by
+    // default, as etcd does.
+    let order = match (sort_order, sort_target) {
+        (SortOrder::None, SortTarget::Key) => SortOrder::None,
+        (SortOrder::None, _) => SortOrder::Ascend,
+        (o, _) => o,
+    };
+    if order != SortOrder::None {
+        let cmp = |a: &KeyValue, b: &KeyValue| -> Ordering {
+            match sort_target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            }
+        };
+        if order == SortOrder::Descend {
+            rr.kvs.sort_by(|a, b| cmp(b, a));
+        } else {
+            rr.kvs.sort_by(cmp);
+        }
+    }
+
+    let mut more = false;
+    if r.limit > 0 && rr.kvs.len() > r.limit as usize {
+        rr.kvs.truncate(r.limit as usize);
+        more = true;
+    }
+    if r.keys_only {
+        for kv in &mut rr.kvs {
+            kv.value.clear();
+        }
+    }
+    Ok(RangeResponse {
+        header: header(rr.rev),
+        kvs: rr.kvs,
+        more,
+        count: rr.count,
+    })
+}
+
+fn previous(txn: &WriteTxn<'_, '_>, key: &[u8]) -> Result<Option<KeyValue>, Error> {
+    Ok(txn
+        .range(key, &[], RangeOptions::default())?
+        .kvs
+        .into_iter()
+        .next())
+}
+
+/// Applies a Put whose lease and ignore flags were checked (see [`check_put`]).
+pub fn put(txn: &mut WriteTxn<'_, '_>, p: PutRequest) -> Result<PutResponse, Error> {
+    let prev = if p.ignore_value || p.ignore_lease || p.prev_kv {
+        previous(txn, &p.key)?
+    } else {
+        None
+    };
+    let mut value = p.value;
+    let mut lease = p.lease;
+    if p.ignore_value || p.ignore_lease {
+        let Some(prev) = &prev else {
+            return Err(Error::KeyNotFound);
+        };
+        if p.ignore_value {
+            value = prev.value.clone();
+        }
+        if p.ignore_lease {
+            lease = prev.lease;
+        }
+    }
+    let rev = txn.put(&p.key, value, lease);
+    Ok(PutResponse {
+        header: header(rev),
+        prev_kv: if p.prev_kv { prev } else { None },
+    })
+}
+
+/// Applies a DeleteRange.
+pub fn delete_range(
+    txn: &mut WriteTxn<'_, '_>,
+    d: &DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, Error> {
+    let prev_kvs = if d.prev_kv {
+        txn.range(&d.key, &d.range_end, RangeOptions::default())?
+            .kvs
+    } else {
+        vec![]
+    };
+    let (deleted, rev) = txn.delete_range(&d.key, &d.range_end);
+    Ok(DeleteRangeResponse {
+        header: header(rev),
+        deleted,
+        prev_kvs,
+    })
+}
+
+/// Checks what a Put needs from the current state before anything is changed, so a txn
+/// fails as a whole instead of half-applied.
+/// Inside a txn etcd checks the key before the lease.
+pub fn check_put(view: &impl ReadView, p: &PutRequest) -> Result<(), Error> {
+    if p.ignore_value || p.ignore_lease {
+        let found = view.range(&p.key, &[], RangeOptions::default())?;
+        if found.kvs.is_empty() {
+            return Err(Error::KeyNotFound);
+        }
+    }
+    check_lease(p.lease)
+}
+
+/// A put may only attach an existing lease.
+pub fn check_lease(lease: i64) -> Result<(), Error> {
+    if lease != 0 {
+        // No lease can exist yet: the lessor arrives with the lease service.
+        return Err(Error::LeaseNotFound);
+    }
+    Ok(())
+}
+
+fn check_range(view: &impl ReadView, r: &RangeRequest, compact_rev: i64) -> Result<(), Error> {
+    // The compacted revision is -1 until the first compaction, so inside a txn a negative
+    // revision below it is reported as compacted (a plain Range reads the newest instead).
+    match r.revision {
+        0 => Ok(()),
+        rev if rev > view.rev() => Err(Error::FutureRev),
+        rev if rev < compact_rev => Err(Error::Compacted),
+        _ => Ok(()),
+    }
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    let int = |v: i64| match (c.target_union.as_ref(), CompareTarget::try_from(c.target)) {
+        (Some(TargetUnion::Version(x)), Ok(CompareTarget::Version))
+        | (Some(TargetUnion::CreateRevision(x)), Ok(CompareTarget::Create))
+        | (Some(TargetUnion::ModRevision(x)), Ok(CompareTarget::Mod))
+        | (Some(TargetUnion::Lease(x)), Ok(CompareTarget::Lease)) => v.cmp(x),
+        // A target union that does not match the target compares against zero, as etcd.
+        _ => v.cmp(&0),
+    };
+    let ord = match CompareTarget::try_from(c.target) {
+        Ok(CompareTarget::Value) => match &c.target_union {
+            Some(TargetUnion::Value(v)) => kv.value.as_slice().cmp(v.as_slice()),
+            _ => kv.value.as_slice().cmp(&[][..]),
+        },
+        Ok(CompareTarget::Version) => int(kv.version),
+        Ok(CompareTarget::Create) => int(kv.create_revision),
+        Ok(CompareTarget::Mod) => int(kv.mod_revision),
+        Ok(CompareTarget::Lease) => int(kv.lease),
+        Err(_) => return true,
+    };
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => ord == Ordering::Equal,
+        Ok(CompareResult::NotEqual) => ord != Ordering::Equal,
+        Ok(CompareResult::Greater) => ord == Ordering::Greater,
+        Ok(CompareResult::Less) => ord == Ordering::Less,
+        Err(_) => true,
+    }
+}
+
+/// Evaluates one compare over its key or range; every key in the range must satisfy it.
+fn compare(view: &impl ReadView, c: &Compare) -> bool {
+    let Ok(rr) = view.range(&c.key, &c.range_end, RangeOptions::default()) else {
+        return false;
+    };
+    if rr.kvs.is_empty() {
+        // A missing key has no value to compare (gRPC cannot tell nil from empty), so value
+        // compares fail; other targets compare against zero.
+        return CompareTarget::try_from(c.target) != Ok(CompareTarget::Value)
+            && compare_kv(c, &KeyValue::default());
+    }
+    rr.kvs.iter().all(|kv| compare_kv(c, kv))
+}
+
+/// The branch every (nested) txn takes, in depth-first order, all decided against the state
+/// before the txn runs.
+fn compare_to_path(view: &impl ReadView, t: &TxnRequest, path: &mut Vec<bool>) {
+    let ok = t.compare.iter().all(|c| compare(view, c));
+    path.push(ok);
+    for op in if ok { &t.success } else { &t.failure } {
+        if let Some(Request::RequestTxn(nested)) = &op.request {
+            compare_to_path(view, nested, path);
+        }
+    }
+}
+
+/// Walks the taken branches and checks each op that could fail, so nothing is applied when
+/// any would.
+fn check_path(
+    view: &impl ReadView,
+    t: &TxnRequest,
+    path: &[bool],
+    compact_rev: i64,
+    writes: bool,
+) -> Result<usize, Error> {
+    let mut used = 1;
+    let ops = if path[0] { &t.success } else { &t.failure };
+    for op in ops {
+        match &op.request {
+            Some(Request::RequestPut(p)) if writes => check_put(view, p)?,
+            Some(Request::RequestRange(r)) if !writes => check_range(view, r, compact_rev)?,
+            Some(Request::RequestTxn(nested)) => {
+                used += check_path(view, nested, &path[used..], compact_rev, writes)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(used)
+}
+
+/// True when no branch of the txn can write.
+pub fn is_read_only(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| matches!(op.request, Some(Request::RequestRange(_))))
+}
+
+/// Decides and checks a txn against a view. Returns the branch path.
+fn plan(view: &impl ReadView, t: &TxnRequest, compact_rev: i64) -> Result<Vec<bool>, Error> {
+    let mut path = Vec::new();
+    compare_to_path(view, t, &mut path);
+    if !is_read_only(t) {
+        check_path(view, t, &path, compact_rev, true)?;
+    }
+    check_path(view, t, &path, compact_rev, false)?;
+    Ok(path)
+}
+
+/// Serves a txn with only Range ops from a read view, without going through raft.
+pub fn txn_read_only(
+    view: &impl ReadView,
+    t: &TxnRequest,
+    compact_rev: i64,
+) -> Result<TxnResponse, Error> {
+    let path = plan(view, t, compact_rev)?;
+    let ops = if path[0] { &t.success } else { &t.failure };
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        if let Some(Request::RequestRange(r)) = &op.request {
+            responses.push(ResponseOp {
+                response: Some(Response::ResponseRange(range(view, r)?)),
+            });
+        }
+    }
+    Ok(TxnResponse {
+        header: header(view.rev()),
+        succeeded: path[0],
+        responses,
+    })
+}
+
+/// Applies a txn in a write transaction: the whole txn is one revision (or none if it
+/// changes nothing). Invariant: after `plan` succeeds no op can fail (ranges and puts were
+/// checked, sort options validated at the edge), so a txn never applies half.
+pub fn txn(txn: &mut WriteTxn<'_, '_>, t: TxnRequest) -> Result<TxnResponse, Error> {
+    let compact_rev = txn.compact_rev();
+    let path = plan(&*txn, &t, compact_rev)?;
+    let mut resp = apply_path(txn, t, &path, &mut 0)?;
+    resp.header = header(txn.rev());
+    Ok(resp)
+}
+
+fn apply_path(
+    txn: &mut WriteTxn<'_, '_>,
+    t: TxnRequest,
+    path: &[bool],
+    pos: &mut usize,
+) -> Result<TxnResponse, Error> {
+    let succeeded = path[*pos];
+    *pos += 1;
+    let ops: Vec<RequestOp> = if succeeded { t.success } else { t.failure };
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        let response = match op.request {
+            Some(Request::RequestRange(r)) => Response::ResponseRange(range(&*txn, &r)?),
+            Some(Request::RequestPut(p)) => Response::ResponsePut(put(txn, p)?),
+            Some(Request::RequestDeleteRange(d)) => {
+                Response::ResponseDeleteRange(delete_range(txn, &d)?)
+            }
+            Some(Request::RequestTxn(nested)) => {
+                // Nested txn responses carry an empty header, as etcd's do.
+                let mut r = apply_path(txn, nested, path, pos)?;
+                r.header = Some(ResponseHeader::default());
+                Response::ResponseTxn(r)
+            }
+            None => continue,
+        };
+        responses.push(ResponseOp {
+            response: Some(response),
+        });
+    }
+    Ok(TxnResponse {
+        header: None,
+        succeeded,
+        responses,
+    })
+}

@@ -1,0 +1,120 @@
+//! The apply loop: the only writer of the MVCC store.
+//!
+//! It receives committed raft entries in log order, applies each batch in one store write
+//! batch together with the applied index (so a restart replays exactly what was not
+//! applied), publishes the applied index, then answers the requests waiting on this member.
+
+pub mod kv;
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use cairn_api::cairnpb::{internal_request::Request, InternalRequest};
+use cairn_api::etcdserverpb::{DeleteRangeResponse, PutResponse, TxnResponse};
+use prost::Message;
+use raft::eraftpb::{Entry, EntryType};
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::mvcc::{Store, WriteBatch};
+use crate::wait::{ApplyResult, Waiters};
+
+/// The outcome of applying one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    /// Compaction done; the store's revision at that point.
+    Compaction(i64),
+}
+
+pub struct Applier {
+    pub store: Arc<Store>,
+    pub waiters: Arc<Waiters>,
+    pub applied: watch::Sender<u64>,
+}
+
+impl Applier {
+    /// Applies batches until the raft loop hangs up or storage fails.
+    pub fn run(self, batches: mpsc::Receiver<Vec<Entry>>) {
+        while let Ok(entries) = batches.recv() {
+            if let Err(e) = self.apply(entries) {
+                // Continuing would let this member diverge from the log; stop applying.
+                tracing::error!(error = %e, "apply failed; member stops applying");
+                return;
+            }
+        }
+    }
+
+    fn apply(&self, entries: Vec<Entry>) -> Result<(), Error> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        let mut wb = self.store.write_batch();
+        let mut answers = Vec::new();
+        for e in &entries {
+            if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+                continue;
+            }
+            let req = match InternalRequest::decode(e.data.as_ref()) {
+                Ok(r) => r,
+                Err(err) => {
+                    // Only this member's own encoder writes entries: a bad one is a bug,
+                    // and skipping it keeps every member equally consistent.
+                    tracing::error!(index = e.index, error = %err, "undecodable raft entry skipped");
+                    continue;
+                }
+            };
+            let Some(request) = req.request else {
+                tracing::warn!(index = e.index, "raft entry without a request skipped");
+                continue;
+            };
+            let result = apply_request(&mut wb, request);
+            if let Err(Error::Storage(_) | Error::Corrupt(_)) = &result {
+                return result.map(|_| ());
+            }
+            answers.push((req.id, result));
+        }
+        wb.commit(last)?;
+        self.applied.send_replace(last);
+        for (id, result) in answers {
+            self.waiters.trigger(id, result);
+        }
+        Ok(())
+    }
+}
+
+fn apply_request(wb: &mut WriteBatch<'_>, req: Request) -> ApplyResult {
+    match req {
+        Request::Put(p) => {
+            kv::check_lease(p.lease)?;
+            let mut txn = wb.txn();
+            let resp = kv::put(&mut txn, p);
+            txn.end();
+            resp.map(Applied::Put)
+        }
+        Request::DeleteRange(d) => {
+            let mut txn = wb.txn();
+            let resp = kv::delete_range(&mut txn, &d);
+            txn.end();
+            resp.map(Applied::DeleteRange)
+        }
+        Request::Txn(t) => {
+            let mut txn = wb.txn();
+            let resp = kv::txn(&mut txn, t);
+            txn.end();
+            resp.map(Applied::Txn)
+        }
+        Request::Compaction(c) => {
+            if c.revision <= wb.compact_rev() {
+                return Err(Error::Compacted);
+            }
+            if c.revision > wb.current_rev() {
+                return Err(Error::FutureRev);
+            }
+            wb.compact(c.revision)?;
+            Ok(Applied::Compaction(wb.current_rev()))
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The member's configuration: one struct, etcd's flag names, a `CAIRN_*` environment
+//! variable for each, defaults in one place.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Cairn: a distributed coordination service speaking etcd's v3 API.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cairn", version, about)]
+pub struct Config {
+    /// Human-readable name of this member.
+    #[arg(long = "name", env = "CAIRN_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Path to the data directory (default: `<name>.cairn`).
+    #[arg(long = "data-dir", env = "CAIRN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(
+        long = "listen-client-urls",
+        env = "CAIRN_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    pub listen_client_urls: Vec<String>,
+
+    /// Client URLs of this member advertised to the cluster (default: the listen URLs).
+    #[arg(
+        long = "advertise-client-urls",
+        env = "CAIRN_ADVERTISE_CLIENT_URLS",
+        value_delimiter = ','
+    )]
+    pub advertise_client_urls: Vec<String>,
+
+    /// URLs to listen on for peer traffic (comma-separated).
+    #[arg(
+        long = "listen-peer-urls",
+        env = "CAIRN_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380",
+        value_delimiter = ','
+    )]
+    pub listen_peer_urls: Vec<String>,
+
+    /// Peer URLs of this member advertised to the cluster.
+    #[arg(
+        long = "initial-advertise-peer-urls",
+        env = "CAIRN_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380",
+        value_delimiter = ','
+    )]
+    pub initial_advertise_peer_urls: Vec<String>,
+
+    /// Initial cluster configuration, `name=peer-url,...` (default: this member alone).
+    #[arg(long = "initial-cluster", env = "CAIRN_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// `new` for a new cluster, `existing` to join one.
+    #[arg(
+        long = "initial-cluster-state",
+        env = "CAIRN_INITIAL_CLUSTER_STATE",
+        default_value = "new"
+    )]
+    pub initial_cluster_state: String,
+
+    /// Token that makes member and cluster ids unique to this cluster.
+    #[arg(
+        long = "initial-cluster-token",
+        env = "CAIRN_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(
+        long = "heartbeat-interval",
+        env = "CAIRN_HEARTBEAT_INTERVAL",
+        default_value_t = 100
+    )]
+    pub heartbeat_interval: u64,
+
+    /// Raft election timeout in milliseconds.
+    #[arg(
+        long = "election-timeout",
+        env = "CAIRN_ELECTION_TIMEOUT",
+        default_value_t = 1000
+    )]
+    pub election_timeout: u64,
+
+    /// Largest client request accepted, in bytes.
+    #[arg(long = "max-request-bytes", env = "CAIRN_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Most operations in one txn.
+    #[arg(long = "max-txn-ops", env = "CAIRN_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+
+    /// Log level filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long = "log-level", env = "CAIRN_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Config {
+    /// Configuration with every default, as `cairn` with no flags.
+    pub fn new() -> Config {
+        // Parsing no arguments cannot fail: every field has a default. Environment
+        // variables still apply, as they do for the binary.
+        Config::parse_from(["cairn"])
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name)))
+    }
+
+    pub fn advertise_client_urls(&self) -> Vec<String> {
+        if self.advertise_client_urls.is_empty() {
+            self.listen_client_urls.clone()
+        } else {
+            self.advertise_client_urls.clone()
+        }
+    }
+
+    pub fn initial_cluster(&self) -> String {
+        self.initial_cluster.clone().unwrap_or_else(|| {
+            self.initial_advertise_peer_urls
+                .iter()
+                .map(|u| format!("{}={u}", self.name))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::new()
+    }
+}

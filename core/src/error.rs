@@ -1,0 +1,105 @@
+//! Cairn's typed errors and the single table that maps them to etcd's gRPC codes and texts.
+//!
+//! Clients branch on these texts (etcd's `rpctypes`), so they must stay byte-for-byte equal to
+//! etcd's. Deep code returns `Result<_, Error>`; the gRPC edge converts once, through
+//! `From<Error> for tonic::Status`.
+
+use tonic::{Code, Status};
+
+/// Everything a request can fail with, named after etcd's errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// The storage engine failed; the member stops applying rather than diverge.
+    #[error("etcdserver: storage failure: {0}")]
+    Storage(String),
+    /// Data on disk does not decode: never serve it.
+    #[error("etcdserver: corrupt data: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// The gRPC code etcd uses for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::EmptyKey
+            | Error::KeyNotFound
+            | Error::ValueProvided
+            | Error::LeaseProvided
+            | Error::TooManyOps
+            | Error::DuplicateKey
+            | Error::InvalidSortOption
+            | Error::RequestTooLarge => Code::InvalidArgument,
+            Error::Compacted | Error::FutureRev => Code::OutOfRange,
+            Error::LeaseNotFound => Code::NotFound,
+            Error::NoLeader | Error::Timeout | Error::Stopped => Code::Unavailable,
+            Error::Storage(_) => Code::Internal,
+            Error::Corrupt(_) => Code::DataLoss,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<fjall::Error> for Error {
+    fn from(e: fjall::Error) -> Error {
+        Error::Storage(e.to_string())
+    }
+}
+
+impl From<prost::DecodeError> for Error {
+    fn from(e: prost::DecodeError) -> Error {
+        Error::Corrupt(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_and_codes_match_etcd() {
+        let s = Status::from(Error::Compacted);
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s = Status::from(Error::EmptyKey);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "etcdserver: key is not provided");
+        assert_eq!(Status::from(Error::LeaseNotFound).code(), Code::NotFound);
+        assert_eq!(Status::from(Error::NoLeader).code(), Code::Unavailable);
+    }
+}

@@ -1,0 +1,11 @@
+//! The multi-version key space: every key's history by revision, the in-memory key index,
+//! historical reads and compaction (etcd's `mvcc` package).
+
+mod key_index;
+mod revision;
+mod store;
+mod tree_index;
+
+pub use key_index::KeyAt;
+pub use revision::Revision;
+pub use store::{RangeOptions, RangeResult, ReadTxn, ReadView, Store, WriteBatch, WriteTxn};

@@ -1,0 +1,450 @@
+//! The revisioned key space on fjall.
+//!
+//! Storage layout (one fjall database, shared with the raft log so one journal sync covers
+//! both):
+//! - keyspace `kv`: revision key → encoded `mvccpb.KeyValue` (a tombstone record holds only
+//!   the key and its mod revision). Every key's whole history, until compaction.
+//! - keyspace `meta`: the applied raft index, the current and the compacted revision, written
+//!   in the same atomic batch as the state they describe.
+//!
+//! Readers take a shared lock on the in-memory [`TreeIndex`] and read values from fjall. The
+//! apply loop is the only writer: it holds the exclusive lock for one batch of raft entries,
+//! so a reader sees either none or all of a batch.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use cairn_api::mvccpb::KeyValue;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use prost::Message;
+
+use super::revision::Revision;
+use super::tree_index::TreeIndex;
+use crate::error::Error;
+
+const META_APPLIED: &[u8] = b"applied_index";
+const META_CURRENT_REV: &[u8] = b"current_rev";
+const META_COMPACT_REV: &[u8] = b"compact_rev";
+
+/// Options of a raw range read (etcd's `mvcc.RangeOptions`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RangeOptions {
+    /// At most this many keys (0: all).
+    pub limit: i64,
+    /// Read at this revision (<= 0: the newest).
+    pub rev: i64,
+    /// Only count the keys.
+    pub count_only: bool,
+}
+
+/// What a raw range read found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// Number of keys in the range at the read revision (before `limit`).
+    pub count: i64,
+    /// The store's current revision (not the read revision), as etcd reports it.
+    pub rev: i64,
+}
+
+/// Anything a range can be read from: a read transaction, or a write transaction that must
+/// see its own earlier changes.
+pub trait ReadView {
+    fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult, Error>;
+    /// The revision reads without an explicit revision see.
+    fn rev(&self) -> i64;
+}
+
+struct State {
+    index: TreeIndex,
+    current_rev: i64,
+    compact_rev: i64,
+    applied_index: u64,
+}
+
+/// The MVCC store. See the module docs.
+pub struct Store {
+    db: Database,
+    kv: Keyspace,
+    meta: Keyspace,
+    state: RwLock<State>,
+}
+
+fn read_i64(ks: &Keyspace, key: &[u8]) -> Result<Option<i64>, Error> {
+    match ks.get(key)? {
+        None => Ok(None),
+        Some(v) => {
+            let b: [u8; 8] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| Error::Corrupt(format!("meta {key:?}")))?;
+            Ok(Some(i64::from_be_bytes(b)))
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `db` and rebuilds the index from storage.
+    pub fn open(db: &Database) -> Result<Store, Error> {
+        let kv = db.keyspace("kv", KeyspaceCreateOptions::default)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        let mut index = TreeIndex::default();
+        let mut max_rev = 1;
+        for item in kv.iter() {
+            let (k, v) = item.into_inner()?;
+            let (rev, tombstone) =
+                Revision::from_key(&k).ok_or_else(|| Error::Corrupt("revision key".into()))?;
+            let kv = KeyValue::decode(v.as_ref())?;
+            if tombstone {
+                index.tombstone(&kv.key, rev);
+            } else {
+                index.restore_put(
+                    &kv.key,
+                    rev,
+                    Revision::new(kv.create_revision, 0),
+                    kv.version,
+                );
+            }
+            max_rev = max_rev.max(rev.main);
+        }
+        // -1 until the first compaction, as etcd: compacting at 0 is then allowed once.
+        let compact_rev = read_i64(&meta, META_COMPACT_REV)?.unwrap_or(-1);
+        // A fresh store is at revision 1; compaction may have removed the newest record.
+        let current_rev = read_i64(&meta, META_CURRENT_REV)?.unwrap_or(1).max(max_rev);
+        let applied_index = read_i64(&meta, META_APPLIED)?.unwrap_or(0) as u64;
+        tracing::info!(
+            keys = index.len(),
+            current_rev,
+            compact_rev,
+            applied_index,
+            "mvcc store restored"
+        );
+        Ok(Store {
+            db: db.clone(),
+            kv,
+            meta,
+            state: RwLock::new(State {
+                index,
+                current_rev,
+                compact_rev,
+                applied_index,
+            }),
+        })
+    }
+
+    /// Opens the fjall database of a member's data directory.
+    pub fn open_database(dir: &Path) -> Result<Database, Error> {
+        Ok(Database::builder(dir).open()?)
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        // A poisoned lock means the apply loop panicked mid-batch; the state it guards is
+        // still the last fully applied one for readers, so recover the guard.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A consistent read view at the current revision.
+    pub fn read(&self) -> ReadTxn<'_> {
+        ReadTxn {
+            store: self,
+            state: self.read_state(),
+        }
+    }
+
+    pub fn current_rev(&self) -> i64 {
+        self.read_state().current_rev
+    }
+
+    pub fn compact_rev(&self) -> i64 {
+        self.read_state().compact_rev
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.read_state().applied_index
+    }
+
+    /// On-disk size of the database in bytes.
+    pub fn db_size(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+
+    /// Starts applying a batch of raft entries; only the apply loop calls this.
+    pub fn write_batch(&self) -> WriteBatch<'_> {
+        WriteBatch {
+            store: self,
+            state: self.state.write().unwrap_or_else(|p| p.into_inner()),
+            batch: self.db.batch(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Forces everything written so far to disk (used on clean shutdown).
+    pub fn sync(&self) -> Result<(), Error> {
+        Ok(self.db.persist(PersistMode::SyncAll)?)
+    }
+
+    fn load(
+        &self,
+        rev: Revision,
+        pending: Option<&HashMap<Revision, KeyValue>>,
+    ) -> Result<KeyValue, Error> {
+        if let Some(kv) = pending.and_then(|p| p.get(&rev)) {
+            return Ok(kv.clone());
+        }
+        let bytes = self
+            .kv
+            .get(rev.to_key(false))?
+            .ok_or_else(|| Error::Corrupt(format!("revision {}/{} missing", rev.main, rev.sub)))?;
+        Ok(KeyValue::decode(bytes.as_ref())?)
+    }
+}
+
+fn range_at(
+    store: &Store,
+    state: &State,
+    pending: Option<&HashMap<Revision, KeyValue>>,
+    key: &[u8],
+    end: &[u8],
+    cur_rev: i64,
+    opts: RangeOptions,
+) -> Result<RangeResult, Error> {
+    if opts.rev > cur_rev {
+        return Err(Error::FutureRev);
+    }
+    let rev = if opts.rev <= 0 { cur_rev } else { opts.rev };
+    if rev < state.compact_rev {
+        return Err(Error::Compacted);
+    }
+    let mut matching = state.index.range(key, end, rev);
+    if opts.count_only {
+        return Ok(RangeResult {
+            kvs: vec![],
+            count: matching.count() as i64,
+            rev: cur_rev,
+        });
+    }
+    let limit = if opts.limit > 0 {
+        opts.limit as usize
+    } else {
+        usize::MAX
+    };
+    let mut kvs = Vec::new();
+    let mut count = 0i64;
+    for (_, at) in matching.by_ref() {
+        count += 1;
+        if kvs.len() < limit {
+            kvs.push(store.load(at.modified, pending)?);
+        }
+    }
+    Ok(RangeResult {
+        kvs,
+        count,
+        rev: cur_rev,
+    })
+}
+
+/// A read-only view; holds the shared lock until dropped.
+pub struct ReadTxn<'a> {
+    store: &'a Store,
+    state: RwLockReadGuard<'a, State>,
+}
+
+impl ReadTxn<'_> {
+    pub fn compact_rev(&self) -> i64 {
+        self.state.compact_rev
+    }
+}
+
+impl ReadView for ReadTxn<'_> {
+    fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult, Error> {
+        range_at(
+            self.store,
+            &self.state,
+            None,
+            key,
+            end,
+            self.state.current_rev,
+            opts,
+        )
+    }
+
+    fn rev(&self) -> i64 {
+        self.state.current_rev
+    }
+}
+
+/// The changes of one batch of raft entries, committed atomically with the applied index.
+pub struct WriteBatch<'a> {
+    store: &'a Store,
+    state: RwLockWriteGuard<'a, State>,
+    batch: OwnedWriteBatch,
+    /// Values written in this batch, not yet readable from fjall.
+    pending: HashMap<Revision, KeyValue>,
+}
+
+impl<'a> WriteBatch<'a> {
+    /// Begins the changes of one write request (one revision at most).
+    pub fn txn(&mut self) -> WriteTxn<'_, 'a> {
+        let begin_rev = self.state.current_rev;
+        WriteTxn {
+            wb: self,
+            begin_rev,
+            changes: Vec::new(),
+        }
+    }
+
+    pub fn current_rev(&self) -> i64 {
+        self.state.current_rev
+    }
+
+    pub fn compact_rev(&self) -> i64 {
+        self.state.compact_rev
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        let batch = std::mem::replace(&mut self.batch, self.store.db.batch());
+        batch.commit()?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Compacts history at `rev`: reads below it fail from now on, and the records no read at
+    /// or above it can reach are deleted. The caller has checked `rev` is in range.
+    pub fn compact(&mut self, rev: i64) -> Result<(), Error> {
+        // Earlier puts of this batch must be in fjall before deletions of the same keys are
+        // staged, so a record is never inserted and removed in one batch.
+        self.flush()?;
+        let removed = self.state.index.compact(rev);
+        for (r, tombstone) in &removed {
+            self.batch.remove(&self.store.kv, r.to_key(*tombstone));
+        }
+        self.state.compact_rev = rev;
+        self.batch.insert(
+            &self.store.meta,
+            META_COMPACT_REV,
+            rev.to_be_bytes().to_vec(),
+        );
+        tracing::info!(rev, removed = removed.len(), "compacted");
+        Ok(())
+    }
+
+    /// Writes the batch and the applied index together; readers see it once this returns.
+    pub fn commit(mut self, applied_index: u64) -> Result<(), Error> {
+        let meta = &self.store.meta;
+        let cur = self.state.current_rev;
+        self.batch
+            .insert(meta, META_CURRENT_REV, cur.to_be_bytes().to_vec());
+        self.batch.insert(
+            meta,
+            META_APPLIED,
+            (applied_index as i64).to_be_bytes().to_vec(),
+        );
+        self.state.applied_index = applied_index;
+        self.flush()
+    }
+}
+
+/// The changes of one write request: every change gets the revision `begin_rev + 1` with
+/// increasing sub revisions; reads see the changes made so far.
+pub struct WriteTxn<'b, 'a> {
+    wb: &'b mut WriteBatch<'a>,
+    begin_rev: i64,
+    changes: Vec<KeyValue>,
+}
+
+impl WriteTxn<'_, '_> {
+    fn next_rev(&self) -> Revision {
+        Revision::new(self.begin_rev + 1, self.changes.len() as i64)
+    }
+
+    /// Writes `key`; returns the revision of the write.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> i64 {
+        let rev = self.next_rev();
+        let (create_revision, version) = match self.wb.state.index.get(key, rev.main) {
+            Some(at) => (at.created.main, at.version + 1),
+            None => (rev.main, 1),
+        };
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision,
+            mod_revision: rev.main,
+            version,
+            value,
+            lease,
+        };
+        self.wb
+            .batch
+            .insert(&self.wb.store.kv, rev.to_key(false), kv.encode_to_vec());
+        self.wb.state.index.put(key, rev);
+        self.wb.pending.insert(rev, kv.clone());
+        self.changes.push(kv);
+        rev.main
+    }
+
+    /// Deletes every key alive in the range; returns how many and the revision.
+    pub fn delete_range(&mut self, key: &[u8], end: &[u8]) -> (i64, i64) {
+        let at = self.rev();
+        let keys: Vec<Vec<u8>> = self
+            .wb
+            .state
+            .index
+            .range(key, end, at)
+            .map(|(k, _)| k.to_vec())
+            .collect();
+        for k in &keys {
+            let rev = self.next_rev();
+            let tomb = KeyValue {
+                key: k.clone(),
+                mod_revision: rev.main,
+                ..Default::default()
+            };
+            self.wb
+                .batch
+                .insert(&self.wb.store.kv, rev.to_key(true), tomb.encode_to_vec());
+            self.wb.state.index.tombstone(k, rev);
+            self.changes.push(tomb);
+        }
+        if keys.is_empty() && self.changes.is_empty() {
+            (0, self.begin_rev)
+        } else {
+            (keys.len() as i64, self.begin_rev + 1)
+        }
+    }
+
+    pub fn compact_rev(&self) -> i64 {
+        self.wb.state.compact_rev
+    }
+
+    /// Ends the request: the store moves to the new revision if anything changed. Returns
+    /// the changes in order (tombstones carry only key and mod revision).
+    pub fn end(self) -> Vec<KeyValue> {
+        if !self.changes.is_empty() {
+            self.wb.state.current_rev = self.begin_rev + 1;
+        }
+        self.changes
+    }
+}
+
+impl ReadView for WriteTxn<'_, '_> {
+    fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult, Error> {
+        let wb = &*self.wb;
+        range_at(
+            wb.store,
+            &wb.state,
+            Some(&wb.pending),
+            key,
+            end,
+            self.rev(),
+            opts,
+        )
+    }
+
+    fn rev(&self) -> i64 {
+        if self.changes.is_empty() {
+            self.begin_rev
+        } else {
+            self.begin_rev + 1
+        }
+    }
+}
