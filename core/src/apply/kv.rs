@@ -306,8 +306,8 @@ pub fn txn_read_only(
 }
 
 /// Applies a txn in a write transaction: the whole txn is one revision (or none if it
-/// changes nothing). Invariant: after `plan` succeeds no op can fail (ranges and puts were
-/// checked, sort options validated at the edge), so a txn never applies half.
+/// changes nothing). An op that fails after earlier ops changed the store (a put with
+/// ignore_value of a key the txn itself deleted) fails the txn; the caller aborts it.
 pub fn txn(txn: &mut WriteTxn<'_, '_>, t: TxnRequest) -> Result<TxnResponse, Error> {
     let compact_rev = txn.compact_rev();
     let path = plan(&*txn, &t, compact_rev)?;

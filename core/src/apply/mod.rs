@@ -16,7 +16,7 @@ use raft::eraftpb::{Entry, EntryType};
 use tokio::sync::watch;
 
 use crate::error::Error;
-use crate::mvcc::{Store, WriteBatch};
+use crate::mvcc::{Store, WriteBatch, WriteTxn};
 use crate::wait::{ApplyResult, Waiters};
 
 /// The outcome of applying one request.
@@ -85,27 +85,35 @@ impl Applier {
     }
 }
 
+/// Runs one request in its own write transaction; a failed request changes nothing.
+fn in_txn<R>(
+    wb: &mut WriteBatch<'_>,
+    f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, Error>,
+    wrap: fn(R) -> Applied,
+) -> ApplyResult {
+    let mut txn = wb.txn();
+    match f(&mut txn) {
+        Ok(r) => {
+            txn.end();
+            Ok(wrap(r))
+        }
+        Err(e) => {
+            txn.abort();
+            Err(e)
+        }
+    }
+}
+
 fn apply_request(wb: &mut WriteBatch<'_>, req: Request) -> ApplyResult {
     match req {
         Request::Put(p) => {
             kv::check_lease(p.lease)?;
-            let mut txn = wb.txn();
-            let resp = kv::put(&mut txn, p);
-            txn.end();
-            resp.map(Applied::Put)
+            in_txn(wb, |t| kv::put(t, p), Applied::Put)
         }
-        Request::DeleteRange(d) => {
-            let mut txn = wb.txn();
-            let resp = kv::delete_range(&mut txn, &d);
-            txn.end();
-            resp.map(Applied::DeleteRange)
-        }
-        Request::Txn(t) => {
-            let mut txn = wb.txn();
-            let resp = kv::txn(&mut txn, t);
-            txn.end();
-            resp.map(Applied::Txn)
-        }
+        Request::DeleteRange(d) => in_txn(wb, |t| kv::delete_range(t, &d), Applied::DeleteRange),
+        // A put with ignore_value/ignore_lease can find its key deleted by an earlier op of
+        // the same txn; the whole txn then fails with `key not found` and changes nothing.
+        Request::Txn(t) => in_txn(wb, |w| kv::txn(w, t), Applied::Txn),
         Request::Compaction(c) => {
             if c.revision <= wb.compact_rev() {
                 return Err(Error::Compacted);

@@ -72,9 +72,27 @@ impl KeyIndex {
         if self.is_deleted() {
             return false;
         }
-        self.current().revs.push(rev);
+        // The tombstone counts as a version of its generation, so versions of the earlier
+        // revisions come out right when counted back from the end.
+        self.put(rev);
         self.generations.push(Generation::default());
         true
+    }
+
+    /// Takes back the newest [`KeyIndex::put`] (a failed txn is undone in reverse order).
+    pub fn undo_put(&mut self) {
+        let g = self.current();
+        if g.revs.pop().is_some() {
+            g.ver -= 1;
+        }
+    }
+
+    /// Takes back the newest [`KeyIndex::tombstone`].
+    pub fn undo_tombstone(&mut self) {
+        if self.generations.len() > 1 && self.is_deleted() {
+            self.generations.pop();
+            self.undo_put();
+        }
     }
 
     /// True while the key does not exist at the newest revision.
@@ -219,6 +237,18 @@ mod tests {
         assert_eq!(ki.get(4).map(|k| k.version), Some(2));
         assert_eq!(ki.get(6), None);
         assert_eq!(ki.get(7).map(|k| k.version), Some(1));
+    }
+
+    #[test]
+    fn undo_restores_the_previous_state() {
+        let mut ki = KeyIndex::default();
+        ki.put(rev(2));
+        let before = ki.clone();
+        ki.put(rev(3));
+        ki.tombstone(rev(4));
+        ki.undo_tombstone();
+        ki.undo_put();
+        assert_eq!(ki, before);
     }
 
     #[test]

@@ -291,6 +291,7 @@ impl<'a> WriteBatch<'a> {
             wb: self,
             begin_rev,
             changes: Vec::new(),
+            staged: Vec::new(),
         }
     }
 
@@ -346,11 +347,14 @@ impl<'a> WriteBatch<'a> {
 }
 
 /// The changes of one write request: every change gets the revision `begin_rev + 1` with
-/// increasing sub revisions; reads see the changes made so far.
+/// increasing sub revisions; reads see the changes made so far. It either ends (the changes
+/// join the batch) or aborts (the index is restored and nothing is written).
 pub struct WriteTxn<'b, 'a> {
     wb: &'b mut WriteBatch<'a>,
     begin_rev: i64,
     changes: Vec<KeyValue>,
+    /// Storage records of the changes, written to the batch only when the request ends.
+    staged: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl WriteTxn<'_, '_> {
@@ -422,7 +426,22 @@ impl WriteTxn<'_, '_> {
         if !self.changes.is_empty() {
             self.wb.state.current_rev = self.begin_rev + 1;
         }
+        for (k, v) in self.staged {
+            self.wb.batch.insert(&self.wb.store.kv, k, v);
+        }
         self.changes
+    }
+
+    /// Undoes every change of this request: the index and the store are as before it.
+    pub fn abort(self) {
+        for (sub, kv) in self.changes.iter().enumerate().rev() {
+            let rev = Revision::new(self.begin_rev + 1, sub as i64);
+            if self.wb.pending.remove(&rev).is_some() {
+                self.wb.state.index.undo_put(&kv.key);
+            } else {
+                self.wb.state.index.undo_tombstone(&kv.key);
+            }
+        }
     }
 }
 

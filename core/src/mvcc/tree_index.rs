@@ -41,6 +41,23 @@ impl TreeIndex {
         self.keys.get_mut(key).is_some_and(|ki| ki.tombstone(rev))
     }
 
+    /// Takes back the newest put of `key`.
+    pub fn undo_put(&mut self, key: &[u8]) {
+        if let Some(ki) = self.keys.get_mut(key) {
+            ki.undo_put();
+            if ki.is_empty() {
+                self.keys.remove(key);
+            }
+        }
+    }
+
+    /// Takes back the newest tombstone of `key`.
+    pub fn undo_tombstone(&mut self, key: &[u8]) {
+        if let Some(ki) = self.keys.get_mut(key) {
+            ki.undo_tombstone();
+        }
+    }
+
     pub fn get(&self, key: &[u8], at: i64) -> Option<KeyAt> {
         self.keys.get(key).and_then(|ki| ki.get(at))
     }

@@ -1,0 +1,240 @@
+//! Test harness: start Cairn members (in-process or as processes) and the reference etcd on
+//! ephemeral loopback ports with temporary data directories, and connect clients to them.
+//! Everything is cleaned up on drop.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::{
+    kv_client::KvClient, maintenance_client::MaintenanceClient, StatusRequest,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// A port nothing listens on right now (the OS picks it; the listener is closed at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Connects a channel to `addr`, retrying until `deadline`.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid endpoint")
+        .tcp_nodelay(true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match endpoint.connect().await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("cannot connect to {addr}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Waits until the server at `addr` answers Status (it has a leader and serves).
+pub async fn wait_ready(addr: SocketAddr) -> Channel {
+    let ch = channel(addr).await;
+    let mut m = MaintenanceClient::new(ch.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match m.status(StatusRequest {}).await {
+            Ok(s) if s.get_ref().leader != 0 => return ch,
+            _ if Instant::now() > deadline => panic!("{addr} never became ready"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+pub fn kv(ch: &Channel) -> KvClient<Channel> {
+    KvClient::new(ch.clone())
+}
+
+/// An in-process member on an ephemeral port.
+pub struct Embedded {
+    pub server: Option<cairn_core::Server>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Embedded {
+    pub async fn start() -> Embedded {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, |_| {}).await
+    }
+
+    /// Starts with a configuration tweak (e.g. a smaller request limit).
+    pub async fn start_with(tweak: impl FnOnce(&mut cairn_core::Config)) -> Embedded {
+        Self::start_in(tempfile::tempdir().expect("temp dir"), tweak).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut cairn_core::Config),
+    ) -> Embedded {
+        let mut cfg = cairn_core::Config::new();
+        cfg.data_dir = Some(dir.path().join("data"));
+        cfg.listen_client_urls = vec!["http://127.0.0.1:0".into()];
+        tweak(&mut cfg);
+        let server = cairn_core::Server::start(cfg).await.expect("start member");
+        let addr = server.client_addrs()[0];
+        wait_ready(addr).await;
+        Embedded {
+            server: Some(server),
+            addr,
+            dir,
+        }
+    }
+
+    pub async fn kv(&self) -> KvClient<Channel> {
+        kv(&channel(self.addr).await)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+    }
+
+    /// Stops cleanly and starts again on the same data directory.
+    pub async fn restart(mut self) -> Embedded {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        Self::start_in(dir, |_| {}).await
+    }
+}
+
+/// A member (or etcd) running as a child process; killed on drop.
+pub struct Process {
+    child: Option<Child>,
+    program: PathBuf,
+    args: Vec<String>,
+    pub addr: SocketAddr,
+    /// Kept so the data directory lives as long as the process.
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    fn spawn(program: &Path, args: &[String]) -> Child {
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // CAIRN_TEST_LOG=1 shows the members' logs when debugging a test.
+            .stderr(if std::env::var_os("CAIRN_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()))
+    }
+
+    /// A Cairn member process with its own data directory.
+    pub async fn cairn() -> Process {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let peer = free_port();
+        let args = vec![
+            format!("--data-dir={}", dir.path().join("data").display()),
+            format!("--listen-client-urls=http://127.0.0.1:{port}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            "--log-level=warn".into(),
+        ];
+        Self::start(
+            PathBuf::from(env!("CARGO_BIN_EXE_cairn-member")),
+            args,
+            port,
+            dir,
+        )
+        .await
+    }
+
+    /// The reference etcd, if its binary is installed (`ETCD_BIN` or `etcd` on PATH).
+    pub async fn etcd() -> Option<Process> {
+        let program = etcd_binary()?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let peer = free_port();
+        let args = vec![
+            format!("--data-dir={}", dir.path().join("data").display()),
+            format!("--listen-client-urls=http://127.0.0.1:{port}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{port}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-cluster=default=http://127.0.0.1:{peer}"),
+            "--log-level=error".into(),
+        ];
+        Some(Self::start(program, args, port, dir).await)
+    }
+
+    async fn start(
+        program: PathBuf,
+        args: Vec<String>,
+        port: u16,
+        dir: tempfile::TempDir,
+    ) -> Process {
+        let child = Self::spawn(&program, &args);
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_ready(addr).await;
+        Process {
+            child: Some(child),
+            program,
+            args,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    pub async fn kv(&self) -> KvClient<Channel> {
+        kv(&channel(self.addr).await)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the same program again on the same data directory and ports.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.child = Some(Self::spawn(&self.program, &self.args));
+        wait_ready(self.addr).await;
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The etcd binary to compare against, if any.
+pub fn etcd_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ETCD_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("etcd"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The etcdctl binary, if any.
+pub fn etcdctl_binary() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("etcdctl"))
+            .find(|p| p.is_file())
+    })
+}

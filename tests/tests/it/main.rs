@@ -1,0 +1,11 @@
+//! Integration tests: real members (embedded or processes) and real clients. One test
+//! binary with modules, so the workspace builds one test executable.
+
+mod differential;
+mod durability;
+mod errors;
+mod etcdctl;
+mod harness;
+mod ops;
+mod range;
+mod txn;
