@@ -13,9 +13,11 @@ pub struct TreeIndex {
     keys: BTreeMap<Vec<u8>, KeyIndex>,
 }
 
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// The keys a request names: `end` empty means the single key, `[0]` every key from `key`
 /// on, anything else the half-open range `[key, end)`.
-fn bounds<'a>(key: &'a [u8], end: &'a [u8]) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+fn bounds<'a>(key: &'a [u8], end: &'a [u8]) -> Option<KeyBounds<'a>> {
     match end {
         [] => Some((Bound::Included(key), Bound::Included(key))),
         [0] => Some((Bound::Included(key), Bound::Unbounded)),

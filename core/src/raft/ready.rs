@@ -267,7 +267,7 @@ impl ReadyLoop {
 
     /// Keeps the in-memory log bounded: entries well behind the applied index go.
     fn trim_log(&mut self) -> Result<(), Error> {
-        if (self.node.store().len() as u64) < 2 * LOG_KEEP {
+        if (self.node.store().entry_count() as u64) < 2 * LOG_KEEP {
             return Ok(());
         }
         let applied = *self.applied.borrow();

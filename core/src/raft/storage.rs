@@ -170,7 +170,8 @@ impl RaftStorage {
         &self.conf_state.voters
     }
 
-    pub fn len(&self) -> usize {
+    /// Entries held (not yet trimmed).
+    pub fn entry_count(&self) -> usize {
         self.entries.len()
     }
 
