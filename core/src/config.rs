@@ -2,6 +2,7 @@
 //! variable for each, defaults in one place.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -96,6 +97,11 @@ pub struct Config {
     #[arg(long = "max-txn-ops", env = "CAIRN_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
 
+    /// How often a watcher that asked for progress notifications gets one when idle
+    /// (e.g. `10m`, `30s`, `500ms`).
+    #[arg(long = "experimental-watch-progress-notify-interval", env = "CAIRN_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub watch_progress_notify_interval: Duration,
+
     /// Log level filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long = "log-level", env = "CAIRN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -131,6 +137,22 @@ impl Config {
                 .collect::<Vec<_>>()
                 .join(",")
         })
+    }
+}
+
+/// Parses `500ms`, `30s`, `10m` or `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s or 10m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
     }
 }
 

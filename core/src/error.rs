@@ -29,6 +29,12 @@ pub enum Error {
     FutureRev,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: not leader")]
+    NotLeader,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     #[error("etcdserver: no leader")]
@@ -59,6 +65,8 @@ impl Error {
             | Error::RequestTooLarge => Code::InvalidArgument,
             Error::Compacted | Error::FutureRev => Code::OutOfRange,
             Error::LeaseNotFound => Code::NotFound,
+            Error::LeaseExists | Error::NotLeader => Code::FailedPrecondition,
+            Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::NoLeader | Error::Timeout | Error::Stopped => Code::Unavailable,
             Error::Storage(_) => Code::Internal,
             Error::Corrupt(_) => Code::DataLoss,

@@ -21,12 +21,14 @@ pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod lease;
 pub mod membership;
 pub mod mvcc;
 pub mod node;
 pub mod raft;
 pub mod server;
 pub mod wait;
+pub mod watch;
 
 pub use config::Config;
 pub use error::Error;

@@ -55,6 +55,11 @@ impl Node {
         }
     }
 
+    /// A fresh id, unique across members (request ids, server-chosen lease ids).
+    pub fn next_request_id(&self) -> u64 {
+        self.ids.next()
+    }
+
     /// Replicates `request` through raft and returns what applying it produced. Returns only
     /// after the entry is durable on a quorum and applied to this member's store.
     pub async fn propose_and_wait(&self, request: Request) -> Result<Applied, Error> {

@@ -15,6 +15,7 @@ use cairn_api::etcdserverpb::{
 use cairn_api::mvccpb::KeyValue;
 
 use crate::error::Error;
+use crate::lease::Lessor;
 use crate::mvcc::{RangeOptions, ReadView, WriteTxn};
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -154,20 +155,19 @@ pub fn delete_range(
 /// Checks what a Put needs from the current state before anything is changed, so a txn
 /// fails as a whole instead of half-applied.
 /// Inside a txn etcd checks the key before the lease.
-pub fn check_put(view: &impl ReadView, p: &PutRequest) -> Result<(), Error> {
+pub fn check_put(view: &impl ReadView, p: &PutRequest, lessor: &Lessor) -> Result<(), Error> {
     if p.ignore_value || p.ignore_lease {
         let found = view.range(&p.key, &[], RangeOptions::default())?;
         if found.kvs.is_empty() {
             return Err(Error::KeyNotFound);
         }
     }
-    check_lease(p.lease)
+    check_lease(lessor, p.lease)
 }
 
 /// A put may only attach an existing lease.
-pub fn check_lease(lease: i64) -> Result<(), Error> {
-    if lease != 0 {
-        // No lease can exist yet: the lessor arrives with the lease service.
+pub fn check_lease(lessor: &Lessor, lease: i64) -> Result<(), Error> {
+    if lease != 0 && !lessor.contains(lease) {
         return Err(Error::LeaseNotFound);
     }
     Ok(())
@@ -246,15 +246,15 @@ fn check_path(
     t: &TxnRequest,
     path: &[bool],
     compact_rev: i64,
-    writes: bool,
+    writes: Option<&Lessor>,
 ) -> Result<usize, Error> {
     let mut used = 1;
     let ops = if path[0] { &t.success } else { &t.failure };
     for op in ops {
-        match &op.request {
-            Some(Request::RequestPut(p)) if writes => check_put(view, p)?,
-            Some(Request::RequestRange(r)) if !writes => check_range(view, r, compact_rev)?,
-            Some(Request::RequestTxn(nested)) => {
+        match (&op.request, writes) {
+            (Some(Request::RequestPut(p)), Some(lessor)) => check_put(view, p, lessor)?,
+            (Some(Request::RequestRange(r)), None) => check_range(view, r, compact_rev)?,
+            (Some(Request::RequestTxn(nested)), _) => {
                 used += check_path(view, nested, &path[used..], compact_rev, writes)?;
             }
             _ => {}
@@ -271,14 +271,20 @@ pub fn is_read_only(t: &TxnRequest) -> bool {
         .all(|op| matches!(op.request, Some(Request::RequestRange(_))))
 }
 
-/// Decides and checks a txn against a view. Returns the branch path.
-fn plan(view: &impl ReadView, t: &TxnRequest, compact_rev: i64) -> Result<Vec<bool>, Error> {
+/// Decides and checks a txn against a view. Returns the branch path. Puts are checked
+/// (against `lessor`) only for a txn that can write.
+fn plan(
+    view: &impl ReadView,
+    t: &TxnRequest,
+    compact_rev: i64,
+    lessor: Option<&Lessor>,
+) -> Result<Vec<bool>, Error> {
     let mut path = Vec::new();
     compare_to_path(view, t, &mut path);
-    if !is_read_only(t) {
-        check_path(view, t, &path, compact_rev, true)?;
+    if let Some(lessor) = lessor.filter(|_| !is_read_only(t)) {
+        check_path(view, t, &path, compact_rev, Some(lessor))?;
     }
-    check_path(view, t, &path, compact_rev, false)?;
+    check_path(view, t, &path, compact_rev, None)?;
     Ok(path)
 }
 
@@ -288,7 +294,7 @@ pub fn txn_read_only(
     t: &TxnRequest,
     compact_rev: i64,
 ) -> Result<TxnResponse, Error> {
-    let path = plan(view, t, compact_rev)?;
+    let path = plan(view, t, compact_rev, None)?;
     let ops = if path[0] { &t.success } else { &t.failure };
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
@@ -310,7 +316,7 @@ pub fn txn_read_only(
 /// ignore_value of a key the txn itself deleted) fails the txn; the caller aborts it.
 pub fn txn(txn: &mut WriteTxn<'_, '_>, t: TxnRequest) -> Result<TxnResponse, Error> {
     let compact_rev = txn.compact_rev();
-    let path = plan(&*txn, &t, compact_rev)?;
+    let path = plan(&*txn, &t, compact_rev, Some(txn.lessor()))?;
     let mut resp = apply_path(txn, t, &path, &mut 0)?;
     resp.header = header(txn.rev());
     Ok(resp)

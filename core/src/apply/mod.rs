@@ -2,7 +2,8 @@
 //!
 //! It receives committed raft entries in log order, applies each batch in one store write
 //! batch together with the applied index (so a restart replays exactly what was not
-//! applied), publishes the applied index, then answers the requests waiting on this member.
+//! applied), publishes the applied index and the batch's events (to the watch hub), then
+//! answers the requests waiting on this member.
 
 pub mod kv;
 
@@ -10,7 +11,11 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use cairn_api::cairnpb::{internal_request::Request, InternalRequest};
-use cairn_api::etcdserverpb::{DeleteRangeResponse, PutResponse, TxnResponse};
+use cairn_api::etcdserverpb::{
+    DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse, ResponseHeader,
+    TxnResponse,
+};
+use cairn_api::mvccpb::KeyValue;
 use prost::Message;
 use raft::eraftpb::{Entry, EntryType};
 use tokio::sync::watch;
@@ -18,6 +23,7 @@ use tokio::sync::watch;
 use crate::error::Error;
 use crate::mvcc::{Store, WriteBatch, WriteTxn};
 use crate::wait::{ApplyResult, Waiters};
+use crate::watch::WatchHub;
 
 /// The outcome of applying one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,12 +33,18 @@ pub enum Applied {
     Txn(TxnResponse),
     /// Compaction done; the store's revision at that point.
     Compaction(i64),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
 }
+
+/// The changes of one revision, in the order they were made.
+pub type Changes = (i64, Vec<KeyValue>);
 
 pub struct Applier {
     pub store: Arc<Store>,
     pub waiters: Arc<Waiters>,
     pub applied: watch::Sender<u64>,
+    pub hub: Arc<WatchHub>,
 }
 
 impl Applier {
@@ -53,6 +65,7 @@ impl Applier {
         };
         let mut wb = self.store.write_batch();
         let mut answers = Vec::new();
+        let mut changes = Vec::new();
         for e in &entries {
             if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
                 continue;
@@ -70,7 +83,7 @@ impl Applier {
                 tracing::warn!(index = e.index, "raft entry without a request skipped");
                 continue;
             };
-            let result = apply_request(&mut wb, request);
+            let result = apply_request(&mut wb, request, &mut changes);
             if let Err(Error::Storage(_) | Error::Corrupt(_)) = &result {
                 return result.map(|_| ());
             }
@@ -78,6 +91,8 @@ impl Applier {
         }
         wb.commit(last)?;
         self.applied.send_replace(last);
+        // Watchers may read these revisions back from storage: publish after the commit.
+        self.hub.publish(changes);
         for (id, result) in answers {
             self.waiters.trigger(id, result);
         }
@@ -88,13 +103,17 @@ impl Applier {
 /// Runs one request in its own write transaction; a failed request changes nothing.
 fn in_txn<R>(
     wb: &mut WriteBatch<'_>,
+    changes: &mut Vec<Changes>,
     f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<R, Error>,
     wrap: fn(R) -> Applied,
 ) -> ApplyResult {
     let mut txn = wb.txn();
     match f(&mut txn) {
         Ok(r) => {
-            txn.end();
+            let made = txn.end();
+            if !made.is_empty() {
+                changes.push((wb.current_rev(), made));
+            }
             Ok(wrap(r))
         }
         Err(e) => {
@@ -104,16 +123,28 @@ fn in_txn<R>(
     }
 }
 
-fn apply_request(wb: &mut WriteBatch<'_>, req: Request) -> ApplyResult {
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+fn apply_request(wb: &mut WriteBatch<'_>, req: Request, changes: &mut Vec<Changes>) -> ApplyResult {
     match req {
         Request::Put(p) => {
-            kv::check_lease(p.lease)?;
-            in_txn(wb, |t| kv::put(t, p), Applied::Put)
+            kv::check_lease(wb.lessor(), p.lease)?;
+            in_txn(wb, changes, |t| kv::put(t, p), Applied::Put)
         }
-        Request::DeleteRange(d) => in_txn(wb, |t| kv::delete_range(t, &d), Applied::DeleteRange),
+        Request::DeleteRange(d) => in_txn(
+            wb,
+            changes,
+            |t| kv::delete_range(t, &d),
+            Applied::DeleteRange,
+        ),
         // A put with ignore_value/ignore_lease can find its key deleted by an earlier op of
         // the same txn; the whole txn then fails with `key not found` and changes nothing.
-        Request::Txn(t) => in_txn(wb, |w| kv::txn(w, t), Applied::Txn),
+        Request::Txn(t) => in_txn(wb, changes, |w| kv::txn(w, t), Applied::Txn),
         Request::Compaction(c) => {
             if c.revision <= wb.compact_rev() {
                 return Err(Error::Compacted);
@@ -123,6 +154,24 @@ fn apply_request(wb: &mut WriteBatch<'_>, req: Request) -> ApplyResult {
             }
             wb.compact(c.revision)?;
             Ok(Applied::Compaction(wb.current_rev()))
+        }
+        Request::LeaseGrant(g) => {
+            let ttl = wb.grant_lease(g.id, g.ttl)?;
+            Ok(Applied::LeaseGrant(LeaseGrantResponse {
+                header: header(wb.current_rev()),
+                id: g.id,
+                ttl,
+                error: String::new(),
+            }))
+        }
+        Request::LeaseRevoke(r) => {
+            let made = wb.revoke_lease(r.id)?;
+            if !made.is_empty() {
+                changes.push((wb.current_rev(), made));
+            }
+            Ok(Applied::LeaseRevoke(LeaseRevokeResponse {
+                header: header(wb.current_rev()),
+            }))
         }
     }
 }

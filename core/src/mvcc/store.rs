@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use cairn_api::mvccpb::KeyValue;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
@@ -22,8 +22,10 @@ use prost::Message;
 use super::revision::Revision;
 use super::tree_index::TreeIndex;
 use crate::error::Error;
+use crate::lease::Lessor;
 
 const META_APPLIED: &[u8] = b"applied_index";
+// Keyspace `lease` maps lease id → granted TTL (both big-endian i64).
 const META_CURRENT_REV: &[u8] = b"current_rev";
 const META_COMPACT_REV: &[u8] = b"compact_rev";
 
@@ -68,6 +70,8 @@ pub struct Store {
     db: Database,
     kv: Keyspace,
     meta: Keyspace,
+    leases: Keyspace,
+    lessor: Arc<Lessor>,
     state: RwLock<State>,
 }
 
@@ -85,11 +89,29 @@ fn read_i64(ks: &Keyspace, key: &[u8]) -> Result<Option<i64>, Error> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `db` and rebuilds the index from storage.
-    pub fn open(db: &Database) -> Result<Store, Error> {
+    /// Opens (or creates) the store in `db`, rebuilds the index from storage and restores
+    /// the leases with their attached keys into `lessor`.
+    pub fn open(db: &Database, lessor: Arc<Lessor>) -> Result<Store, Error> {
         let kv = db.keyspace("kv", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
+        let leases = db.keyspace("lease", KeyspaceCreateOptions::default)?;
+        for item in leases.iter() {
+            let (k, v) = item.into_inner()?;
+            let id = i64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("lease id".into()))?,
+            );
+            let ttl = i64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("lease ttl".into()))?,
+            );
+            lessor.restore(id, ttl);
+        }
         let mut index = TreeIndex::default();
+        // The lease of each key's newest record (records come in revision order).
+        let mut key_leases: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut max_rev = 1;
         for item in kv.iter() {
             let (k, v) = item.into_inner()?;
@@ -98,6 +120,7 @@ impl Store {
             let kv = KeyValue::decode(v.as_ref())?;
             if tombstone {
                 index.tombstone(&kv.key, rev);
+                key_leases.remove(&kv.key);
             } else {
                 index.restore_put(
                     &kv.key,
@@ -105,8 +128,16 @@ impl Store {
                     Revision::new(kv.create_revision, 0),
                     kv.version,
                 );
+                if kv.lease != 0 {
+                    key_leases.insert(kv.key, kv.lease);
+                } else {
+                    key_leases.remove(&kv.key);
+                }
             }
             max_rev = max_rev.max(rev.main);
+        }
+        for (key, lease) in key_leases {
+            lessor.move_key(&key, lease);
         }
         // -1 until the first compaction, as etcd: compacting at 0 is then allowed once.
         let compact_rev = read_i64(&meta, META_COMPACT_REV)?.unwrap_or(-1);
@@ -124,6 +155,8 @@ impl Store {
             db: db.clone(),
             kv,
             meta,
+            leases,
+            lessor,
             state: RwLock::new(State {
                 index,
                 current_rev,
@@ -156,6 +189,10 @@ impl Store {
         self.read_state().current_rev
     }
 
+    pub fn lessor(&self) -> &Lessor {
+        &self.lessor
+    }
+
     pub fn compact_rev(&self) -> i64 {
         self.read_state().compact_rev
     }
@@ -167,6 +204,36 @@ impl Store {
     /// On-disk size of the database in bytes.
     pub fn db_size(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
+    }
+
+    /// Committed changes with revisions in `from..=to`, in revision order, as (revision,
+    /// tombstone, record). Stops early at a revision boundary once `limit` records are read;
+    /// the second value is the last revision fully read. Compaction may have removed records
+    /// below the compacted revision; callers check it.
+    pub fn history(
+        &self,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<(Vec<(i64, bool, KeyValue)>, i64), Error> {
+        let mut out: Vec<(i64, bool, KeyValue)> = Vec::new();
+        let start = Revision::new(from.max(0), 0).to_key(false);
+        let end = Revision::new(to.saturating_add(1), 0).to_key(false);
+        for item in self.kv.range(start..end) {
+            let (k, v) = item.into_inner()?;
+            let (rev, tombstone) =
+                Revision::from_key(&k).ok_or_else(|| Error::Corrupt("revision key".into()))?;
+            if out.len() >= limit && out.last().is_some_and(|(r, _, _)| *r != rev.main) {
+                let last = out.last().map_or(from - 1, |(r, _, _)| *r);
+                return Ok((out, last));
+            }
+            let mut kv = KeyValue::decode(v.as_ref())?;
+            if tombstone {
+                kv.mod_revision = rev.main;
+            }
+            out.push((rev.main, tombstone, kv));
+        }
+        Ok((out, to))
     }
 
     /// Starts applying a batch of raft entries; only the apply loop calls this.
@@ -292,6 +359,7 @@ impl<'a> WriteBatch<'a> {
             begin_rev,
             changes: Vec::new(),
             staged: Vec::new(),
+            lease_moves: Vec::new(),
         }
     }
 
@@ -301,6 +369,10 @@ impl<'a> WriteBatch<'a> {
 
     pub fn compact_rev(&self) -> i64 {
         self.state.compact_rev
+    }
+
+    pub fn lessor(&self) -> &Lessor {
+        &self.store.lessor
     }
 
     fn flush(&mut self) -> Result<(), Error> {
@@ -330,6 +402,32 @@ impl<'a> WriteBatch<'a> {
         Ok(())
     }
 
+    /// Grants a lease; returns its effective TTL.
+    pub fn grant_lease(&mut self, id: i64, ttl: i64) -> Result<i64, Error> {
+        let ttl = self.store.lessor.grant(id, ttl)?;
+        self.batch.insert(
+            &self.store.leases,
+            id.to_be_bytes().to_vec(),
+            ttl.to_be_bytes().to_vec(),
+        );
+        Ok(ttl)
+    }
+
+    /// Revokes a lease: its keys are deleted at one revision, in key order (so every member
+    /// produces the same events). Returns the deletions.
+    pub fn revoke_lease(&mut self, id: i64) -> Result<Vec<KeyValue>, Error> {
+        let keys = self.store.lessor.keys(id).ok_or(Error::LeaseNotFound)?;
+        let mut txn = self.txn();
+        for k in &keys {
+            txn.delete_range(k, &[]);
+        }
+        let changes = txn.end();
+        self.store.lessor.revoke(id)?;
+        self.batch
+            .remove(&self.store.leases, id.to_be_bytes().to_vec());
+        Ok(changes)
+    }
+
     /// Writes the batch and the applied index together; readers see it once this returns.
     pub fn commit(mut self, applied_index: u64) -> Result<(), Error> {
         let meta = &self.store.meta;
@@ -355,6 +453,8 @@ pub struct WriteTxn<'b, 'a> {
     changes: Vec<KeyValue>,
     /// Storage records of the changes, written to the batch only when the request ends.
     staged: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Lease attachments the changes make (key, new lease), applied when the request ends.
+    lease_moves: Vec<(Vec<u8>, i64)>,
 }
 
 impl WriteTxn<'_, '_> {
@@ -377,9 +477,8 @@ impl WriteTxn<'_, '_> {
             value,
             lease,
         };
-        self.wb
-            .batch
-            .insert(&self.wb.store.kv, rev.to_key(false), kv.encode_to_vec());
+        self.staged.push((rev.to_key(false), kv.encode_to_vec()));
+        self.lease_moves.push((key.to_vec(), lease));
         self.wb.state.index.put(key, rev);
         self.wb.pending.insert(rev, kv.clone());
         self.changes.push(kv);
@@ -403,9 +502,8 @@ impl WriteTxn<'_, '_> {
                 mod_revision: rev.main,
                 ..Default::default()
             };
-            self.wb
-                .batch
-                .insert(&self.wb.store.kv, rev.to_key(true), tomb.encode_to_vec());
+            self.staged.push((rev.to_key(true), tomb.encode_to_vec()));
+            self.lease_moves.push((k.clone(), 0));
             self.wb.state.index.tombstone(k, rev);
             self.changes.push(tomb);
         }
@@ -420,6 +518,10 @@ impl WriteTxn<'_, '_> {
         self.wb.state.compact_rev
     }
 
+    pub fn lessor(&self) -> &Lessor {
+        &self.wb.store.lessor
+    }
+
     /// Ends the request: the store moves to the new revision if anything changed. Returns
     /// the changes in order (tombstones carry only key and mod revision).
     pub fn end(self) -> Vec<KeyValue> {
@@ -428,6 +530,9 @@ impl WriteTxn<'_, '_> {
         }
         for (k, v) in self.staged {
             self.wb.batch.insert(&self.wb.store.kv, k, v);
+        }
+        for (k, lease) in self.lease_moves {
+            self.wb.store.lessor.move_key(&k, lease);
         }
         self.changes
     }

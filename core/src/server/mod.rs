@@ -3,8 +3,10 @@
 //! every client URL until [`Server::stop`].
 
 mod kv;
+mod lease;
 mod maintenance;
 mod validate;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
@@ -12,20 +14,22 @@ use std::thread;
 use std::time::Duration;
 
 use cairn_api::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::apply::Applier;
 use crate::config::Config;
 use crate::error::Error;
+use crate::lease::Lessor;
 use crate::membership::{Membership, MembershipError};
 use crate::mvcc::Store;
 use crate::node::{Node, NodeParts};
 use crate::raft::{RaftStatus, RaftStorage, ReadyLoop, ReadyLoopConfig};
 use crate::wait::Waiters;
+use crate::watch::WatchHub;
 
 pub use maintenance::ETCD_API_VERSION;
 
@@ -55,7 +59,7 @@ pub enum StartError {
 pub struct Server {
     node: Arc<Node>,
     client_addrs: Vec<SocketAddr>,
-    shutdown: watch::Sender<bool>,
+    shutdown: tokio::sync::watch::Sender<bool>,
     serving: Vec<JoinHandle<()>>,
     threads: Vec<thread::JoinHandle<()>>,
 }
@@ -85,13 +89,17 @@ impl Server {
         std::fs::create_dir_all(&db_dir)
             .map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
         let db = Store::open_database(&db_dir)?;
-        let store = Arc::new(Store::open(&db)?);
+        // etcd's minimum lease TTL: 1.5 election timeouts, in whole seconds rounded up.
+        let min_ttl = (cfg.election_timeout * 3 / 2).div_ceil(1000) as i64;
+        let lessor = Arc::new(Lessor::new(min_ttl));
+        let store = Arc::new(Store::open(&db, lessor)?);
+        let hub = WatchHub::start(store.clone()).map_err(StartError::Thread)?;
         let applied_index = store.applied_index();
         let raft_storage = RaftStorage::open(&db, &membership.voters(), applied_index)?;
 
         let waiters = Arc::new(Waiters::default());
         let raft_status = Arc::new(RaftStatus::default());
-        let (applied_tx, applied_rx) = watch::channel(applied_index);
+        let (applied_tx, applied_rx) = tokio::sync::watch::channel(applied_index);
         let (apply_tx, apply_rx) = mpsc::channel();
         let (command_tx, command_rx) = mpsc::channel();
 
@@ -99,6 +107,7 @@ impl Server {
             store: store.clone(),
             waiters: waiters.clone(),
             applied: applied_tx,
+            hub: hub.clone(),
         };
         let tick = Duration::from_millis(cfg.heartbeat_interval.max(1));
         let ready_loop = ReadyLoop::new(
@@ -159,11 +168,29 @@ impl Server {
             .add_service(
                 ClusterServer::new(maintenance::ClusterService::new(node.clone()))
                     .max_decoding_message_size(limit),
+            )
+            .add_service(
+                WatchServer::new(watch::WatchService::new(
+                    node.clone(),
+                    hub,
+                    cfg.max_request_bytes,
+                    cfg.watch_progress_notify_interval,
+                ))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                LeaseServer::new(lease::LeaseService::new(node.clone()))
+                    .max_decoding_message_size(limit),
             );
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let mut serving = vec![tokio::spawn(lease::expiry_loop(
+            node.clone(),
+            Duration::from_millis(cfg.election_timeout),
+            shutdown_rx.clone(),
+        ))];
         let mut client_addrs = Vec::new();
-        let mut serving = Vec::new();
         for url in &cfg.listen_client_urls {
             let addr = resolve(url).await?;
             let listener = tokio::net::TcpListener::bind(addr)

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::harness::{Embedded, Process};
-use cairn_api::etcdserverpb::{CompactionRequest, RangeRequest};
+use cairn_api::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest};
 
 use crate::ops::*;
 
@@ -87,6 +87,26 @@ async fn history_versions_and_compaction_survive_sigkill() {
     })
     .await
     .unwrap();
+    // A txn that fails midway (its put needs a key it deleted) must leave nothing behind,
+    // on disk either.
+    let keep = PutRequest {
+        ignore_value: true,
+        ..put("k", "")
+    };
+    let failing = txn(
+        vec![],
+        vec![
+            op_put("zombie", "z"),
+            // A from-key delete: it removes k without counting as a duplicate of the put.
+            op_del(del("j", "\0")),
+            op_put_req(keep),
+        ],
+        vec![],
+    );
+    assert_eq!(
+        kv.txn(failing).await.unwrap_err().message(),
+        "etcdserver: key not found"
+    );
     member.kill9();
     member.restart().await;
     let mut kv = member.kv().await;
@@ -122,6 +142,13 @@ async fn history_versions_and_compaction_survive_sigkill() {
     );
     assert!(kv
         .range(get("gone"))
+        .await
+        .unwrap()
+        .into_inner()
+        .kvs
+        .is_empty());
+    assert!(kv
+        .range(get("zombie"))
         .await
         .unwrap()
         .into_inner()

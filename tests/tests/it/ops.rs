@@ -55,6 +55,12 @@ pub fn op_put(k: &str, v: &str) -> RequestOp {
     }
 }
 
+pub fn op_put_req(p: PutRequest) -> RequestOp {
+    RequestOp {
+        request: Some(Request::RequestPut(p)),
+    }
+}
+
 pub fn op_get(r: RangeRequest) -> RequestOp {
     RequestOp {
         request: Some(Request::RequestRange(r)),

@@ -5,7 +5,7 @@ use crate::harness::Embedded;
 use cairn_api::etcdserverpb::{
     compare::{CompareResult as R, CompareTarget as T, TargetUnion as U},
     response_op::Response,
-    Compare, RangeRequest, RequestOp, TxnResponse,
+    Compare, RangeRequest, TxnResponse,
 };
 
 use crate::ops::*;
@@ -225,22 +225,15 @@ async fn a_txn_that_fails_midway_changes_nothing() {
     let mut kv = m.kv().await;
     kv.put(put("a", "1")).await.unwrap(); // 2
     kv.put(put("b", "2")).await.unwrap(); // 3
-                                          // The put needs the value of a key the same txn just deleted. (etcd 3.4 panics here.)
+
+    // The put needs the value of a key the same txn just deleted. (etcd 3.4 panics here.)
     let keep = cairn_api::etcdserverpb::PutRequest {
         ignore_value: true,
         ..put("b", "")
     };
     let t = txn(
         vec![],
-        vec![
-            op_put("c", "3"),
-            op_del(del("a", "\0")),
-            RequestOp {
-                request: Some(cairn_api::etcdserverpb::request_op::Request::RequestPut(
-                    keep,
-                )),
-            },
-        ],
+        vec![op_put("c", "3"), op_del(del("a", "\0")), op_put_req(keep)],
         vec![],
     );
     let err = kv.txn(t).await.unwrap_err();

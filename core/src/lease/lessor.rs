@@ -1,0 +1,278 @@
+//! The lessor: leases by id, their attached keys and deadlines.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+
+/// The largest TTL a lease may have, in seconds (etcd's `MaxLeaseTTL`).
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+#[derive(Debug)]
+struct Lease {
+    ttl: i64,
+    /// When the lease expires; `None` on a member that is not the leader.
+    expiry: Option<Instant>,
+    keys: BTreeSet<Vec<u8>>,
+    /// When this member last proposed revoking it on expiry (to avoid proposing again and
+    /// again while the revoke is in flight).
+    revoke_proposed: Option<Instant>,
+}
+
+/// A snapshot of one lease for TimeToLive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseInfo {
+    pub id: i64,
+    pub granted_ttl: i64,
+    /// Seconds left, or the granted TTL on a member that does not track deadlines.
+    pub remaining: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Default)]
+struct Leases {
+    map: HashMap<i64, Lease>,
+    /// The lease of every key that has one.
+    items: HashMap<Vec<u8>, i64>,
+    /// Whether this member tracks deadlines (it is the leader).
+    primary: bool,
+}
+
+/// Every lease; see the module docs. Shared by the apply loop (grant, revoke, attach) and
+/// the lease service (renew, time-to-live, list, expiry).
+#[derive(Debug)]
+pub struct Lessor {
+    inner: Mutex<Leases>,
+    /// TTLs below this are raised to it, so a lease outlives an election.
+    min_ttl: i64,
+}
+
+impl Lessor {
+    /// `min_ttl` in seconds: etcd uses 1.5 election timeouts, rounded up.
+    pub fn new(min_ttl: i64) -> Lessor {
+        Lessor {
+            inner: Mutex::default(),
+            min_ttl: min_ttl.max(1),
+        }
+    }
+
+    fn leases(&self) -> MutexGuard<'_, Leases> {
+        // Every mutation is a single map operation; the map is consistent after a panic.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The TTL a grant of `ttl` gets.
+    pub fn effective_ttl(&self, ttl: i64) -> i64 {
+        ttl.max(self.min_ttl)
+    }
+
+    /// Creates a lease (apply loop). Errors: TTL too large, id taken.
+    pub fn grant(&self, id: i64, ttl: i64) -> Result<i64, Error> {
+        if ttl > MAX_LEASE_TTL {
+            return Err(Error::LeaseTtlTooLarge);
+        }
+        let ttl = self.effective_ttl(ttl);
+        let mut l = self.leases();
+        if l.map.contains_key(&id) {
+            return Err(Error::LeaseExists);
+        }
+        let expiry = l.primary.then(|| deadline(ttl));
+        l.map.insert(
+            id,
+            Lease {
+                ttl,
+                expiry,
+                keys: BTreeSet::new(),
+                revoke_proposed: None,
+            },
+        );
+        Ok(ttl)
+    }
+
+    /// Re-creates a lease read back from storage on start.
+    pub fn restore(&self, id: i64, ttl: i64) {
+        self.leases().map.insert(
+            id,
+            Lease {
+                ttl,
+                expiry: None,
+                keys: BTreeSet::new(),
+                revoke_proposed: None,
+            },
+        );
+    }
+
+    /// Removes a lease (apply loop); returns its keys, sorted, for deletion.
+    pub fn revoke(&self, id: i64) -> Result<Vec<Vec<u8>>, Error> {
+        let mut l = self.leases();
+        let lease = l.map.remove(&id).ok_or(Error::LeaseNotFound)?;
+        for k in &lease.keys {
+            l.items.remove(k);
+        }
+        Ok(lease.keys.into_iter().collect())
+    }
+
+    /// The keys of a lease, sorted (the apply loop deletes them when revoking).
+    pub fn keys(&self, id: i64) -> Option<Vec<Vec<u8>>> {
+        self.leases()
+            .map
+            .get(&id)
+            .map(|l| l.keys.iter().cloned().collect())
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        self.leases().map.contains_key(&id)
+    }
+
+    /// Attaches `key` to lease `to` (0: to none), detaching it from its previous lease.
+    pub fn move_key(&self, key: &[u8], to: i64) {
+        let mut l = self.leases();
+        let from = l.items.get(key).copied().unwrap_or(0);
+        if from == to {
+            return;
+        }
+        if let Some(old) = l.map.get_mut(&from) {
+            old.keys.remove(key);
+        }
+        match l.map.get_mut(&to) {
+            Some(new) => {
+                new.keys.insert(key.to_vec());
+                l.items.insert(key.to_vec(), to);
+            }
+            None => {
+                l.items.remove(key);
+            }
+        }
+    }
+
+    /// Restarts the lease's deadline; returns its TTL. Only the leader renews.
+    pub fn renew(&self, id: i64) -> Result<i64, Error> {
+        let mut l = self.leases();
+        if !l.primary {
+            return Err(Error::NotLeader);
+        }
+        let lease = l.map.get_mut(&id).ok_or(Error::LeaseNotFound)?;
+        lease.expiry = Some(deadline(lease.ttl));
+        lease.revoke_proposed = None;
+        Ok(lease.ttl)
+    }
+
+    pub fn time_to_live(&self, id: i64) -> Option<LeaseInfo> {
+        let l = self.leases();
+        let lease = l.map.get(&id)?;
+        let remaining = match lease.expiry {
+            Some(at) => at.saturating_duration_since(Instant::now()).as_secs() as i64,
+            None => lease.ttl,
+        };
+        Some(LeaseInfo {
+            id,
+            granted_ttl: lease.ttl,
+            remaining,
+            keys: lease.keys.iter().cloned().collect(),
+        })
+    }
+
+    /// Every lease id, soonest expiry first (as etcd lists them).
+    pub fn ids(&self) -> Vec<i64> {
+        let l = self.leases();
+        let mut ids: Vec<(Option<Instant>, i64)> = l
+            .map
+            .iter()
+            .map(|(id, lease)| (lease.expiry, *id))
+            .collect();
+        ids.sort();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// This member became leader: start tracking deadlines, each from its full TTL plus
+    /// `extend`, so leases are not expired by the time the election took.
+    pub fn promote(&self, extend: Duration) {
+        let mut l = self.leases();
+        l.primary = true;
+        for lease in l.map.values_mut() {
+            lease.expiry = Some(deadline(lease.ttl) + extend);
+            lease.revoke_proposed = None;
+        }
+    }
+
+    /// This member is no longer leader: deadlines are the new leader's business.
+    pub fn demote(&self) {
+        let mut l = self.leases();
+        l.primary = false;
+        for lease in l.map.values_mut() {
+            lease.expiry = None;
+        }
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.leases().primary
+    }
+
+    /// Leases past their deadline that need a revoke proposed now; `retry` is how long to
+    /// wait before proposing again for one still not revoked.
+    pub fn expired(&self, now: Instant, retry: Duration) -> Vec<i64> {
+        let mut l = self.leases();
+        let mut out = Vec::new();
+        for (id, lease) in l.map.iter_mut() {
+            let due = lease.expiry.is_some_and(|at| at <= now);
+            let waiting = lease.revoke_proposed.is_some_and(|at| now < at + retry);
+            if due && !waiting {
+                lease.revoke_proposed = Some(now);
+                out.push(*id);
+            }
+        }
+        out
+    }
+}
+
+fn deadline(ttl: i64) -> Instant {
+    Instant::now() + Duration::from_secs(ttl.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_applies_the_minimum_ttl_and_rejects_duplicates() {
+        let l = Lessor::new(2);
+        assert_eq!(l.grant(1, 1), Ok(2));
+        assert_eq!(l.grant(1, 10), Err(Error::LeaseExists));
+        assert_eq!(l.grant(2, MAX_LEASE_TTL + 1), Err(Error::LeaseTtlTooLarge));
+        assert_eq!(l.grant(3, 30), Ok(30));
+    }
+
+    #[test]
+    fn keys_follow_their_lease() {
+        let l = Lessor::new(1);
+        l.grant(1, 10).unwrap();
+        l.grant(2, 10).unwrap();
+        l.move_key(b"k", 1);
+        l.move_key(b"j", 1);
+        l.move_key(b"k", 2);
+        l.move_key(b"x", 99);
+        assert_eq!(l.keys(1), Some(vec![b"j".to_vec()]));
+        assert_eq!(l.revoke(2), Ok(vec![b"k".to_vec()]));
+        assert_eq!(l.revoke(2), Err(Error::LeaseNotFound));
+    }
+
+    #[test]
+    fn only_the_primary_tracks_and_expires_deadlines() {
+        let l = Lessor::new(1);
+        l.grant(1, 1).unwrap();
+        assert_eq!(l.renew(1), Err(Error::NotLeader));
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(l.expired(later, Duration::from_secs(1)).is_empty());
+        l.promote(Duration::ZERO);
+        assert_eq!(l.expired(later, Duration::from_secs(1)), vec![1]);
+        // Not proposed again until the retry interval passed.
+        assert!(l.expired(later, Duration::from_secs(1)).is_empty());
+        assert_eq!(
+            l.expired(later + Duration::from_secs(2), Duration::from_secs(1)),
+            vec![1]
+        );
+        assert_eq!(l.renew(1), Ok(1));
+        assert!(l.expired(Instant::now(), Duration::from_secs(1)).is_empty());
+    }
+}

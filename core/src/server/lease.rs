@@ -1,0 +1,208 @@
+//! The Lease service, and the leader's expiry loop that revokes leases whose deadline
+//! passed (through raft, so every member deletes the same keys at the same revision).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_api::cairnpb::internal_request::Request as Internal;
+use cairn_api::etcdserverpb::{
+    lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::apply::Applied;
+use crate::error::Error;
+use crate::lease::MAX_LEASE_TTL;
+use crate::node::Node;
+
+pub struct LeaseService {
+    node: Arc<Node>,
+}
+
+impl LeaseService {
+    pub fn new(node: Arc<Node>) -> Self {
+        LeaseService { node }
+    }
+}
+
+fn unexpected(a: Applied) -> Status {
+    Status::internal(format!("unexpected apply result {a:?}"))
+}
+
+/// Renews a lease for a keep-alive: on the leader, once it has applied everything it
+/// committed (so a lease granted just before is known). Unknown leases answer TTL 0.
+async fn renew(node: &Node, id: i64) -> Result<i64, Error> {
+    node.wait_linearizable().await?;
+    match node.store.lessor().renew(id) {
+        Ok(ttl) => Ok(ttl),
+        Err(Error::LeaseNotFound) => Ok(0),
+        // Keep-alives on a follower are forwarded to the leader once members can talk.
+        Err(Error::NotLeader) => Err(Error::NoLeader),
+        Err(e) => Err(e),
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        req: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let mut g = req.into_inner();
+        if g.ttl > MAX_LEASE_TTL {
+            return Err(Error::LeaseTtlTooLarge.into());
+        }
+        if g.id == 0 {
+            // The proposer picks the id, so every member grants the same lease.
+            g.id = (self.node.next_request_id() & (i64::MAX as u64)) as i64;
+        }
+        match self.node.propose_and_wait(Internal::LeaseGrant(g)).await? {
+            Applied::LeaseGrant(mut resp) => {
+                self.node.fill_header(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        match self
+            .node
+            .propose_and_wait(Internal::LeaseRevoke(req.into_inner()))
+            .await?
+        {
+            Applied::LeaseRevoke(mut resp) => {
+                self.node.fill_header(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<KeepAliveStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(ka)) = inbound.message().await {
+                let resp = match renew(&node, ka.id).await {
+                    Ok(ttl) => Ok(LeaseKeepAliveResponse {
+                        header: Some(node.header(0)),
+                        id: ka.id,
+                        ttl,
+                    }),
+                    Err(e) => Err(Status::from(e)),
+                };
+                let failed = resp.is_err();
+                if tx.send(resp).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let r = req.into_inner();
+        self.node.wait_linearizable().await?;
+        let header = Some(self.node.header(0));
+        let resp = match self.node.store.lessor().time_to_live(r.id) {
+            Some(info) => LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: info.remaining,
+                granted_ttl: info.granted_ttl,
+                keys: if r.keys { info.keys } else { vec![] },
+            },
+            // An unknown (or expired) lease answers TTL -1, not an error, as etcd.
+            None => LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: -1,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _req: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.node.wait_linearizable().await?;
+        let leases = self
+            .node
+            .store
+            .lessor()
+            .ids()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect();
+        Ok(Response::new(LeaseLeasesResponse {
+            header: Some(self.node.header(0)),
+            leases,
+        }))
+    }
+}
+
+/// How often the leader looks for expired leases.
+const EXPIRY_CHECK: Duration = Duration::from_millis(250);
+
+/// Runs on every member: while this member leads, it tracks deadlines and proposes a revoke
+/// for each expired lease; when leadership moves away it stops.
+pub async fn expiry_loop(
+    node: Arc<Node>,
+    election_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(EXPIRY_CHECK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let lessor = node.store.lessor();
+        let leading = node.raft_status.leader() == node.membership.local_id;
+        match (leading, lessor.is_primary()) {
+            (true, false) => lessor.promote(election_timeout),
+            (false, true) => lessor.demote(),
+            _ => {}
+        }
+        if !leading {
+            continue;
+        }
+        for id in lessor.expired(Instant::now(), election_timeout * 2) {
+            let node = node.clone();
+            tokio::spawn(async move {
+                match node
+                    .propose_and_wait(Internal::LeaseRevoke(LeaseRevokeRequest { id }))
+                    .await
+                {
+                    Ok(_) | Err(Error::LeaseNotFound) => {
+                        tracing::debug!(lease = id, "expired lease revoked")
+                    }
+                    Err(e) => {
+                        tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; will retry")
+                    }
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The hub's state: watchers by handle, the synced index, and publication.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cairn_api::mvccpb::Event;
+use tokio::sync::mpsc;
+
+use super::{matches, to_events};
+use crate::apply::Changes;
+use crate::mvcc::Store;
+
+/// Identifies a watcher across the hub (stream-local watch ids may repeat).
+pub type WatcherHandle = u64;
+
+/// What the hub hands a watch stream.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Events for one watcher, all of complete revisions, in order.
+    Events {
+        handle: WatcherHandle,
+        revision: i64,
+        events: Vec<Event>,
+    },
+    /// The watcher's start revision is compacted; it is removed from the hub.
+    Compacted {
+        handle: WatcherHandle,
+        compact_revision: i64,
+    },
+    /// Nothing new for the watcher up to `revision`.
+    Progress {
+        handle: WatcherHandle,
+        revision: i64,
+    },
+}
+
+/// What a watcher watches.
+#[derive(Debug, Clone)]
+pub struct WatchSpec {
+    pub key: Vec<u8>,
+    /// Empty: the single key; `[0]`: every key from `key` on; else `[key, end)`.
+    pub end: Vec<u8>,
+    /// First revision to deliver; 0 means after the current one.
+    pub start_revision: i64,
+    pub no_put: bool,
+    pub no_delete: bool,
+}
+
+pub(super) struct Watcher {
+    pub spec: WatchSpec,
+    /// The first revision not yet delivered.
+    pub next_rev: i64,
+    pub tx: mpsc::Sender<Delivery>,
+    pub synced: bool,
+}
+
+impl Watcher {
+    /// The events of one revision this watcher wants.
+    pub fn select(&self, events: &[Event]) -> Vec<Event> {
+        events
+            .iter()
+            .filter(|e| matches(&self.spec, e))
+            .cloned()
+            .collect()
+    }
+}
+
+#[derive(Default)]
+pub(super) struct HubState {
+    /// The newest revision published.
+    pub current_rev: i64,
+    pub watchers: HashMap<WatcherHandle, Watcher>,
+    /// Synced single-key watchers by key.
+    by_key: HashMap<Vec<u8>, HashSet<WatcherHandle>>,
+    /// Synced range watchers.
+    ranges: HashSet<WatcherHandle>,
+    pub unsynced: HashSet<WatcherHandle>,
+    next_handle: WatcherHandle,
+}
+
+impl HubState {
+    pub fn mark_synced(&mut self, h: WatcherHandle) {
+        let Some(w) = self.watchers.get_mut(&h) else {
+            return;
+        };
+        w.synced = true;
+        self.unsynced.remove(&h);
+        if w.spec.end.is_empty() {
+            self.by_key.entry(w.spec.key.clone()).or_default().insert(h);
+        } else {
+            self.ranges.insert(h);
+        }
+    }
+
+    pub fn mark_unsynced(&mut self, h: WatcherHandle, next_rev: i64) {
+        let Some(w) = self.watchers.get_mut(&h) else {
+            return;
+        };
+        w.synced = false;
+        w.next_rev = next_rev;
+        self.unsynced.insert(h);
+        self.ranges.remove(&h);
+        if let Some(set) = self.by_key.get_mut(&w.spec.key) {
+            set.remove(&h);
+            if set.is_empty() {
+                self.by_key.remove(&w.spec.key);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, h: WatcherHandle) {
+        self.mark_unsynced(h, 0);
+        self.unsynced.remove(&h);
+        self.watchers.remove(&h);
+    }
+
+    fn synced_for(&self, key: &[u8]) -> impl Iterator<Item = WatcherHandle> + '_ {
+        self.by_key
+            .get(key)
+            .into_iter()
+            .flatten()
+            .chain(self.ranges.iter())
+            .copied()
+    }
+}
+
+/// The hub; see the module docs.
+pub struct WatchHub {
+    pub(super) store: Arc<Store>,
+    pub(super) state: Mutex<HubState>,
+    pub(super) wake: std::sync::mpsc::SyncSender<()>,
+}
+
+impl WatchHub {
+    /// Creates the hub and starts its sync thread (which ends when the hub is dropped).
+    pub fn start(store: Arc<Store>) -> std::io::Result<Arc<WatchHub>> {
+        let (wake, woken) = std::sync::mpsc::sync_channel(1);
+        let state = HubState {
+            current_rev: store.current_rev(),
+            ..Default::default()
+        };
+        let hub = Arc::new(WatchHub {
+            store,
+            state: Mutex::new(state),
+            wake,
+        });
+        super::sync::spawn(Arc::downgrade(&hub), woken)?;
+        Ok(hub)
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, HubState> {
+        // Every critical section leaves the state consistent before it can panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn wake_sync(&self) {
+        // A full channel already holds a wake-up.
+        let _ = self.wake.try_send(());
+    }
+
+    /// Adds a watcher delivering into `tx`; returns its handle and the revision it was
+    /// created at (events after it, or from `start_revision`, will come).
+    pub fn watch(&self, spec: WatchSpec, tx: mpsc::Sender<Delivery>) -> (WatcherHandle, i64) {
+        let mut st = self.lock();
+        let current = st.current_rev;
+        let handle = st.next_handle;
+        st.next_handle += 1;
+        let next_rev = if spec.start_revision > 0 {
+            spec.start_revision
+        } else {
+            current + 1
+        };
+        st.watchers.insert(
+            handle,
+            Watcher {
+                spec,
+                next_rev,
+                tx,
+                synced: false,
+            },
+        );
+        if next_rev > current {
+            st.mark_synced(handle);
+        } else {
+            st.unsynced.insert(handle);
+            drop(st);
+            self.wake_sync();
+        }
+        (handle, current)
+    }
+
+    pub fn cancel(&self, handle: WatcherHandle) {
+        self.lock().remove(handle);
+    }
+
+    /// Sends a progress notification if the watcher is caught up (as etcd, an unsynced
+    /// watcher gets none: its next events will show progress).
+    pub fn progress(&self, handle: WatcherHandle) {
+        let st = self.lock();
+        if let Some(w) = st.watchers.get(&handle).filter(|w| w.synced) {
+            let _ = w.tx.try_send(Delivery::Progress {
+                handle,
+                revision: st.current_rev,
+            });
+        }
+    }
+
+    /// The newest published revision.
+    pub fn current_rev(&self) -> i64 {
+        self.lock().current_rev
+    }
+
+    /// Delivers newly committed revisions (in order) to synced watchers. A watcher whose
+    /// stream cannot take more is moved to catch-up at the first revision it missed.
+    pub fn publish(&self, changes: Vec<Changes>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        let mut fell_behind = false;
+        for (rev, kvs) in changes {
+            let events = to_events(kvs);
+            let mut targets: Vec<WatcherHandle> = Vec::new();
+            let mut seen = HashSet::new();
+            for e in &events {
+                let key = e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice());
+                targets.extend(st.synced_for(key).filter(|h| seen.insert(*h)));
+            }
+            for h in targets {
+                let Some(w) = st.watchers.get_mut(&h) else {
+                    continue;
+                };
+                if rev < w.next_rev {
+                    continue;
+                }
+                let mine = w.select(&events);
+                if mine.is_empty() {
+                    continue;
+                }
+                match w.tx.try_send(Delivery::Events {
+                    handle: h,
+                    revision: rev,
+                    events: mine,
+                }) {
+                    Ok(()) => w.next_rev = rev + 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        st.mark_unsynced(h, rev);
+                        fell_behind = true;
+                    }
+                    // The stream is gone; it cancels its watchers as it closes.
+                    Err(mpsc::error::TrySendError::Closed(_)) => st.remove(h),
+                }
+            }
+            st.current_rev = rev;
+        }
+        drop(st);
+        if fell_behind {
+            self.wake_sync();
+        }
+    }
+}
