@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 
 use fjall::{Database, PersistMode};
 use raft::eraftpb::{Entry, Message};
-use raft::RawNode;
+use raft::{RawNode, StateRole};
 use tokio::sync::{oneshot, watch};
 
 use super::{logger, Command, RaftStatus, RaftStorage};
 use crate::error::Error;
+use crate::lease::Lessor;
 use crate::wait::Waiters;
 
 /// Entries kept in the log behind the applied index (for slow followers, once there are any).
@@ -37,6 +38,9 @@ pub struct ReadyLoopConfig {
     pub tick: Duration,
     pub election_ticks: usize,
     pub applied_index: u64,
+    /// Leases start their deadlines when this member becomes leader, and stop tracking them
+    /// when it steps down.
+    pub lessor: Arc<Lessor>,
 }
 
 /// Read-index requests waiting for raft to confirm leadership.
@@ -58,6 +62,8 @@ pub struct ReadyLoop {
     applied: watch::Receiver<u64>,
     tick: Duration,
     ticks: u64,
+    election_ticks: usize,
+    lessor: Arc<Lessor>,
     reads: PendingReads,
 }
 
@@ -104,6 +110,8 @@ impl ReadyLoop {
             status,
             applied,
             tick: cfg.tick,
+            election_ticks: cfg.election_ticks,
+            lessor: cfg.lessor,
             ticks: 0,
             reads: PendingReads::default(),
         })
@@ -200,6 +208,13 @@ impl ReadyLoop {
                     term = self.node.raft.term,
                     "leader changed"
                 );
+            }
+            // Deadlines restart from the full TTL plus an election timeout on the new
+            // leader, so the election itself never expires a healthy lease.
+            match (ss.raft_state == StateRole::Leader, self.lessor.is_primary()) {
+                (true, false) => self.lessor.promote(self.tick * self.election_ticks as u32),
+                (false, true) => self.lessor.demote(),
+                _ => {}
             }
         }
         // 1. Leader messages may go out before the leader's own append is durable.

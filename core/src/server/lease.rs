@@ -23,11 +23,13 @@ use crate::node::Node;
 
 pub struct LeaseService {
     node: Arc<Node>,
+    /// Flips to true when the server stops: keep-alive streams end.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl LeaseService {
-    pub fn new(node: Arc<Node>) -> Self {
-        LeaseService { node }
+    pub fn new(node: Arc<Node>, shutdown: watch::Receiver<bool>) -> Self {
+        LeaseService { node, shutdown }
     }
 }
 
@@ -97,8 +99,16 @@ impl Lease for LeaseService {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
+        let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            while let Ok(Some(ka)) = inbound.message().await {
+            loop {
+                let ka = tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(ka)) => ka,
+                        Ok(None) | Err(_) => return,
+                    },
+                    _ = super::stopped(&mut shutdown) => return,
+                };
                 let resp = match renew(&node, ka.id).await {
                     Ok(ttl) => Ok(LeaseKeepAliveResponse {
                         header: Some(node.header(0)),
@@ -165,8 +175,9 @@ impl Lease for LeaseService {
 /// How often the leader looks for expired leases.
 const EXPIRY_CHECK: Duration = Duration::from_millis(250);
 
-/// Runs on every member: while this member leads, it tracks deadlines and proposes a revoke
-/// for each expired lease; when leadership moves away it stops.
+/// Runs on every member: while this member leads (its lessor is primary), it proposes a
+/// revoke for each expired lease, and again after `2 × election_timeout` if that revoke has
+/// not been applied by then.
 pub async fn expiry_loop(
     node: Arc<Node>,
     election_timeout: Duration,
@@ -176,16 +187,11 @@ pub async fn expiry_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = super::stopped(&mut shutdown) => return,
         }
+        // The raft loop promotes the lessor when this member becomes leader.
         let lessor = node.store.lessor();
-        let leading = node.raft_status.leader() == node.membership.local_id;
-        match (leading, lessor.is_primary()) {
-            (true, false) => lessor.promote(election_timeout),
-            (false, true) => lessor.demote(),
-            _ => {}
-        }
-        if !leading {
+        if !lessor.is_primary() {
             continue;
         }
         for id in lessor.expired(Instant::now(), election_timeout * 2) {

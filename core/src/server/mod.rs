@@ -37,6 +37,11 @@ pub use maintenance::ETCD_API_VERSION;
 /// so an oversized request reaches our own check and gets etcd's error text.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// Resolves once the server is stopping (or its stop signal is gone).
+pub(crate) async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -92,7 +97,7 @@ impl Server {
         // etcd's minimum lease TTL: 1.5 election timeouts, in whole seconds rounded up.
         let min_ttl = (cfg.election_timeout * 3 / 2).div_ceil(1000) as i64;
         let lessor = Arc::new(Lessor::new(min_ttl));
-        let store = Arc::new(Store::open(&db, lessor)?);
+        let store = Arc::new(Store::open(&db, lessor.clone())?);
         let hub = WatchHub::start(store.clone()).map_err(StartError::Thread)?;
         let applied_index = store.applied_index();
         let raft_storage = RaftStorage::open(&db, &membership.voters(), applied_index)?;
@@ -117,6 +122,7 @@ impl Server {
                 election_ticks: (cfg.election_timeout / cfg.heartbeat_interval.max(1)).max(2)
                     as usize,
                 applied_index,
+                lessor: lessor.clone(),
             },
             raft_storage,
             db,
@@ -153,6 +159,7 @@ impl Server {
             request_timeout: Duration::from_millis(5000 + 2 * cfg.election_timeout),
         }));
 
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let limit = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
@@ -175,16 +182,16 @@ impl Server {
                     hub,
                     cfg.max_request_bytes,
                     cfg.watch_progress_notify_interval,
+                    shutdown_rx.clone(),
                 ))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
             )
             .add_service(
-                LeaseServer::new(lease::LeaseService::new(node.clone()))
+                LeaseServer::new(lease::LeaseService::new(node.clone(), shutdown_rx.clone()))
                     .max_decoding_message_size(limit),
             );
 
-        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let mut serving = vec![tokio::spawn(lease::expiry_loop(
             node.clone(),
             Duration::from_millis(cfg.election_timeout),

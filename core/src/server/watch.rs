@@ -18,7 +18,7 @@ use cairn_api::etcdserverpb::{
 use cairn_api::mvccpb::Event;
 use futures::Stream;
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -36,6 +36,8 @@ pub struct WatchService {
     hub: Arc<WatchHub>,
     max_request_bytes: usize,
     progress_interval: Duration,
+    /// Flips to true when the server stops: every stream ends.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl WatchService {
@@ -44,12 +46,14 @@ impl WatchService {
         hub: Arc<WatchHub>,
         max_request_bytes: usize,
         progress_interval: Duration,
+        shutdown: watch::Receiver<bool>,
     ) -> Self {
         WatchService {
             node,
             hub,
             max_request_bytes,
             progress_interval,
+            shutdown,
         }
     }
 }
@@ -74,7 +78,13 @@ impl Watch for WatchService {
             by_handle: HashMap::new(),
             next_id: 0,
         };
-        tokio::spawn(stream.run(req.into_inner(), deliveries, self.progress_interval));
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(stream.run(
+            req.into_inner(),
+            deliveries,
+            self.progress_interval,
+            shutdown,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
 }
@@ -105,6 +115,7 @@ impl WatchStream {
         mut inbound: Streaming<WatchRequest>,
         mut deliveries: mpsc::Receiver<Delivery>,
         progress: Duration,
+        mut shutdown: watch::Receiver<bool>,
     ) {
         let mut ticker = tokio::time::interval(progress);
         ticker.tick().await;
@@ -116,6 +127,7 @@ impl WatchStream {
                     Ok(None) | Err(_) => false,
                 },
                 Some(d) = deliveries.recv() => self.forward(d).await,
+                _ = super::stopped(&mut shutdown) => false,
                 _ = ticker.tick() => {
                     for w in self.watchers.values_mut() {
                         if w.progress_notify && !w.active {

@@ -238,3 +238,50 @@ pub fn etcdctl_binary() -> Option<PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+/// One watch stream to a member, for tests.
+pub struct WatchConn {
+    tx: tokio::sync::mpsc::Sender<cairn_api::etcdserverpb::WatchRequest>,
+    pub rx: tonic::Streaming<cairn_api::etcdserverpb::WatchResponse>,
+}
+
+impl WatchConn {
+    pub async fn open(addr: SocketAddr) -> WatchConn {
+        let ch = channel(addr).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut client = cairn_api::etcdserverpb::watch_client::WatchClient::new(ch);
+        let rx = client
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("open watch stream")
+            .into_inner();
+        WatchConn { tx, rx }
+    }
+
+    pub async fn send(&self, req: cairn_api::etcdserverpb::watch_request::RequestUnion) {
+        let req = cairn_api::etcdserverpb::WatchRequest {
+            request_union: Some(req),
+        };
+        self.tx.send(req).await.expect("watch stream open");
+    }
+
+    /// Creates a watcher and returns the `created` response.
+    pub async fn create(
+        &mut self,
+        c: cairn_api::etcdserverpb::WatchCreateRequest,
+    ) -> cairn_api::etcdserverpb::WatchResponse {
+        self.send(cairn_api::etcdserverpb::watch_request::RequestUnion::CreateRequest(c))
+            .await;
+        let r = self.next().await;
+        assert!(r.created, "expected a created response, got {r:?}");
+        r
+    }
+
+    /// The next response; fails the test if none comes within 20 s.
+    pub async fn next(&mut self) -> cairn_api::etcdserverpb::WatchResponse {
+        match tokio::time::timeout(Duration::from_secs(20), self.rx.message()).await {
+            Ok(Ok(Some(r))) => r,
+            other => panic!("no watch response: {other:?}"),
+        }
+    }
+}

@@ -6,6 +6,8 @@ mod durability;
 mod errors;
 mod etcdctl;
 mod harness;
+mod lease;
 mod ops;
 mod range;
 mod txn;
+mod watch;
