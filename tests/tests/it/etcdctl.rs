@@ -168,3 +168,126 @@ async fn etcdctl_prints_the_same_against_cairn_and_etcd() {
         assert_eq!(got, want, "etcdctl {args:?} differs");
     }
 }
+
+/// Runs `etcdctl watch …` and returns its lines: `lines` of them, or with `None`, all it
+/// prints until it has been quiet for two seconds (used on the reference server only, to
+/// learn how many lines to expect).
+fn etcdctl_watch(
+    bin: &Path,
+    endpoint: std::net::SocketAddr,
+    args: &[&str],
+    lines: Option<usize>,
+) -> Vec<String> {
+    use std::io::BufRead;
+    use std::time::Duration;
+    let mut child = Command::new(bin)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("watch")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run etcdctl watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let wait = if lines.is_some() {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_secs(2)
+    };
+    let mut out = Vec::new();
+    while lines.is_none_or(|n| out.len() < n) {
+        match rx.recv_timeout(wait) {
+            Ok(line) => out.push(normalize(&line).trim_end_matches('\n').to_string()),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    out
+}
+
+#[tokio::test]
+async fn etcdctl_lease_and_watch_print_the_same_against_cairn_and_etcd() {
+    let (Some(bin), Some(etcd)) = (etcdctl_binary(), Process::etcd().await) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install etcd and etcdctl"
+        );
+        eprintln!("etcd/etcdctl not installed: etcdctl comparison skipped");
+        return;
+    };
+    let cairn = Process::cairn().await;
+    let mut outputs = Vec::new();
+    for addr in [etcd.addr, cairn.addr] {
+        let granted = etcdctl(&bin, addr, &["lease", "grant", "100"], None);
+        // "exit=Some(0)\nlease 694d7c9d4f3a2e0b granted with TTL(100s)": ids differ per server.
+        let id = granted
+            .split_whitespace()
+            .nth(2)
+            .expect("lease id")
+            .to_string();
+        let dec = i64::from_str_radix(&id, 16)
+            .expect("hex lease id")
+            .to_string();
+        let run = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.replace("{L}", &id)).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            etcdctl(&bin, addr, &args, None)
+                .replace(&id, "ID")
+                .replace(&dec, "ID")
+        };
+        let mut out = vec![granted.replace(&id, "ID")];
+        for args in [
+            &["put", "svc/a", "1", "--lease={L}"][..],
+            &["put", "svc/b", "2"],
+            &["put", "svc/b", "3", "--prev-kv"],
+            &["lease", "timetolive", "{L}", "--keys"],
+            &["lease", "list"],
+            &["get", "svc/a", "-w", "json"],
+            &["put", "svc/b", "4", "--ignore-lease"],
+            &["put", "svc/a", "--ignore-value", "--lease={L}"],
+            &["lease", "keep-alive", "--once", "{L}"],
+            &["lease", "revoke", "{L}"],
+            &["lease", "revoke", "{L}"],
+            &["lease", "timetolive", "{L}"],
+            &["put", "svc/c", "5", "--lease={L}"],
+            &["lease", "grant", "9000000001"],
+            &["del", "svc/", "--prefix"],
+        ] {
+            out.push(run(args));
+        }
+        for args in [
+            &["svc/", "--prefix", "--rev=1"][..],
+            &["svc/b", "--rev=2", "--prev-kv"],
+            &["svc/", "--prefix", "--rev=3", "-w", "json"],
+        ] {
+            // The reference goes first; Cairn must then print as many lines, the same.
+            let lines = outputs
+                .first()
+                .map(|reference: &Vec<String>| reference[out.len()].split('\n').count());
+            let printed = etcdctl_watch(&bin, addr, args, lines);
+            assert!(
+                !printed.is_empty(),
+                "etcdctl watch {args:?} printed nothing"
+            );
+            out.push(printed.join("\n").replace(&dec, "ID"));
+        }
+        outputs.push(out);
+    }
+    let (want, got) = (&outputs[0], &outputs[1]);
+    for (w, g) in want.iter().zip(got) {
+        assert_eq!(g, w);
+    }
+}
