@@ -10,7 +10,7 @@ use cairn_api::etcdserverpb::ResponseHeader;
 use prost::Message;
 use tokio::sync::{oneshot, watch};
 
-use crate::apply::Applied;
+use crate::apply::{Answer, Applied};
 use crate::error::Error;
 use crate::membership::Membership;
 use crate::mvcc::Store;
@@ -85,6 +85,17 @@ impl Node {
                 Err(Error::Timeout)
             }
         }
+    }
+
+    /// [`Node::propose_and_wait`] for requests answered with a response of kind `T`, its
+    /// header completed with this member's identity.
+    pub async fn propose_for<T: Answer>(&self, request: Request) -> Result<T, Error> {
+        let applied = self.propose_and_wait(request).await?;
+        // Each request kind is answered with its own response kind by the apply loop.
+        let mut resp = T::from_applied(applied)
+            .ok_or_else(|| Error::Storage("apply answered with another kind".into()))?;
+        self.fill_header(resp.header_mut());
+        Ok(resp)
     }
 
     /// Waits until this member has applied everything committed when the call began, as

@@ -37,6 +37,37 @@ pub enum Applied {
     LeaseRevoke(LeaseRevokeResponse),
 }
 
+/// A response kind the apply loop produces, carrying a header the gRPC edge completes.
+pub trait Answer: Sized {
+    /// The response, if `a` is of this kind.
+    fn from_applied(a: Applied) -> Option<Self>;
+    fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
+}
+
+macro_rules! answer {
+    ($($variant:ident => $ty:ty),* $(,)?) => {$(
+        impl Answer for $ty {
+            fn from_applied(a: Applied) -> Option<Self> {
+                match a {
+                    Applied::$variant(r) => Some(r),
+                    _ => None,
+                }
+            }
+            fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+                &mut self.header
+            }
+        }
+    )*};
+}
+
+answer!(
+    Put => PutResponse,
+    DeleteRange => DeleteRangeResponse,
+    Txn => TxnResponse,
+    LeaseGrant => LeaseGrantResponse,
+    LeaseRevoke => LeaseRevokeResponse,
+);
+
 /// The changes of one revision, in the order they were made.
 pub type Changes = (i64, Vec<KeyValue>);
 

@@ -50,6 +50,9 @@ pub struct RangeResult {
     pub rev: i64,
 }
 
+/// One record of history: its main revision, whether it is a deletion, and the record.
+pub type HistoryRecord = (i64, bool, KeyValue);
+
 /// Anything a range can be read from: a read transaction, or a write transaction that must
 /// see its own earlier changes.
 pub trait ReadView {
@@ -215,8 +218,8 @@ impl Store {
         from: i64,
         to: i64,
         limit: usize,
-    ) -> Result<(Vec<(i64, bool, KeyValue)>, i64), Error> {
-        let mut out: Vec<(i64, bool, KeyValue)> = Vec::new();
+    ) -> Result<(Vec<HistoryRecord>, i64), Error> {
+        let mut out: Vec<HistoryRecord> = Vec::new();
         let start = Revision::new(from.max(0), 0).to_key(false);
         let end = Revision::new(to.saturating_add(1), 0).to_key(false);
         for item in self.kv.range(start..end) {

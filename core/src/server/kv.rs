@@ -13,7 +13,6 @@ use tonic::{Request as GrpcRequest, Response, Status};
 
 use super::validate;
 use crate::apply::{kv, Applied};
-use crate::error::Error;
 use crate::node::Node;
 
 pub struct KvService {
@@ -25,15 +24,6 @@ impl KvService {
     pub fn new(node: Arc<Node>, max_txn_ops: usize) -> Self {
         KvService { node, max_txn_ops }
     }
-
-    async fn propose(&self, req: Internal) -> Result<Applied, Error> {
-        self.node.propose_and_wait(req).await
-    }
-}
-
-fn unexpected(a: Applied) -> Status {
-    // The apply loop answers each request kind with its own response kind.
-    Status::internal(format!("unexpected apply result {a:?}"))
 }
 
 fn is_serializable(t: &TxnRequest) -> bool {
@@ -62,13 +52,9 @@ impl Kv for KvService {
     async fn put(&self, req: GrpcRequest<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let p = req.into_inner();
         validate::check_put(&p)?;
-        match self.propose(Internal::Put(p)).await? {
-            Applied::Put(mut resp) => {
-                self.node.fill_header(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        Ok(Response::new(
+            self.node.propose_for(Internal::Put(p)).await?,
+        ))
     }
 
     async fn delete_range(
@@ -77,13 +63,9 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let d = req.into_inner();
         validate::check_delete(&d)?;
-        match self.propose(Internal::DeleteRange(d)).await? {
-            Applied::DeleteRange(mut resp) => {
-                self.node.fill_header(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        Ok(Response::new(
+            self.node.propose_for(Internal::DeleteRange(d)).await?,
+        ))
     }
 
     async fn txn(&self, req: GrpcRequest<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
@@ -102,13 +84,9 @@ impl Kv for KvService {
             self.node.fill_header(&mut resp.header);
             return Ok(Response::new(resp));
         }
-        match self.propose(Internal::Txn(t)).await? {
-            Applied::Txn(mut resp) => {
-                self.node.fill_header(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        Ok(Response::new(
+            self.node.propose_for(Internal::Txn(t)).await?,
+        ))
     }
 
     async fn compact(
@@ -118,11 +96,14 @@ impl Kv for KvService {
         let c = req.into_inner();
         // Compaction runs inside the apply loop, so `physical` (wait until the records are
         // gone) holds for every compaction.
-        match self.propose(Internal::Compaction(c)).await? {
+        match self.node.propose_and_wait(Internal::Compaction(c)).await? {
             Applied::Compaction(rev) => Ok(Response::new(CompactionResponse {
                 header: Some(self.node.header(rev)),
             })),
-            other => Err(unexpected(other)),
+            // Each request kind is answered with its own response kind by the apply loop.
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 }

@@ -16,7 +16,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::apply::Applied;
 use crate::error::Error;
 use crate::lease::MAX_LEASE_TTL;
 use crate::node::Node;
@@ -31,10 +30,6 @@ impl LeaseService {
     pub fn new(node: Arc<Node>, shutdown: watch::Receiver<bool>) -> Self {
         LeaseService { node, shutdown }
     }
-}
-
-fn unexpected(a: Applied) -> Status {
-    Status::internal(format!("unexpected apply result {a:?}"))
 }
 
 /// Renews a lease for a keep-alive: on the leader, once it has applied everything it
@@ -66,30 +61,17 @@ impl Lease for LeaseService {
             // The proposer picks the id, so every member grants the same lease.
             g.id = (self.node.next_request_id() & (i64::MAX as u64)) as i64;
         }
-        match self.node.propose_and_wait(Internal::LeaseGrant(g)).await? {
-            Applied::LeaseGrant(mut resp) => {
-                self.node.fill_header(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        Ok(Response::new(
+            self.node.propose_for(Internal::LeaseGrant(g)).await?,
+        ))
     }
 
     async fn lease_revoke(
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        match self
-            .node
-            .propose_and_wait(Internal::LeaseRevoke(req.into_inner()))
-            .await?
-        {
-            Applied::LeaseRevoke(mut resp) => {
-                self.node.fill_header(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        let revoke = Internal::LeaseRevoke(req.into_inner());
+        Ok(Response::new(self.node.propose_for(revoke).await?))
     }
 
     async fn lease_keep_alive(

@@ -38,7 +38,7 @@ pub fn to_events(changes: Vec<KeyValue>) -> Vec<Event> {
 pub fn matches(spec: &WatchSpec, e: &Event) -> bool {
     let key = e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice());
     let put = e.r#type == EventType::Put as i32;
-    in_range(&spec.key, &spec.end, key) && !(put && spec.no_put) && !(!put && spec.no_delete)
+    in_range(&spec.key, &spec.end, key) && if put { !spec.no_put } else { !spec.no_delete }
 }
 
 /// Whether `key` falls in the watched range (`end` empty: one key; `[0]`: from `start` on).
