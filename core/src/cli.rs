@@ -54,8 +54,13 @@ pub fn main() -> i32 {
                 return 1;
             }
         };
-        shutdown_signal().await;
-        tracing::info!("shutting down");
+        let mut removed = server.removed();
+        tokio::select! {
+            _ = shutdown_signal() => tracing::info!("shutting down"),
+            _ = removed.wait_for(|r| *r) => {
+                tracing::warn!("this member was removed from the cluster; shutting down")
+            }
+        }
         server.stop().await;
         0
     })

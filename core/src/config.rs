@@ -102,6 +102,23 @@ pub struct Config {
     #[arg(long = "experimental-watch-progress-notify-interval", env = "CAIRN_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: Duration,
 
+    /// Applied entries after which the raft log is compacted (a member further behind is
+    /// then caught up by snapshot).
+    #[arg(
+        long = "snapshot-count",
+        env = "CAIRN_SNAPSHOT_COUNT",
+        default_value_t = 100_000
+    )]
+    pub snapshot_count: u64,
+
+    /// Serve the test-only Peer.Fault call, which cuts raft traffic with chosen members.
+    #[arg(
+        long = "experimental-fault-injection",
+        env = "CAIRN_EXPERIMENTAL_FAULT_INJECTION",
+        hide = true
+    )]
+    pub fault_injection: bool,
+
     /// Log level filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long = "log-level", env = "CAIRN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

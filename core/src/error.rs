@@ -41,6 +41,27 @@ pub enum Error {
     NoLeader,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
+    /// This member was removed from the cluster; it serves nothing more.
+    #[error("etcdserver: the member has been permanently removed from the cluster")]
+    Removed,
     #[error("etcdserver: server stopped")]
     Stopped,
     /// The storage engine failed; the member stops applying rather than diverge.
@@ -62,12 +83,24 @@ impl Error {
             | Error::TooManyOps
             | Error::DuplicateKey
             | Error::InvalidSortOption
-            | Error::RequestTooLarge => Code::InvalidArgument,
+            | Error::RequestTooLarge
+            | Error::MemberBadUrls => Code::InvalidArgument,
             Error::Compacted | Error::FutureRev => Code::OutOfRange,
-            Error::LeaseNotFound => Code::NotFound,
-            Error::LeaseExists | Error::NotLeader => Code::FailedPrecondition,
+            Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
+            Error::LeaseExists
+            | Error::NotLeader
+            | Error::PeerUrlExists
+            | Error::MemberNotLearner
+            | Error::LearnerNotReady
+            | Error::TooManyLearners
+            | Error::BadLeaderTransferee => Code::FailedPrecondition,
             Error::LeaseTtlTooLarge => Code::OutOfRange,
-            Error::NoLeader | Error::Timeout | Error::Stopped => Code::Unavailable,
+            Error::NoLeader
+            | Error::Timeout
+            | Error::Stopped
+            | Error::LeaderChanged
+            | Error::LeaderTransferTimeout
+            | Error::Removed => Code::Unavailable,
             Error::Storage(_) => Code::Internal,
             Error::Corrupt(_) => Code::DataLoss,
         }

@@ -5,22 +5,24 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_api::cairnpb::{internal_request::Request, InternalRequest};
-use cairn_api::etcdserverpb::ResponseHeader;
+use cairn_api::cairnpb::{internal_request::Request, ConfChangeContext, InternalRequest};
+use cairn_api::etcdserverpb::{Member, ResponseHeader};
 use prost::Message;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::{Answer, Applied};
 use crate::error::Error;
 use crate::membership::Membership;
 use crate::mvcc::Store;
-use crate::raft::{Command, RaftStatus};
-use crate::wait::{IdGenerator, Waiters};
+use crate::raft::{Command, RaftStatus, Transport};
+use crate::wait::{ApplyResult, IdGenerator, Waiters};
 
 pub struct Node {
     pub store: Arc<Store>,
-    pub membership: Membership,
+    pub membership: Arc<Membership>,
     pub raft_status: Arc<RaftStatus>,
+    pub transport: Arc<Transport>,
     commands: mpsc::Sender<Command>,
     waiters: Arc<Waiters>,
     ids: IdGenerator,
@@ -31,8 +33,9 @@ pub struct Node {
 
 pub struct NodeParts {
     pub store: Arc<Store>,
-    pub membership: Membership,
+    pub membership: Arc<Membership>,
     pub raft_status: Arc<RaftStatus>,
+    pub transport: Arc<Transport>,
     pub commands: mpsc::Sender<Command>,
     pub waiters: Arc<Waiters>,
     pub applied: watch::Receiver<u64>,
@@ -47,6 +50,7 @@ impl Node {
             store: p.store,
             membership: p.membership,
             raft_status: p.raft_status,
+            transport: p.transport,
             commands: p.commands,
             waiters: p.waiters,
             applied: p.applied,
@@ -73,7 +77,17 @@ impl Node {
             return Err(Error::RequestTooLarge);
         }
         let rx = self.waiters.register(id);
-        if self.commands.send(Command::Propose { id, data }).is_err() {
+        self.wait_for(id, rx, Command::Propose { id, data }).await
+    }
+
+    /// Sends `cmd` to the raft thread and waits for the answer to request `id`.
+    async fn wait_for(
+        &self,
+        id: u64,
+        rx: oneshot::Receiver<ApplyResult>,
+        cmd: Command,
+    ) -> Result<Applied, Error> {
+        if self.commands.send(cmd).is_err() {
             self.waiters.cancel(id);
             return Err(Error::Stopped);
         }
@@ -85,6 +99,62 @@ impl Node {
                 Err(Error::Timeout)
             }
         }
+    }
+
+    /// Proposes a configuration change of member `node_id` and waits until it is applied
+    /// here; returns the members after it.
+    pub async fn propose_conf_change(
+        &self,
+        change: ConfChangeType,
+        node_id: u64,
+        member: Option<Member>,
+    ) -> Result<Vec<Member>, Error> {
+        let id = self.ids.next();
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change);
+        single.node_id = node_id;
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        cc.set_context(
+            ConfChangeContext {
+                request_id: id,
+                member,
+            }
+            .encode_to_vec()
+            .into(),
+        );
+        let rx = self.waiters.register(id);
+        match self
+            .wait_for(id, rx, Command::ProposeConfChange { id, cc })
+            .await?
+        {
+            Applied::Members(m) => Ok(m),
+            _ => Err(Error::Storage("apply answered with another kind".into())),
+        }
+    }
+
+    /// Whether this member is the raft leader now.
+    pub fn is_leader(&self) -> bool {
+        self.raft_status.leader() == self.membership.local_id
+    }
+
+    /// On the leader: (match index of member `id`, commit index).
+    pub async fn progress(&self, id: u64) -> Option<(u64, u64)> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Progress { id, reply }).ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Asks raft to hand leadership to `id`.
+    pub fn transfer_leader(&self, id: u64) -> Result<(), Error> {
+        self.commands
+            .send(Command::TransferLeader(id))
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Stops the raft loop.
+    pub fn stop_raft(&self) {
+        let _ = self.commands.send(Command::Stop);
     }
 
     /// [`Node::propose_and_wait`] for requests answered with a response of kind `T`, its

@@ -42,6 +42,13 @@ impl Waiters {
         }
     }
 
+    /// Answers every waiting request with `err` (their proposals may be lost).
+    pub fn fail_all(&self, err: Error) {
+        for (_, tx) in self.map().drain() {
+            let _ = tx.send(Err(err.clone()));
+        }
+    }
+
     pub fn cancel(&self, id: u64) {
         self.map().remove(&id);
     }

@@ -4,26 +4,51 @@
 //! batch together with the applied index (so a restart replays exactly what was not
 //! applied), publishes the applied index and the batch's events (to the watch hub), then
 //! answers the requests waiting on this member.
+//!
+//! Configuration changes were already applied to raft by the raft thread (in log order);
+//! here they change the stored membership, together with the configuration raft reported.
 
 pub mod kv;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use cairn_api::cairnpb::{internal_request::Request, InternalRequest};
+use cairn_api::cairnpb::{
+    internal_request::Request, ClusterState, ConfChangeContext, InternalRequest,
+};
 use cairn_api::etcdserverpb::{
-    DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse, ResponseHeader,
-    TxnResponse,
+    DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, Member, PutResponse,
+    ResponseHeader, TxnResponse,
 };
 use cairn_api::mvccpb::KeyValue;
 use prost::Message;
-use raft::eraftpb::{Entry, EntryType};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType};
 use tokio::sync::watch;
 
 use crate::error::Error;
+use crate::membership::{self, Membership};
 use crate::mvcc::{Store, WriteBatch, WriteTxn};
+use crate::raft::snapshot::read_records;
 use crate::wait::{ApplyResult, Waiters};
 use crate::watch::WatchHub;
+
+/// What the raft thread hands the apply loop.
+pub enum ApplyTask {
+    /// Committed entries in log order, with the configuration raft adopted at each
+    /// configuration change among them (`None`: raft refused the change).
+    Entries {
+        entries: Vec<Entry>,
+        conf_states: HashMap<u64, Option<ConfState>>,
+    },
+    /// Replace the state with the snapshot in this file; answer when it is durable.
+    Snapshot {
+        path: PathBuf,
+        done: mpsc::Sender<Result<(), Error>>,
+    },
+}
 
 /// The outcome of applying one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +60,8 @@ pub enum Applied {
     Compaction(i64),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    /// A membership change took effect; the members after it.
+    Members(Vec<Member>),
 }
 
 /// A response kind the apply loop produces, carrying a header the gRPC edge completes.
@@ -76,13 +103,28 @@ pub struct Applier {
     pub waiters: Arc<Waiters>,
     pub applied: watch::Sender<u64>,
     pub hub: Arc<WatchHub>,
+    pub membership: Arc<Membership>,
+    /// Set when this member is removed from the cluster.
+    pub removed: watch::Sender<bool>,
 }
 
 impl Applier {
     /// Applies batches until the raft loop hangs up or storage fails.
-    pub fn run(self, batches: mpsc::Receiver<Vec<Entry>>) {
-        while let Ok(entries) = batches.recv() {
-            if let Err(e) = self.apply(entries) {
+    pub fn run(self, tasks: mpsc::Receiver<ApplyTask>) {
+        while let Ok(task) = tasks.recv() {
+            let result = match task {
+                ApplyTask::Entries {
+                    entries,
+                    conf_states,
+                } => self.apply(entries, conf_states),
+                ApplyTask::Snapshot { path, done } => {
+                    let r = self.restore(&path);
+                    let failed = r.clone().err();
+                    let _ = done.send(r);
+                    failed.map_or(Ok(()), Err)
+                }
+            };
+            if let Err(e) = result {
                 // Continuing would let this member diverge from the log; stop applying.
                 tracing::error!(error = %e, "apply failed; member stops applying");
                 return;
@@ -90,14 +132,40 @@ impl Applier {
         }
     }
 
-    fn apply(&self, entries: Vec<Entry>) -> Result<(), Error> {
-        let Some(last) = entries.last().map(|e| e.index) else {
+    fn restore(&self, path: &std::path::Path) -> Result<(), Error> {
+        self.store.restore(read_records(path)?)?;
+        if let Some(state) = self.store.members()? {
+            self.membership.replace(state);
+        }
+        let (index, _) = self.store.applied();
+        self.applied.send_replace(index);
+        self.hub.restored(self.store.current_rev());
+        tracing::info!(index, rev = self.store.current_rev(), "snapshot restored");
+        Ok(())
+    }
+
+    fn apply(
+        &self,
+        entries: Vec<Entry>,
+        conf_states: HashMap<u64, Option<ConfState>>,
+    ) -> Result<(), Error> {
+        let Some((last, last_term)) = entries.last().map(|e| (e.index, e.term)) else {
             return Ok(());
         };
         let mut wb = self.store.write_batch();
         let mut answers = Vec::new();
         let mut changes = Vec::new();
+        let mut members: Option<ClusterState> = None;
+        let mut removed_self = false;
         for e in &entries {
+            if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+                let state = members.get_or_insert_with(|| self.membership.state());
+                let cs = conf_states.get(&e.index).cloned().flatten();
+                let (id, result) = apply_conf_change(&mut wb, state, &e.data, cs);
+                removed_self |= state.removed.contains(&self.membership.local_id);
+                answers.push((id, result));
+                continue;
+            }
             if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
                 continue;
             }
@@ -114,13 +182,34 @@ impl Applier {
                 tracing::warn!(index = e.index, "raft entry without a request skipped");
                 continue;
             };
-            let result = apply_request(&mut wb, request, &mut changes);
+            let result = match request {
+                Request::MemberAttributes(a) => {
+                    let state = members.get_or_insert_with(|| self.membership.state());
+                    membership::apply::set_attributes(state, a.id, &a.name, &a.client_urls);
+                    wb.set_membership(None, state);
+                    Ok(Applied::Members(state.members.clone()))
+                }
+                Request::MemberUpdate(u) => {
+                    let state = members.get_or_insert_with(|| self.membership.state());
+                    membership::apply::set_peer_urls(state, u.id, &u.peer_ur_ls);
+                    wb.set_membership(None, state);
+                    Ok(Applied::Members(state.members.clone()))
+                }
+                request => apply_request(&mut wb, request, &mut changes),
+            };
             if let Err(Error::Storage(_) | Error::Corrupt(_)) = &result {
                 return result.map(|_| ());
             }
             answers.push((req.id, result));
         }
-        wb.commit(last)?;
+        wb.commit(last, last_term)?;
+        if let Some(state) = members {
+            self.membership.replace(state);
+        }
+        if removed_self {
+            tracing::warn!("this member was removed from the cluster");
+            self.removed.send_replace(true);
+        }
         self.applied.send_replace(last);
         // Watchers may read these revisions back from storage: publish after the commit.
         self.hub.publish(changes);
@@ -129,6 +218,42 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+/// Records a configuration change raft has adopted (`cs`) in the membership; returns the
+/// waiting request's id and its answer.
+fn apply_conf_change(
+    wb: &mut WriteBatch<'_>,
+    state: &mut ClusterState,
+    data: &[u8],
+    cs: Option<ConfState>,
+) -> (u64, ApplyResult) {
+    let Ok(cc) = ConfChangeV2::parse_from_bytes(data) else {
+        return (0, Err(Error::Corrupt("configuration change entry".into())));
+    };
+    let ctx = ConfChangeContext::decode(cc.context.as_ref()).unwrap_or_default();
+    let Some(cs) = cs else {
+        return (ctx.request_id, Err(Error::MemberNotFound));
+    };
+    for change in cc.get_changes() {
+        let id = change.node_id;
+        match change.get_change_type() {
+            ConfChangeType::AddNode if state.members.iter().any(|m| m.id == id) => {
+                membership::apply::promote(state, id)
+            }
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let mut m = ctx.member.clone().unwrap_or_default();
+                m.id = id;
+                m.is_learner = change.get_change_type() == ConfChangeType::AddLearnerNode;
+                membership::apply::add(state, m);
+            }
+            ConfChangeType::RemoveNode => membership::apply::remove(state, id),
+        }
+    }
+    // Encoding a message into a Vec cannot fail.
+    let encoded = cs.write_to_bytes().ok();
+    wb.set_membership(encoded, state);
+    (ctx.request_id, Ok(Applied::Members(state.members.clone())))
 }
 
 /// Runs one request in its own write transaction; a failed request changes nothing.
@@ -195,6 +320,8 @@ fn apply_request(wb: &mut WriteBatch<'_>, req: Request, changes: &mut Vec<Change
                 error: String::new(),
             }))
         }
+        // Membership requests are applied by the caller, which holds the membership.
+        Request::MemberAttributes(_) | Request::MemberUpdate(_) => Ok(Applied::Members(vec![])),
         Request::LeaseRevoke(r) => {
             let made = wb.revoke_lease(r.id)?;
             if !made.is_empty() {

@@ -103,6 +103,13 @@ impl Lessor {
         );
     }
 
+    /// Forgets every lease (before a snapshot is restored); keeps the primary role.
+    pub fn clear(&self) {
+        let mut l = self.leases();
+        l.map.clear();
+        l.items.clear();
+    }
+
     /// Removes a lease (apply loop); returns its keys, sorted, for deletion.
     pub fn revoke(&self, id: i64) -> Result<Vec<Vec<u8>>, Error> {
         let mut l = self.leases();

@@ -8,4 +8,6 @@ mod tree_index;
 
 pub use key_index::KeyAt;
 pub use revision::Revision;
-pub use store::{RangeOptions, RangeResult, ReadTxn, ReadView, Store, WriteBatch, WriteTxn};
+pub use store::{
+    RangeOptions, RangeResult, ReadTxn, ReadView, Record, Space, Store, WriteBatch, WriteTxn,
+};

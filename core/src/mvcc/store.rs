@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use cairn_api::cairnpb::ClusterState;
 use cairn_api::mvccpb::KeyValue;
+use fjall::Readable;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use prost::Message;
 
@@ -25,6 +27,11 @@ use crate::error::Error;
 use crate::lease::Lessor;
 
 const META_APPLIED: &[u8] = b"applied_index";
+const META_APPLIED_TERM: &[u8] = b"applied_term";
+/// The raft configuration (an encoded eraftpb.ConfState) as of the applied index.
+const META_CONF_STATE: &[u8] = b"conf_state";
+/// The membership (an encoded cairnpb.ClusterState) as of the applied index.
+const META_MEMBERS: &[u8] = b"members";
 // Keyspace `lease` maps lease id → granted TTL (both big-endian i64).
 const META_CURRENT_REV: &[u8] = b"current_rev";
 const META_COMPACT_REV: &[u8] = b"compact_rev";
@@ -66,6 +73,29 @@ struct State {
     current_rev: i64,
     compact_rev: i64,
     applied_index: u64,
+    applied_term: u64,
+}
+
+/// One record of a snapshot: its keyspace, key and value.
+pub type Record = (Space, Vec<u8>, Vec<u8>);
+
+/// Which keyspace a snapshot record belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    Kv = 0,
+    Meta = 1,
+    Lease = 2,
+}
+
+impl Space {
+    pub fn from_tag(tag: u8) -> Option<Space> {
+        match tag {
+            0 => Some(Space::Kv),
+            1 => Some(Space::Meta),
+            2 => Some(Space::Lease),
+            _ => None,
+        }
+    }
 }
 
 /// The MVCC store. See the module docs.
@@ -98,77 +128,93 @@ impl Store {
         let kv = db.keyspace("kv", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let leases = db.keyspace("lease", KeyspaceCreateOptions::default)?;
-        for item in leases.iter() {
-            let (k, v) = item.into_inner()?;
-            let id = i64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("lease id".into()))?,
-            );
-            let ttl = i64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("lease ttl".into()))?,
-            );
-            lessor.restore(id, ttl);
-        }
-        let mut index = TreeIndex::default();
-        // The lease of each key's newest record (records come in revision order).
-        let mut key_leases: HashMap<Vec<u8>, i64> = HashMap::new();
-        let mut max_rev = 1;
-        for item in kv.iter() {
-            let (k, v) = item.into_inner()?;
-            let (rev, tombstone) =
-                Revision::from_key(&k).ok_or_else(|| Error::Corrupt("revision key".into()))?;
-            let kv = KeyValue::decode(v.as_ref())?;
-            if tombstone {
-                index.tombstone(&kv.key, rev);
-                key_leases.remove(&kv.key);
-            } else {
-                index.restore_put(
-                    &kv.key,
-                    rev,
-                    Revision::new(kv.create_revision, 0),
-                    kv.version,
-                );
-                if kv.lease != 0 {
-                    key_leases.insert(kv.key, kv.lease);
-                } else {
-                    key_leases.remove(&kv.key);
-                }
-            }
-            max_rev = max_rev.max(rev.main);
-        }
-        for (key, lease) in key_leases {
-            lessor.move_key(&key, lease);
-        }
-        // -1 until the first compaction, as etcd: compacting at 0 is then allowed once.
-        let compact_rev = read_i64(&meta, META_COMPACT_REV)?.unwrap_or(-1);
-        // A fresh store is at revision 1; compaction may have removed the newest record.
-        let current_rev = read_i64(&meta, META_CURRENT_REV)?.unwrap_or(1).max(max_rev);
-        let applied_index = read_i64(&meta, META_APPLIED)?.unwrap_or(0) as u64;
-        tracing::info!(
-            keys = index.len(),
-            current_rev,
-            compact_rev,
-            applied_index,
-            "mvcc store restored"
-        );
+        let state = load_state(&kv, &meta, &leases, &lessor)?;
         Ok(Store {
             db: db.clone(),
             kv,
             meta,
             leases,
             lessor,
-            state: RwLock::new(State {
-                index,
-                current_rev,
-                compact_rev,
-                applied_index,
-            }),
+            state: RwLock::new(state),
         })
     }
+}
 
+/// Rebuilds the in-memory state from storage: the key index from the history, the leases
+/// with their attached keys into `lessor`, the revisions and applied index from meta.
+fn load_state(
+    kv: &Keyspace,
+    meta: &Keyspace,
+    leases: &Keyspace,
+    lessor: &Lessor,
+) -> Result<State, Error> {
+    for item in leases.iter() {
+        let (k, v) = item.into_inner()?;
+        let id = i64::from_be_bytes(
+            k.as_ref()
+                .try_into()
+                .map_err(|_| Error::Corrupt("lease id".into()))?,
+        );
+        let ttl = i64::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| Error::Corrupt("lease ttl".into()))?,
+        );
+        lessor.restore(id, ttl);
+    }
+    let mut index = TreeIndex::default();
+    // The lease of each key's newest record (records come in revision order).
+    let mut key_leases: HashMap<Vec<u8>, i64> = HashMap::new();
+    let mut max_rev = 1;
+    for item in kv.iter() {
+        let (k, v) = item.into_inner()?;
+        let (rev, tombstone) =
+            Revision::from_key(&k).ok_or_else(|| Error::Corrupt("revision key".into()))?;
+        let kv = KeyValue::decode(v.as_ref())?;
+        if tombstone {
+            index.tombstone(&kv.key, rev);
+            key_leases.remove(&kv.key);
+        } else {
+            index.restore_put(
+                &kv.key,
+                rev,
+                Revision::new(kv.create_revision, 0),
+                kv.version,
+            );
+            if kv.lease != 0 {
+                key_leases.insert(kv.key, kv.lease);
+            } else {
+                key_leases.remove(&kv.key);
+            }
+        }
+        max_rev = max_rev.max(rev.main);
+    }
+    for (key, lease) in key_leases {
+        lessor.move_key(&key, lease);
+    }
+    // -1 until the first compaction, as etcd: compacting at 0 is then allowed once.
+    let compact_rev = read_i64(meta, META_COMPACT_REV)?.unwrap_or(-1);
+    // A fresh store is at revision 1; compaction may have removed the newest record.
+    let current_rev = read_i64(meta, META_CURRENT_REV)?.unwrap_or(1).max(max_rev);
+    let applied_index = read_i64(meta, META_APPLIED)?.unwrap_or(0) as u64;
+    let applied_term = read_i64(meta, META_APPLIED_TERM)?.unwrap_or(0) as u64;
+    tracing::info!(
+        keys = index.len(),
+        current_rev,
+        compact_rev,
+        applied_index,
+        "mvcc store loaded"
+    );
+    Ok(State {
+        index,
+        current_rev,
+        compact_rev,
+        applied_index,
+        applied_term,
+    })
+}
+
+impl Store {
     /// Opens the fjall database of a member's data directory.
     pub fn open_database(dir: &Path) -> Result<Database, Error> {
         Ok(Database::builder(dir).open()?)
@@ -202,6 +248,109 @@ impl Store {
 
     pub fn applied_index(&self) -> u64 {
         self.read_state().applied_index
+    }
+
+    /// The applied index and the term of the entry at it.
+    pub fn applied(&self) -> (u64, u64) {
+        let s = self.read_state();
+        (s.applied_index, s.applied_term)
+    }
+
+    /// The stored raft configuration (encoded eraftpb.ConfState), if any.
+    pub fn conf_state(&self) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.meta.get(META_CONF_STATE)?.map(|v| v.to_vec()))
+    }
+
+    /// The stored membership, if any.
+    pub fn members(&self) -> Result<Option<ClusterState>, Error> {
+        match self.meta.get(META_MEMBERS)? {
+            Some(v) => Ok(Some(ClusterState::decode(v.as_ref())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes the starting point of a new member: the applied index and term its raft log
+    /// begins after, its raft configuration and membership. Only for an empty store.
+    pub fn bootstrap(
+        &self,
+        index: u64,
+        term: u64,
+        conf_state: Vec<u8>,
+        members: &ClusterState,
+    ) -> Result<(), Error> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut b = self.db.batch();
+        b.insert(
+            &self.meta,
+            META_APPLIED,
+            (index as i64).to_be_bytes().to_vec(),
+        );
+        b.insert(
+            &self.meta,
+            META_APPLIED_TERM,
+            (term as i64).to_be_bytes().to_vec(),
+        );
+        b.insert(&self.meta, META_CONF_STATE, conf_state);
+        b.insert(&self.meta, META_MEMBERS, members.encode_to_vec());
+        b.commit()?;
+        self.db.persist(PersistMode::SyncData)?;
+        state.applied_index = index;
+        state.applied_term = term;
+        Ok(())
+    }
+
+    /// Walks a consistent copy of the whole state (history, leases, meta), as of a batch
+    /// boundary, calling `f` with each record; returns the applied index and term it is at.
+    pub fn dump(
+        &self,
+        mut f: impl FnMut(Space, &[u8], &[u8]) -> Result<(), Error>,
+    ) -> Result<(u64, u64), Error> {
+        // The apply loop holds the write lock for a whole batch, so a database snapshot
+        // opened under the read lock never sees half a batch.
+        let (snap, applied) = {
+            let s = self.read_state();
+            (self.db.snapshot(), (s.applied_index, s.applied_term))
+        };
+        for (space, ks) in [
+            (Space::Meta, &self.meta),
+            (Space::Lease, &self.leases),
+            (Space::Kv, &self.kv),
+        ] {
+            for item in snap.iter(ks) {
+                let (k, v) = item.into_inner()?;
+                f(space, &k, &v)?;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Replaces the whole state with the records of a snapshot, atomically and durably, and
+    /// rebuilds the in-memory index and leases from them. Only the apply loop calls this.
+    pub fn restore(
+        &self,
+        records: impl IntoIterator<Item = Result<Record, Error>>,
+    ) -> Result<(), Error> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut b = self.db.batch();
+        for ks in [&self.meta, &self.leases, &self.kv] {
+            for item in ks.iter() {
+                b.remove(ks, item.key()?.to_vec());
+            }
+        }
+        for r in records {
+            let (space, k, v) = r?;
+            let ks = match space {
+                Space::Kv => &self.kv,
+                Space::Meta => &self.meta,
+                Space::Lease => &self.leases,
+            };
+            b.insert(ks, k, v);
+        }
+        b.commit()?;
+        self.db.persist(PersistMode::SyncData)?;
+        self.lessor.clear();
+        *state = load_state(&self.kv, &self.meta, &self.leases, &self.lessor)?;
+        Ok(())
     }
 
     /// On-disk size of the database in bytes.
@@ -431,8 +580,18 @@ impl<'a> WriteBatch<'a> {
         Ok(changes)
     }
 
+    /// Records a raft configuration change (encoded eraftpb.ConfState) and the membership
+    /// after it.
+    pub fn set_membership(&mut self, conf_state: Option<Vec<u8>>, members: &ClusterState) {
+        if let Some(cs) = conf_state {
+            self.batch.insert(&self.store.meta, META_CONF_STATE, cs);
+        }
+        self.batch
+            .insert(&self.store.meta, META_MEMBERS, members.encode_to_vec());
+    }
+
     /// Writes the batch and the applied index together; readers see it once this returns.
-    pub fn commit(mut self, applied_index: u64) -> Result<(), Error> {
+    pub fn commit(mut self, applied_index: u64, applied_term: u64) -> Result<(), Error> {
         let meta = &self.store.meta;
         let cur = self.state.current_rev;
         self.batch
@@ -442,7 +601,13 @@ impl<'a> WriteBatch<'a> {
             META_APPLIED,
             (applied_index as i64).to_be_bytes().to_vec(),
         );
+        self.batch.insert(
+            meta,
+            META_APPLIED_TERM,
+            (applied_term as i64).to_be_bytes().to_vec(),
+        );
         self.state.applied_index = applied_index;
+        self.state.applied_term = applied_term;
         self.flush()
     }
 }

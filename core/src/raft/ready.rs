@@ -4,34 +4,43 @@
 //! sync: group commit), ticks the logical clock, and handles a Ready in raft-rs's order:
 //!
 //! 1. send the leader's messages (raft allows this before its own append is durable);
-//! 2. hand already-committed entries to the apply loop, in log order;
-//! 3. persist new entries and the hard state, then sync once;
-//! 4. only then send messages that acknowledge the persisted state (votes, append acks);
-//! 5. advance, and hand over what became committed by our own persistence.
+//! 2. install a snapshot from the leader, if any: the apply loop restores the state first
+//!    (durably), then the log restarts after it — never the other way round, so a crash in
+//!    between leaves a state machine ahead of the log, which the log catches up to;
+//! 3. hand already-committed entries to the apply loop, in log order, applying configuration
+//!    changes to raft as they go by;
+//! 4. persist new entries and the hard state, then sync once;
+//! 5. only then send messages that acknowledge the persisted state (votes, append acks);
+//! 6. advance, and hand over what became committed by our own persistence.
 //!
-//! Nothing is acknowledged to a client before step 3: the apply loop only sees entries that
+//! Nothing is acknowledged to a client before step 4: the apply loop only sees entries that
 //! raft reports committed, and commitment requires the entry to be synced.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fjall::{Database, PersistMode};
-use raft::eraftpb::{Entry, Message};
-use raft::{RawNode, StateRole};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
-use super::{logger, Command, RaftStatus, RaftStorage};
+use super::snapshot::{remove_others, snap_path};
+use super::{logger, Command, RaftStatus, RaftStorage, Transport};
+use crate::apply::ApplyTask;
 use crate::error::Error;
 use crate::lease::Lessor;
 use crate::wait::Waiters;
 
-/// Entries kept in the log behind the applied index (for slow followers, once there are any).
-const LOG_KEEP: u64 = 10_000;
 /// Commands taken per turn at most, so one Ready stays bounded.
 const MAX_BATCH: usize = 4096;
+/// Entries kept behind the applied index when the log is compacted, so a briefly lagging
+/// follower catches up from the log rather than by snapshot (etcd keeps 5,000).
+const CATCH_UP_ENTRIES: u64 = 5_000;
 
 pub struct ReadyLoopConfig {
     pub member_id: u64,
@@ -41,6 +50,13 @@ pub struct ReadyLoopConfig {
     /// Leases start their deadlines when this member becomes leader, and stop tracking them
     /// when it steps down.
     pub lessor: Arc<Lessor>,
+    pub transport: Arc<Transport>,
+    /// Where received snapshots are stored.
+    pub snap_dir: PathBuf,
+    /// Applied entries that trigger a log compaction (etcd's `--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Campaign at once: the only voter of a new cluster need not wait out a timeout.
+    pub campaign: bool,
 }
 
 /// Read-index requests waiting for raft to confirm leadership.
@@ -56,7 +72,7 @@ pub struct ReadyLoop {
     node: RawNode<RaftStorage>,
     db: Database,
     commands: mpsc::Receiver<Command>,
-    apply: mpsc::Sender<Vec<Entry>>,
+    apply: mpsc::Sender<ApplyTask>,
     waiters: Arc<Waiters>,
     status: Arc<RaftStatus>,
     applied: watch::Receiver<u64>,
@@ -65,6 +81,9 @@ pub struct ReadyLoop {
     election_ticks: usize,
     lessor: Arc<Lessor>,
     reads: PendingReads,
+    transport: Arc<Transport>,
+    snap_dir: PathBuf,
+    snapshot_count: u64,
 }
 
 impl ReadyLoop {
@@ -74,7 +93,7 @@ impl ReadyLoop {
         storage: RaftStorage,
         db: Database,
         commands: mpsc::Receiver<Command>,
-        apply: mpsc::Sender<Vec<Entry>>,
+        apply: mpsc::Sender<ApplyTask>,
         waiters: Arc<Waiters>,
         status: Arc<RaftStatus>,
         applied: watch::Receiver<u64>,
@@ -96,7 +115,7 @@ impl ReadyLoop {
         let single = storage.conf_state_voters() == [cfg.member_id];
         let mut node = RawNode::new(&raft_cfg, storage, &logger::logger(cfg.member_id))
             .map_err(|e| Error::Storage(format!("raft: {e}")))?;
-        if single {
+        if single && cfg.campaign {
             // The only voter need not wait out an election timeout to lead.
             node.campaign()
                 .map_err(|e| Error::Storage(format!("raft campaign: {e}")))?;
@@ -114,6 +133,9 @@ impl ReadyLoop {
             lessor: cfg.lessor,
             ticks: 0,
             reads: PendingReads::default(),
+            transport: cfg.transport,
+            snap_dir: cfg.snap_dir,
+            snapshot_count: cfg.snapshot_count.max(1),
         })
     }
 
@@ -126,12 +148,16 @@ impl ReadyLoop {
                 .recv_timeout(next_tick.saturating_duration_since(Instant::now()))
             {
                 Ok(cmd) => {
-                    self.handle(cmd);
+                    if !self.handle(cmd) {
+                        return Ok(());
+                    }
                     for _ in 0..MAX_BATCH {
                         let Ok(cmd) = self.commands.try_recv() else {
                             break;
                         };
-                        self.handle(cmd);
+                        if !self.handle(cmd) {
+                            return Ok(());
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -150,7 +176,8 @@ impl ReadyLoop {
         }
     }
 
-    fn handle(&mut self, cmd: Command) {
+    /// Handles one command; false means stop.
+    fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Propose { id, data } => {
                 if self.node.propose(vec![], data).is_err() {
@@ -158,8 +185,44 @@ impl ReadyLoop {
                     self.waiters.trigger(id, Err(Error::NoLeader));
                 }
             }
+            Command::ProposeConfChange { id, cc } => {
+                if let Err(e) = self.node.propose_conf_change(vec![], cc) {
+                    tracing::warn!(error = %e, "configuration change not proposed");
+                    self.waiters.trigger(id, Err(Error::NoLeader));
+                }
+            }
             Command::ReadIndex(tx) => self.reads.queued.push(tx),
+            Command::Step(m) => {
+                // Messages from members outside the configuration (or stale ones) are
+                // refused by raft; that is not this member's failure.
+                if let Err(e) = self.node.step(m) {
+                    tracing::debug!(error = %e, "raft message refused");
+                }
+            }
+            Command::Unreachable(id) => self.node.report_unreachable(id),
+            Command::SnapshotStatus(id, ok) => self.node.report_snapshot(
+                id,
+                if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                },
+            ),
+            Command::TransferLeader(id) => self.node.transfer_leader(id),
+            Command::Progress { id, reply } => {
+                let raft = &self.node.raft;
+                let answer = (raft.state == StateRole::Leader)
+                    .then(|| {
+                        raft.prs()
+                            .get(id)
+                            .map(|p| (p.matched, raft.raft_log.committed))
+                    })
+                    .flatten();
+                let _ = reply.send(answer);
+            }
+            Command::Stop => return false,
         }
+        true
     }
 
     /// One read index serves every read queued this turn (batched ReadIndex).
@@ -202,12 +265,19 @@ impl ReadyLoop {
         let mut rd = self.node.ready();
         if let Some(ss) = rd.ss() {
             let leader = ss.leader_id;
-            if self.status.leader.swap(leader, Ordering::Relaxed) != leader {
+            let previous = self.status.leader.swap(leader, Ordering::Relaxed);
+            if previous != leader {
                 tracing::info!(
                     leader = format!("{leader:x}"),
                     term = self.node.raft.term,
                     "leader changed"
                 );
+                if previous != 0 {
+                    // Proposals in flight went to a leader that is gone: tell their
+                    // clients now rather than at their timeout (they may still commit, as
+                    // after any timeout).
+                    self.waiters.fail_all(Error::LeaderChanged);
+                }
             }
             // Deadlines restart from the full TTL plus an election timeout on the new
             // leader, so the election itself never expires a healthy lease.
@@ -220,11 +290,10 @@ impl ReadyLoop {
         // 1. Leader messages may go out before the leader's own append is durable.
         self.send(rd.take_messages());
         if !rd.snapshot().is_empty() {
-            return Err(Error::Storage(
-                "received a raft snapshot; snapshots need a multi-member cluster".into(),
-            ));
+            let snap = rd.snapshot().clone();
+            self.install_snapshot(&snap)?;
         }
-        // 2. Entries committed earlier, in log order.
+        // 3. Entries committed earlier, in log order.
         self.hand_to_apply(rd.take_committed_entries())?;
         for rs in rd.take_read_states() {
             if let Some((waiting, _)) = self.reads.inflight.remove(&rs.request_ctx) {
@@ -233,7 +302,7 @@ impl ReadyLoop {
                 }
             }
         }
-        // 3. Persist and sync once for everything in this Ready (group commit).
+        // 4. Persist and sync once for everything in this Ready (group commit).
         let mut batch = self.db.batch();
         self.node.mut_store().append(rd.entries(), &mut batch)?;
         if let Some(hs) = rd.hs() {
@@ -243,9 +312,9 @@ impl ReadyLoop {
         if rd.must_sync() {
             self.db.persist(PersistMode::SyncData)?;
         }
-        // 4. Acknowledgements of persisted state.
+        // 5. Acknowledgements of persisted state.
         self.send(rd.take_persisted_messages());
-        // 5. What our own persistence committed.
+        // 6. What our own persistence committed.
         let mut light = self.node.advance(rd);
         if let Some(commit) = light.commit_index() {
             let mut batch = self.db.batch();
@@ -262,36 +331,89 @@ impl ReadyLoop {
         self.status
             .commit_index
             .store(self.node.raft.raft_log.committed, Ordering::Relaxed);
+        self.status
+            .last_index
+            .store(self.node.store().last_log_index(), Ordering::Relaxed);
         self.trim_log()
     }
 
-    fn hand_to_apply(&self, entries: Vec<Entry>) -> Result<(), Error> {
+    /// The apply loop restores the state from the received snapshot file (and syncs it);
+    /// only then does the log restart after the snapshot.
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), Error> {
+        let meta = snap.get_metadata();
+        let path = snap_path(&self.snap_dir, meta.term, meta.index);
+        tracing::info!(index = meta.index, term = meta.term, "installing snapshot");
+        let (done, restored) = mpsc::channel();
+        self.apply
+            .send(ApplyTask::Snapshot {
+                path: path.clone(),
+                done,
+            })
+            .map_err(|_| Error::Stopped)?;
+        restored.recv().map_err(|_| Error::Stopped)??;
+        let mut batch = self.db.batch();
+        self.node.mut_store().apply_snapshot(snap, &mut batch);
+        batch.commit()?;
+        self.db.persist(PersistMode::SyncData)?;
+        remove_others(&self.snap_dir, &path);
+        Ok(())
+    }
+
+    /// Hands committed entries to the apply loop. Configuration changes take effect in raft
+    /// here, in log order; the apply loop records the resulting configuration with the state.
+    fn hand_to_apply(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
         if entries.is_empty() {
             return Ok(());
         }
-        self.apply.send(entries).map_err(|_| Error::Stopped)
+        let mut conf_states: HashMap<u64, Option<ConfState>> = HashMap::new();
+        for e in &entries {
+            if e.get_entry_type() != EntryType::EntryConfChangeV2 {
+                continue;
+            }
+            let applied = ConfChangeV2::parse_from_bytes(&e.data)
+                .map_err(|err| raft::Error::ConfChangeError(err.to_string()))
+                .and_then(|cc| self.node.apply_conf_change(&cc));
+            match applied {
+                Ok(cs) => {
+                    tracing::info!(index = e.index, voters = ?cs.voters, learners = ?cs.learners, "configuration changed");
+                    self.node.mut_store().set_conf_state(cs.clone());
+                    conf_states.insert(e.index, Some(cs));
+                }
+                Err(err) => {
+                    // raft refused it on every member alike: the membership stays as is.
+                    tracing::warn!(index = e.index, error = %err, "configuration change refused");
+                    conf_states.insert(e.index, None);
+                }
+            }
+        }
+        self.apply
+            .send(ApplyTask::Entries {
+                entries,
+                conf_states,
+            })
+            .map_err(|_| Error::Stopped)
     }
 
-    fn send(&self, msgs: Vec<Message>) {
-        for m in msgs {
-            // A single-voter group has no peers to talk to; the peer transport arrives with
-            // multi-member clusters.
-            tracing::debug!(to = m.to, kind = ?m.get_msg_type(), "raft message without a peer transport");
+    fn send(&self, msgs: Vec<raft::eraftpb::Message>) {
+        if !msgs.is_empty() {
+            self.transport.send(msgs);
         }
     }
 
-    /// Keeps the in-memory log bounded: entries well behind the applied index go.
+    /// Compacts the log once `--snapshot-count` entries were applied since the last time,
+    /// keeping a tail for followers that lag a little; one further behind gets a snapshot.
     fn trim_log(&mut self) -> Result<(), Error> {
-        if (self.node.store().entry_count() as u64) < 2 * LOG_KEEP {
-            return Ok(());
-        }
         let applied = *self.applied.borrow();
-        if applied <= LOG_KEEP {
+        self.node.mut_store().set_applied(applied);
+        let first = self.node.store().first_log_index();
+        if applied < first + self.snapshot_count {
             return Ok(());
         }
+        let keep = CATCH_UP_ENTRIES.min(self.snapshot_count);
         let mut batch = self.db.batch();
-        self.node.mut_store().trim(applied - LOG_KEEP, &mut batch);
+        self.node.mut_store().trim(applied - keep, &mut batch);
         batch.commit()?;
+        tracing::debug!(upto = applied - keep, "raft log compacted");
         Ok(())
     }
 }

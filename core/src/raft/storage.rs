@@ -1,9 +1,14 @@
 //! The raft log, hard state and configuration state, kept in the member's fjall database.
 //!
 //! Keyspace `raft_log` maps index (big-endian) → encoded entry; keyspace `raft_state` holds
-//! the hard state, the conf state and the index/term the log was trimmed at. Entries since
-//! the trim point are also held in memory, which is what raft-rs reads through [`Storage`].
-//! Writes are staged in a fjall batch by the Ready loop, which syncs once per Ready.
+//! the hard state, the index/term the log was trimmed at, and this member's id. Entries
+//! since the trim point are also held in memory, which is what raft-rs reads through
+//! [`Storage`]. Writes are staged in a fjall batch by the Ready loop, which syncs once per
+//! Ready.
+//!
+//! The raft configuration (conf state) is not kept here but with the MVCC state, as of the
+//! applied index: on restart raft replays the committed entries after it, configuration
+//! changes included, exactly as the state machine does.
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch};
 use protobuf::Message as _;
@@ -13,8 +18,14 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use crate::error::Error;
 
 const HARD_STATE: &[u8] = b"hard_state";
-const CONF_STATE: &[u8] = b"conf_state";
 const TRIMMED: &[u8] = b"trimmed";
+const MEMBER_ID: &[u8] = b"member_id";
+
+fn trim_point(index: u64, term: u64) -> Vec<u8> {
+    let mut b = index.to_be_bytes().to_vec();
+    b.extend_from_slice(&term.to_be_bytes());
+    b
+}
 
 fn corrupt(what: &str) -> Error {
     Error::Corrupt(format!("raft {what}"))
@@ -31,33 +42,44 @@ pub struct RaftStorage {
     trimmed_term: u64,
     /// Entries `trimmed_index + 1 ..= last_index`.
     entries: Vec<Entry>,
+    /// The state machine's applied index: what a snapshot sent now would hold.
+    applied: u64,
 }
 
 impl RaftStorage {
-    /// Loads the raft state; a new member starts with `voters` as its configuration.
-    /// `applied` is the index the state machine has durably applied.
-    pub fn open(db: &Database, voters: &[u64], applied: u64) -> Result<RaftStorage, Error> {
+    /// The id this member was given when it first started, if it has started before.
+    pub fn stored_member_id(db: &Database) -> Result<Option<u64>, Error> {
+        let state = db.keyspace("raft_state", KeyspaceCreateOptions::default)?;
+        match state.get(MEMBER_ID)? {
+            Some(b) => Ok(Some(u64::from_be_bytes(
+                b.as_ref().try_into().map_err(|_| corrupt("member id"))?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn store_member_id(db: &Database, id: u64) -> Result<(), Error> {
+        let state = db.keyspace("raft_state", KeyspaceCreateOptions::default)?;
+        state.insert(MEMBER_ID, id.to_be_bytes())?;
+        db.persist(fjall::PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    /// Loads the raft state. `conf_state` and `applied`/`applied_term` come from the state
+    /// machine: the configuration as of the index it has durably applied.
+    pub fn open(
+        db: &Database,
+        conf_state: ConfState,
+        applied: u64,
+        applied_term: u64,
+    ) -> Result<RaftStorage, Error> {
         let log = db.keyspace("raft_log", KeyspaceCreateOptions::default)?;
         let state = db.keyspace("raft_state", KeyspaceCreateOptions::default)?;
         let mut hard_state = match state.get(HARD_STATE)? {
             Some(b) => HardState::parse_from_bytes(&b).map_err(|_| corrupt("hard state"))?,
             None => HardState::default(),
         };
-        let conf_state = match state.get(CONF_STATE)? {
-            Some(b) => ConfState::parse_from_bytes(&b).map_err(|_| corrupt("conf state"))?,
-            None => {
-                let cs = ConfState {
-                    voters: voters.to_vec(),
-                    ..Default::default()
-                };
-                state.insert(
-                    CONF_STATE,
-                    cs.write_to_bytes().map_err(|_| corrupt("conf state"))?,
-                )?;
-                cs
-            }
-        };
-        let (trimmed_index, trimmed_term) = match state.get(TRIMMED)? {
+        let (mut trimmed_index, mut trimmed_term) = match state.get(TRIMMED)? {
             Some(b) if b.len() == 16 => (
                 u64::from_be_bytes(b[..8].try_into().map_err(|_| corrupt("trim"))?),
                 u64::from_be_bytes(b[8..].try_into().map_err(|_| corrupt("trim"))?),
@@ -74,12 +96,21 @@ impl RaftStorage {
             }
             entries.push(e);
         }
-        let last = trimmed_index + entries.len() as u64;
+        let mut last = trimmed_index + entries.len() as u64;
         if applied > last {
-            return Err(Error::Corrupt(format!(
-                "applied index {applied} is beyond the raft log (last index {last})"
-            )));
+            // A new member's bootstrap point, or a snapshot restored to the state machine
+            // before the log learned of it: the log starts after what was applied.
+            let mut b = db.batch();
+            for e in entries.drain(..) {
+                b.remove(&log, e.index.to_be_bytes());
+            }
+            trimmed_index = applied;
+            trimmed_term = applied_term;
+            b.insert(&state, TRIMMED, trim_point(applied, applied_term));
+            b.commit()?;
+            last = applied;
         }
+        hard_state.term = hard_state.term.max(trimmed_term);
         // The commit index is persisted lazily; what was applied was committed.
         hard_state.commit = hard_state.commit.max(applied).min(last);
         tracing::info!(
@@ -97,7 +128,34 @@ impl RaftStorage {
             trimmed_index,
             trimmed_term,
             entries,
+            applied,
         })
+    }
+
+    /// The applied index moved: a snapshot sent from now on holds at least this.
+    pub fn set_applied(&mut self, applied: u64) {
+        self.applied = applied;
+    }
+
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+    }
+
+    /// Installs a snapshot the state machine has already restored: the log restarts after
+    /// it.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot, batch: &mut OwnedWriteBatch) {
+        let meta = snap.get_metadata();
+        for e in self.entries.drain(..) {
+            batch.remove(&self.log, e.index.to_be_bytes());
+        }
+        self.trimmed_index = meta.index;
+        self.trimmed_term = meta.term;
+        batch.insert(&self.state, TRIMMED, trim_point(meta.index, meta.term));
+        self.conf_state = meta.get_conf_state().clone();
+        self.applied = meta.index;
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.put_hard_state(batch);
     }
 
     fn put_hard_state(&self, batch: &mut OwnedWriteBatch) {
@@ -160,14 +218,20 @@ impl RaftStorage {
         }
         self.trimmed_index = index;
         self.trimmed_term = term;
-        let mut b = index.to_be_bytes().to_vec();
-        b.extend_from_slice(&term.to_be_bytes());
-        batch.insert(&self.state, TRIMMED, b);
+        batch.insert(&self.state, TRIMMED, trim_point(index, term));
     }
 
     /// The voters of the current configuration.
     pub fn conf_state_voters(&self) -> &[u64] {
         &self.conf_state.voters
+    }
+
+    pub fn first_log_index(&self) -> u64 {
+        self.first()
+    }
+
+    pub fn last_log_index(&self) -> u64 {
+        self.last()
     }
 
     /// Entries held (not yet trimmed).
@@ -234,11 +298,18 @@ impl raft::Storage for RaftStorage {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Only a lagging follower asks for a snapshot, and a single-voter group has none;
-        // streamed MVCC snapshots arrive with multi-member clusters.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+        // Metadata only: the transport dumps the state when it sends the message and sets
+        // the index and term to what it dumped.
+        let index = self.applied.max(self.trimmed_index);
+        let term = self
+            .term(index)
+            .map_err(|_| raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))?;
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snap)
     }
 }
 
@@ -246,6 +317,38 @@ impl raft::Storage for RaftStorage {
 mod tests {
     use super::*;
     use raft::Storage;
+
+    fn voters(ids: &[u64]) -> ConfState {
+        ConfState {
+            voters: ids.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_log_behind_the_state_machine_restarts_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::builder(dir.path()).open().unwrap();
+        let mut s = RaftStorage::open(&db, voters(&[1]), 0, 0).unwrap();
+        let mut b = db.batch();
+        s.append(&[entry(1, 1), entry(2, 1)], &mut b).unwrap();
+        b.commit().unwrap();
+        drop(s);
+        // The state machine restored a snapshot at 5 (term 3) before the log heard of it.
+        let s = RaftStorage::open(&db, voters(&[1, 2]), 5, 3).unwrap();
+        assert_eq!((s.first_log_index(), s.last_log_index()), (6, 5));
+        assert_eq!(s.term(5).unwrap(), 3);
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 5);
+        assert_eq!(s.snapshot(0, 2).unwrap().get_metadata().index, 5);
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 9;
+        snap.mut_metadata().term = 4;
+        let mut s = s;
+        let mut b = db.batch();
+        s.apply_snapshot(&snap, &mut b);
+        b.commit().unwrap();
+        assert_eq!((s.first_log_index(), s.last_log_index()), (10, 9));
+    }
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry {
@@ -259,7 +362,7 @@ mod tests {
     fn entries_survive_reopen_and_conflicts_are_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::builder(dir.path()).open().unwrap();
-        let mut s = RaftStorage::open(&db, &[7], 0).unwrap();
+        let mut s = RaftStorage::open(&db, voters(&[7]), 0, 0).unwrap();
         let mut b = db.batch();
         s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], &mut b)
             .unwrap();
@@ -276,7 +379,7 @@ mod tests {
         b.commit().unwrap();
         assert_eq!(s.last_index().unwrap(), 2);
         drop(s);
-        let s = RaftStorage::open(&db, &[7], 2).unwrap();
+        let s = RaftStorage::open(&db, voters(&[7]), 2, 0).unwrap();
         assert_eq!(s.last_index().unwrap(), 2);
         assert_eq!(s.term(2).unwrap(), 2);
         assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![7]);
@@ -287,7 +390,7 @@ mod tests {
     fn trimming_moves_the_first_index() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::builder(dir.path()).open().unwrap();
-        let mut s = RaftStorage::open(&db, &[1], 0).unwrap();
+        let mut s = RaftStorage::open(&db, voters(&[1]), 0, 0).unwrap();
         let mut b = db.batch();
         let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
         s.append(&ents, &mut b).unwrap();
@@ -299,7 +402,7 @@ mod tests {
             .entries(5, 8, None, GetEntriesContext::empty(false))
             .is_err());
         drop(s);
-        let s = RaftStorage::open(&db, &[1], 8).unwrap();
+        let s = RaftStorage::open(&db, voters(&[1]), 8, 0).unwrap();
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (7, 10));
         assert_eq!(s.initial_state().unwrap().hard_state.commit, 8);
     }

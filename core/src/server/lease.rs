@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_api::cairnpb::internal_request::Request as Internal;
+use cairn_api::cairnpb::peer_client::PeerClient;
 use cairn_api::etcdserverpb::{
     lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
     LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
@@ -14,6 +15,7 @@ use cairn_api::etcdserverpb::{
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Error;
@@ -32,17 +34,69 @@ impl LeaseService {
     }
 }
 
-/// Renews a lease for a keep-alive: on the leader, once it has applied everything it
+/// How long a call forwarded to the leader may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Renews a lease for a keep-alive on the leader, once it has applied everything it
 /// committed (so a lease granted just before is known). Unknown leases answer TTL 0.
-async fn renew(node: &Node, id: i64) -> Result<i64, Error> {
+pub(super) async fn renew_local(node: &Node, id: i64) -> Result<i64, Error> {
     node.wait_linearizable().await?;
     match node.store.lessor().renew(id) {
         Ok(ttl) => Ok(ttl),
         Err(Error::LeaseNotFound) => Ok(0),
-        // Keep-alives on a follower are forwarded to the leader once members can talk.
-        Err(Error::NotLeader) => Err(Error::NoLeader),
         Err(e) => Err(e),
     }
+}
+
+/// The leader's Peer service, to which followers forward lease calls: only the leader
+/// tracks deadlines.
+fn leader_peer(node: &Node) -> Result<PeerClient<Channel>, Error> {
+    match node.raft_status.leader() {
+        0 => Err(Error::NoLeader),
+        leader => node.transport.client(leader).ok_or(Error::NoLeader),
+    }
+}
+
+fn forwarded<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(FORWARD_TIMEOUT);
+    r
+}
+
+/// Renews a lease on whichever member leads.
+async fn renew(node: &Node, id: i64) -> Result<i64, Status> {
+    if node.is_leader() {
+        return Ok(renew_local(node, id).await?);
+    }
+    let resp = leader_peer(node)?
+        .lease_renew(forwarded(LeaseKeepAliveRequest { id }))
+        .await?;
+    Ok(resp.into_inner().ttl)
+}
+
+/// TimeToLive as the leader answers it (the remaining time is known there only).
+pub(super) async fn time_to_live_local(
+    node: &Node,
+    r: LeaseTimeToLiveRequest,
+) -> Result<LeaseTimeToLiveResponse, Error> {
+    node.wait_linearizable().await?;
+    let header = Some(node.header(0));
+    Ok(match node.store.lessor().time_to_live(r.id) {
+        Some(info) => LeaseTimeToLiveResponse {
+            header,
+            id: r.id,
+            ttl: info.remaining,
+            granted_ttl: info.granted_ttl,
+            keys: if r.keys { info.keys } else { vec![] },
+        },
+        // An unknown (or expired) lease answers TTL -1, not an error, as etcd.
+        None => LeaseTimeToLiveResponse {
+            header,
+            id: r.id,
+            ttl: -1,
+            ..Default::default()
+        },
+    })
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
@@ -97,7 +151,7 @@ impl Lease for LeaseService {
                         id: ka.id,
                         ttl,
                     }),
-                    Err(e) => Err(Status::from(e)),
+                    Err(e) => Err(e),
                 };
                 let failed = resp.is_err();
                 if tx.send(resp).await.is_err() || failed {
@@ -113,24 +167,15 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
-        self.node.wait_linearizable().await?;
-        let header = Some(self.node.header(0));
-        let resp = match self.node.store.lessor().time_to_live(r.id) {
-            Some(info) => LeaseTimeToLiveResponse {
-                header,
-                id: r.id,
-                ttl: info.remaining,
-                granted_ttl: info.granted_ttl,
-                keys: if r.keys { info.keys } else { vec![] },
-            },
-            // An unknown (or expired) lease answers TTL -1, not an error, as etcd.
-            None => LeaseTimeToLiveResponse {
-                header,
-                id: r.id,
-                ttl: -1,
-                ..Default::default()
-            },
-        };
+        if self.node.is_leader() {
+            return Ok(Response::new(time_to_live_local(&self.node, r).await?));
+        }
+        let mut resp = leader_peer(&self.node)?
+            .lease_time_to_live(forwarded(r))
+            .await?
+            .into_inner();
+        // The header names the member that answered the client.
+        resp.header = Some(self.node.header(0));
         Ok(Response::new(resp))
     }
 

@@ -2,14 +2,26 @@
 
 use std::sync::Arc;
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cairn_api::cairnpb::internal_request::Request as Internal;
 use cairn_api::etcdserverpb::{
     alarm_request::AlarmAction, cluster_server::Cluster, maintenance_server::Maintenance,
-    AlarmRequest, AlarmResponse, MemberListRequest, MemberListResponse, StatusRequest,
-    StatusResponse,
+    AlarmRequest, AlarmResponse, Member, MemberAddRequest, MemberAddResponse, MemberListRequest,
+    MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
+    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest,
+    MoveLeaderResponse, StatusRequest, StatusResponse,
 };
+use raft::eraftpb::ConfChangeType;
 use tonic::{Request, Response, Status};
 
+use crate::apply::Applied;
+use crate::error::Error;
+use crate::membership::member_id;
 use crate::node::Node;
+
+/// How long MoveLeader waits for the transferee to take over.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The etcd API version Cairn implements; clients gate features on it.
 pub const ETCD_API_VERSION: &str = "3.4.0";
@@ -42,7 +54,39 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: node.applied_index(),
             errors: vec![],
             db_size_in_use: db_size,
-            is_learner: false,
+            is_learner: node
+                .membership
+                .member(node.membership.local_id)
+                .is_some_and(|m| m.is_learner),
+        }))
+    }
+
+    /// Hands leadership to another voting member; only the leader can (as etcd).
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = req.into_inner().target_id;
+        let node = &self.node;
+        if !node.is_leader() {
+            return Err(Error::NotLeader.into());
+        }
+        match node.membership.member(target) {
+            Some(m) if !m.is_learner => {}
+            _ => return Err(Error::BadLeaderTransferee.into()),
+        }
+        if target != node.membership.local_id {
+            node.transfer_leader(target)?;
+            let deadline = tokio::time::Instant::now() + TRANSFER_TIMEOUT;
+            while node.raft_status.leader() != target {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::LeaderTransferTimeout.into());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(node.header(0)),
         }))
     }
 
@@ -80,7 +124,105 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
             header: Some(self.node.header(0)),
-            members: self.node.membership.to_proto(),
+            members: self.node.membership.members(),
+        }))
+    }
+
+    async fn member_add(
+        &self,
+        req: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        let r = req.into_inner();
+        let node = &self.node;
+        node.membership.check_add(&r.peer_ur_ls, r.is_learner)?;
+        // As etcd, the id mixes in the time, so a member re-added at the same URL is new.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let salt = format!("{:x}", node.membership.cluster_id);
+        let member = Member {
+            id: member_id(&r.peer_ur_ls, &salt, Some(now)),
+            name: String::new(),
+            peer_ur_ls: r.peer_ur_ls,
+            client_ur_ls: vec![],
+            is_learner: r.is_learner,
+        };
+        let change = if r.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let members = node
+            .propose_conf_change(change, member.id, Some(member.clone()))
+            .await?;
+        tracing::info!(member = format!("{:x}", member.id), urls = ?member.peer_ur_ls, learner = member.is_learner, "member added");
+        Ok(Response::new(MemberAddResponse {
+            header: Some(node.header(0)),
+            member: Some(member),
+            members,
+        }))
+    }
+
+    async fn member_remove(
+        &self,
+        req: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let id = req.into_inner().id;
+        let node = &self.node;
+        if node.membership.member(id).is_none() {
+            return Err(Error::MemberNotFound.into());
+        }
+        let members = node
+            .propose_conf_change(ConfChangeType::RemoveNode, id, None)
+            .await?;
+        tracing::info!(member = format!("{id:x}"), "member removed");
+        Ok(Response::new(MemberRemoveResponse {
+            header: Some(node.header(0)),
+            members,
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        req: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let r = req.into_inner();
+        let node = &self.node;
+        node.membership.check_update(r.id, &r.peer_ur_ls)?;
+        let members = match node.propose_and_wait(Internal::MemberUpdate(r)).await? {
+            Applied::Members(m) => m,
+            _ => return Err(Error::Storage("apply answered with another kind".into()).into()),
+        };
+        Ok(Response::new(MemberUpdateResponse {
+            header: Some(node.header(0)),
+            members,
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let id = req.into_inner().id;
+        let node = &self.node;
+        match node.membership.member(id) {
+            None => return Err(Error::MemberNotFound.into()),
+            Some(m) if !m.is_learner => return Err(Error::MemberNotLearner.into()),
+            Some(_) => {}
+        }
+        // etcd's rule: a learner is ready once its log matches 90% of the leader's commit
+        // index. Only the leader knows; a follower proposes and lets raft promote.
+        if let Some((matched, committed)) = node.progress(id).await {
+            if (matched as f64) < committed as f64 * 0.9 {
+                return Err(Error::LearnerNotReady.into());
+            }
+        }
+        let members = node
+            .propose_conf_change(ConfChangeType::AddNode, id, None)
+            .await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: Some(node.header(0)),
+            members,
         }))
     }
 }

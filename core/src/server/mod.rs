@@ -1,10 +1,12 @@
-//! The embeddable server: `Server::start(config)` opens the data directory, starts the
-//! apply loop and the raft Ready loop on their own threads, and serves the gRPC services on
-//! every client URL until [`Server::stop`].
+//! The embeddable server: `Server::start(config)` opens the data directory, finds out
+//! who this member is (a new cluster, a restart, or joining an existing cluster), starts the
+//! apply loop and the raft Ready loop on their own threads, serves the Peer service on the
+//! peer URLs and the gRPC services on every client URL until [`Server::stop`].
 
 mod kv;
 mod lease;
 mod maintenance;
+mod peer;
 mod validate;
 mod watch;
 
@@ -13,10 +15,16 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
+use cairn_api::cairnpb::{
+    internal_request::Request as Internal, peer_client::PeerClient, peer_server::PeerServer,
+    ClusterState, MemberAttributes, MembersRequest,
+};
 use cairn_api::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use protobuf::Message as _;
+use raft::eraftpb::ConfState;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
@@ -24,12 +32,15 @@ use crate::apply::Applier;
 use crate::config::Config;
 use crate::error::Error;
 use crate::lease::Lessor;
-use crate::membership::{Membership, MembershipError};
+use crate::membership::{self, Membership, MembershipError};
 use crate::mvcc::Store;
 use crate::node::{Node, NodeParts};
-use crate::raft::{RaftStatus, RaftStorage, ReadyLoop, ReadyLoopConfig};
+use crate::raft::{RaftStatus, RaftStorage, ReadyLoop, ReadyLoopConfig, Transport};
 use crate::wait::Waiters;
 use crate::watch::WatchHub;
+
+/// Largest message on the peer port (snapshot chunks and raft batches are ~1 MiB).
+const PEER_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 pub use maintenance::ETCD_API_VERSION;
 
@@ -64,6 +75,8 @@ pub enum StartError {
 pub struct Server {
     node: Arc<Node>,
     client_addrs: Vec<SocketAddr>,
+    peer_addrs: Vec<SocketAddr>,
+    removed: tokio::sync::watch::Receiver<bool>,
     shutdown: tokio::sync::watch::Sender<bool>,
     serving: Vec<JoinHandle<()>>,
     threads: Vec<thread::JoinHandle<()>>,
@@ -88,9 +101,10 @@ async fn resolve(url: &str) -> Result<SocketAddr, StartError> {
 impl Server {
     /// Starts a member as configured; returns once it is serving clients.
     pub async fn start(cfg: Config) -> Result<Server, StartError> {
-        let membership = Membership::from_config(&cfg)?;
         let data_dir = cfg.data_dir();
-        let db_dir = data_dir.join("member").join("db");
+        let member_dir = data_dir.join("member");
+        let db_dir = member_dir.join("db");
+        let snap_dir = member_dir.join("snap");
         std::fs::create_dir_all(&db_dir)
             .map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
         let db = Store::open_database(&db_dir)?;
@@ -98,31 +112,54 @@ impl Server {
         let min_ttl = (cfg.election_timeout * 3 / 2).div_ceil(1000) as i64;
         let lessor = Arc::new(Lessor::new(min_ttl));
         let store = Arc::new(Store::open(&db, lessor.clone())?);
+        let (local_id, cluster) = identify(&cfg, &db, &store).await?;
+        let membership = Arc::new(Membership::new(local_id, cluster));
         let hub = WatchHub::start(store.clone()).map_err(StartError::Thread)?;
-        let applied_index = store.applied_index();
-        let raft_storage = RaftStorage::open(&db, &membership.voters(), applied_index)?;
+        let (applied_index, applied_term) = store.applied();
+        let conf_state = match store.conf_state()? {
+            Some(b) => ConfState::parse_from_bytes(&b)
+                .map_err(|_| Error::Corrupt("stored raft configuration".into()))?,
+            None => ConfState::default(),
+        };
+        let raft_storage = RaftStorage::open(&db, conf_state, applied_index, applied_term)?;
 
         let waiters = Arc::new(Waiters::default());
         let raft_status = Arc::new(RaftStatus::default());
         let (applied_tx, applied_rx) = tokio::sync::watch::channel(applied_index);
+        let (removed_tx, removed_rx) = tokio::sync::watch::channel(false);
         let (apply_tx, apply_rx) = mpsc::channel();
         let (command_tx, command_rx) = mpsc::channel();
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let transport = Transport::new(
+            local_id,
+            membership.clone(),
+            store.clone(),
+            command_tx.clone(),
+            tokio::runtime::Handle::current(),
+            shutdown_rx.clone(),
+        );
 
         let applier = Applier {
             store: store.clone(),
             waiters: waiters.clone(),
             applied: applied_tx,
             hub: hub.clone(),
+            membership: membership.clone(),
+            removed: removed_tx,
         };
         let tick = Duration::from_millis(cfg.heartbeat_interval.max(1));
         let ready_loop = ReadyLoop::new(
             ReadyLoopConfig {
-                member_id: membership.local_id,
+                member_id: local_id,
                 tick,
                 election_ticks: (cfg.election_timeout / cfg.heartbeat_interval.max(1)).max(2)
                     as usize,
                 applied_index,
                 lessor: lessor.clone(),
+                transport: transport.clone(),
+                snap_dir: snap_dir.clone(),
+                snapshot_count: cfg.snapshot_count,
+                campaign: true,
             },
             raft_storage,
             db,
@@ -151,7 +188,8 @@ impl Server {
             store,
             membership,
             raft_status,
-            commands: command_tx,
+            transport,
+            commands: command_tx.clone(),
             waiters,
             applied: applied_rx,
             max_request_bytes: cfg.max_request_bytes,
@@ -159,7 +197,31 @@ impl Server {
             request_timeout: Duration::from_millis(5000 + 2 * cfg.election_timeout),
         }));
 
-        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let mut serving = Vec::new();
+        let peer_router = tonic::transport::Server::builder().add_service(
+            PeerServer::new(peer::PeerService::new(
+                node.clone(),
+                command_tx,
+                snap_dir,
+                cfg.fault_injection,
+            ))
+            .max_decoding_message_size(PEER_MAX_MESSAGE)
+            .max_encoding_message_size(PEER_MAX_MESSAGE),
+        );
+        let mut peer_addrs = Vec::new();
+        for url in &cfg.listen_peer_urls {
+            let (local, task) = serve(url, peer_router.clone(), shutdown_rx.clone()).await?;
+            peer_addrs.push(local);
+            serving.push(task);
+            tracing::info!(%local, "serving peer traffic");
+        }
+        serving.push(tokio::spawn(publish_attributes(
+            node.clone(),
+            cfg.name.clone(),
+            cfg.advertise_client_urls(),
+            shutdown_rx.clone(),
+        )));
+
         let limit = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
@@ -192,32 +254,16 @@ impl Server {
                     .max_decoding_message_size(limit),
             );
 
-        let mut serving = vec![tokio::spawn(lease::expiry_loop(
+        serving.push(tokio::spawn(lease::expiry_loop(
             node.clone(),
             Duration::from_millis(cfg.election_timeout),
             shutdown_rx.clone(),
-        ))];
+        )));
         let mut client_addrs = Vec::new();
         for url in &cfg.listen_client_urls {
-            let addr = resolve(url).await?;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| StartError::Listen(url.clone(), e))?;
-            let local = listener
-                .local_addr()
-                .map_err(|e| StartError::Listen(url.clone(), e))?;
+            let (local, task) = serve(url, router.clone(), shutdown_rx.clone()).await?;
             client_addrs.push(local);
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            let mut stop = shutdown_rx.clone();
-            let router = router.clone();
-            serving.push(tokio::spawn(async move {
-                let signal = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
-                    tracing::error!(error = %e, %local, "client listener failed");
-                }
-            }));
+            serving.push(task);
             tracing::info!(%local, "serving client requests");
         }
         tracing::info!(
@@ -230,6 +276,8 @@ impl Server {
         Ok(Server {
             node,
             client_addrs,
+            peer_addrs,
+            removed: removed_rx,
             shutdown,
             serving,
             threads,
@@ -241,8 +289,18 @@ impl Server {
         &self.client_addrs
     }
 
+    /// The bound peer addresses.
+    pub fn peer_addrs(&self) -> &[SocketAddr] {
+        &self.peer_addrs
+    }
+
     pub fn member_id(&self) -> u64 {
         self.node.membership.local_id
+    }
+
+    /// Turns true when this member has been removed from the cluster.
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.clone()
     }
 
     /// Stops serving, lets in-flight requests finish, stops the raft and apply loops and
@@ -253,8 +311,8 @@ impl Server {
             let _ = task.await;
         }
         let store = self.node.store.clone();
-        // The services held the other references; dropping the last one closes the raft
-        // command channel, which ends the raft loop, which ends the apply loop.
+        // The raft loop ends, dropping the apply channel, which ends the apply loop.
+        self.node.stop_raft();
         drop(self.node);
         let threads = self.threads;
         let _ = tokio::task::spawn_blocking(move || {
@@ -267,5 +325,141 @@ impl Server {
         })
         .await;
         tracing::info!("cairn member stopped");
+    }
+}
+
+/// Binds `url` and serves `router` on it until shutdown.
+async fn serve(
+    url: &str,
+    router: tonic::transport::server::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+    let addr = resolve(url).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Listen(url.to_string(), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| StartError::Listen(url.to_string(), e))?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let task = tokio::spawn(async move {
+        let signal = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
+            tracing::error!(error = %e, %local, "listener failed");
+        }
+    });
+    Ok((local, task))
+}
+
+/// Who this member is and the membership it starts from: its stored identity on a restart;
+/// for a new cluster the `--initial-cluster` (and the store starts just after raft index 1,
+/// the bootstrap point, so a member added later must be caught up by snapshot); for
+/// `--initial-cluster-state existing` the member list fetched from a running member.
+async fn identify(
+    cfg: &Config,
+    db: &fjall::Database,
+    store: &Store,
+) -> Result<(u64, ClusterState), StartError> {
+    let stored_id = RaftStorage::stored_member_id(db)?;
+    if let (Some(id), Some(state)) = (stored_id, store.members()?) {
+        if state.removed.contains(&id) {
+            return Err(MembershipError::Join(
+                "this member was removed from the cluster; start it with a new data directory"
+                    .into(),
+            )
+            .into());
+        }
+        return Ok((id, state));
+    }
+    if cfg.initial_cluster_state == "existing" {
+        let state = fetch_members(cfg).await?;
+        let id = membership::find_self(&state, cfg)?;
+        RaftStorage::store_member_id(db, id)?;
+        return Ok((id, state));
+    }
+    let (state, id) = membership::initial_state(cfg)?;
+    let voters = ConfState {
+        voters: state.members.iter().map(|m| m.id).collect(),
+        ..Default::default()
+    };
+    let encoded = voters
+        .write_to_bytes()
+        .map_err(|e| Error::Storage(e.to_string()))?;
+    store.bootstrap(1, 1, encoded, &state)?;
+    RaftStorage::store_member_id(db, id)?;
+    Ok((id, state))
+}
+
+/// Asks the other members listed in `--initial-cluster` for the member list.
+async fn fetch_members(cfg: &Config) -> Result<ClusterState, MembershipError> {
+    let mut last_error = String::from("no other member listed in --initial-cluster");
+    for (_, urls) in membership::parse_initial_cluster(&cfg.initial_cluster())? {
+        for url in urls {
+            if cfg.initial_advertise_peer_urls.contains(&url) {
+                continue;
+            }
+            let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
+                Ok(e) => e.connect_timeout(Duration::from_secs(2)),
+                Err(e) => {
+                    last_error = format!("{url}: {e}");
+                    continue;
+                }
+            };
+            let result = async {
+                let mut client = PeerClient::new(endpoint.connect().await?);
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    client.members(MembersRequest {}).await?.into_inner(),
+                )
+            }
+            .await;
+            match result {
+                Ok(state) => return Ok(state),
+                Err(e) => last_error = format!("{url}: {e}"),
+            }
+        }
+    }
+    Err(MembershipError::Join(last_error))
+}
+
+/// Announces this member's name and client URLs through raft once there is a leader (as
+/// etcd publishes its attributes), so every member lists them.
+async fn publish_attributes(
+    node: Arc<Node>,
+    name: String,
+    client_urls: Vec<String>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let id = node.membership.local_id;
+    loop {
+        let current = node.membership.member(id);
+        if current
+            .as_ref()
+            .is_some_and(|m| m.name == name && m.client_ur_ls == client_urls)
+        {
+            return;
+        }
+        if node.raft_status.leader() != 0 && current.is_some() {
+            let attrs = MemberAttributes {
+                id,
+                name: name.clone(),
+                client_urls: client_urls.clone(),
+            };
+            match node
+                .propose_and_wait(Internal::MemberAttributes(attrs))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(name, urls = ?client_urls, "published member attributes");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "publishing attributes; will retry"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
     }
 }

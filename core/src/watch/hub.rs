@@ -210,6 +210,30 @@ impl WatchHub {
         self.lock().current_rev
     }
 
+    /// The store was replaced by a raft snapshot at `rev`: every watcher catches up from
+    /// the restored history (or learns it was compacted), starting after what it has seen.
+    pub fn restored(&self, rev: i64) {
+        let mut st = self.lock();
+        let seen = st.current_rev + 1;
+        let synced: Vec<(WatcherHandle, i64)> = st
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.synced)
+            .map(|(h, w)| (*h, w.next_rev.max(seen)))
+            .collect();
+        for (h, next) in &synced {
+            st.mark_unsynced(*h, *next);
+        }
+        st.current_rev = rev;
+        drop(st);
+        tracing::info!(
+            rev,
+            watchers = synced.len(),
+            "watchers resync after snapshot"
+        );
+        self.wake_sync();
+    }
+
     /// Delivers newly committed revisions (in order) to synced watchers. A watcher whose
     /// stream cannot take more is moved to catch-up at the first revision it missed.
     pub fn publish(&self, changes: Vec<Changes>) {

@@ -78,6 +78,7 @@ impl Embedded {
         let mut cfg = cairn_core::Config::new();
         cfg.data_dir = Some(dir.path().join("data"));
         cfg.listen_client_urls = vec!["http://127.0.0.1:0".into()];
+        cfg.listen_peer_urls = vec!["http://127.0.0.1:0".into()];
         tweak(&mut cfg);
         let server = cairn_core::Server::start(cfg).await.expect("start member");
         let addr = server.client_addrs()[0];

@@ -1,0 +1,142 @@
+//! The Peer service on the peer URLs: raft messages and snapshots from other members, the
+//! member list for joining members, and lease calls forwarded to the leader.
+
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+
+use cairn_api::cairnpb::{
+    peer_server::Peer, ClusterState, FaultRequest, MembersRequest, RaftAck, RaftEnvelope,
+    SnapshotChunk,
+};
+use cairn_api::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::lease;
+use crate::error::Error;
+use crate::node::Node;
+use crate::raft::snapshot::{snap_path, Receiver};
+use crate::raft::Command;
+
+pub struct PeerService {
+    node: Arc<Node>,
+    commands: std_mpsc::Sender<Command>,
+    snap_dir: PathBuf,
+    fault_injection: bool,
+}
+
+impl PeerService {
+    pub fn new(
+        node: Arc<Node>,
+        commands: std_mpsc::Sender<Command>,
+        snap_dir: PathBuf,
+        fault_injection: bool,
+    ) -> Self {
+        PeerService {
+            node,
+            commands,
+            snap_dir,
+            fault_injection,
+        }
+    }
+
+    fn step(&self, m: Message) -> Result<(), Status> {
+        if self.node.transport.is_blocked(m.from) {
+            return Ok(());
+        }
+        self.commands
+            .send(Command::Step(m))
+            .map_err(|_| Status::from(Error::Stopped))
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Message, Status> {
+    Message::parse_from_bytes(bytes).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn stream(
+        &self,
+        req: Request<Streaming<RaftEnvelope>>,
+    ) -> Result<Response<RaftAck>, Status> {
+        let mut inbound = req.into_inner();
+        while let Some(env) = inbound.message().await? {
+            self.step(decode(&env.message)?)?;
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftAck>, Status> {
+        let mut inbound = req.into_inner();
+        let io = |e: std::io::Error| Status::internal(format!("snapshot file: {e}"));
+        let mut file = Receiver::create(&self.snap_dir).map_err(io)?;
+        while let Some(chunk) = inbound.message().await? {
+            if !chunk.data.is_empty() {
+                file.write(&chunk.data).map_err(io)?;
+            }
+            if chunk.message.is_empty() {
+                continue;
+            }
+            // The last chunk: the raft message, once every byte it describes is on disk.
+            let m = decode(&chunk.message)?;
+            let meta = m.get_snapshot().get_metadata();
+            let path = snap_path(&self.snap_dir, meta.term, meta.index);
+            file.finish(&chunk.checksum, &path)?;
+            tracing::info!(
+                from = format!("{:x}", m.from),
+                index = meta.index,
+                "snapshot received"
+            );
+            self.step(m)?;
+            return Ok(Response::new(RaftAck {}));
+        }
+        Err(Status::aborted("snapshot stream ended early"))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<MembersRequest>,
+    ) -> Result<Response<ClusterState>, Status> {
+        Ok(Response::new(self.node.membership.state()))
+    }
+
+    async fn lease_renew(
+        &self,
+        req: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        let id = req.into_inner().id;
+        let ttl = lease::renew_local(&self.node, id).await?;
+        Ok(Response::new(LeaseKeepAliveResponse {
+            header: Some(self.node.header(0)),
+            id,
+            ttl,
+        }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        Ok(Response::new(
+            lease::time_to_live_local(&self.node, req.into_inner()).await?,
+        ))
+    }
+
+    async fn fault(&self, req: Request<FaultRequest>) -> Result<Response<RaftAck>, Status> {
+        if !self.fault_injection {
+            return Err(Status::unimplemented(
+                "fault injection needs --experimental-fault-injection",
+            ));
+        }
+        self.node.transport.set_blocked(&req.into_inner().blocked);
+        Ok(Response::new(RaftAck {}))
+    }
+}
