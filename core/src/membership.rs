@@ -100,6 +100,9 @@ pub fn initial_state(cfg: &Config) -> Result<(ClusterState, u64), MembershipErro
             is_learner: false,
         })
         .collect();
+    let mut members = members;
+    // etcd lists members by id.
+    members.sort_by_key(|m| m.id);
     let local_id = member_id(
         &cfg.initial_advertise_peer_urls,
         &cfg.initial_cluster_token,
@@ -289,7 +292,7 @@ mod tests {
         cfg.initial_advertise_peer_urls = vec!["http://127.0.0.1:2".into()];
         let (state, local) = initial_state(&cfg).unwrap();
         assert_eq!(state.members.len(), 3);
-        assert_eq!(state.members[1].id, local);
+        assert!(state.members.iter().any(|m| m.id == local && m.name == "b"));
         assert_eq!(find_self(&state, &cfg).unwrap(), local);
         cfg.name = "d".into();
         assert!(initial_state(&cfg).is_err());

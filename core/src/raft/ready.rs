@@ -101,6 +101,10 @@ impl ReadyLoop {
         let raft_cfg = raft::Config {
             id: cfg.member_id,
             election_tick: cfg.election_ticks,
+            // Randomized timeouts in [1, 1.5) election timeouts rather than raft's [1, 2):
+            // pre-vote already prevents split votes from disrupting, and a dead leader is
+            // replaced within 1.5 timeouts plus a round trip, not 2.
+            max_election_tick: cfg.election_ticks * 3 / 2,
             heartbeat_tick: 1,
             applied: cfg.applied_index,
             max_size_per_msg: 1024 * 1024,

@@ -157,6 +157,42 @@ impl Process {
         .await
     }
 
+    /// A Cairn member process started with `args` (plus its data dir and client URL),
+    /// without waiting for it to serve: members of a new cluster wait for each other.
+    pub fn cairn_member(port: u16, mut args: Vec<String>) -> Process {
+        let dir = tempfile::tempdir().expect("temp dir");
+        args.push(format!("--data-dir={}", dir.path().join("data").display()));
+        args.push(format!("--listen-client-urls=http://127.0.0.1:{port}"));
+        let program = PathBuf::from(env!("CARGO_BIN_EXE_cairn-member"));
+        Process {
+            child: Some(Self::spawn(&program, &args)),
+            program,
+            args,
+            addr: ([127, 0, 0, 1], port).into(),
+            _dir: dir,
+        }
+    }
+
+    /// The member's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
+    /// Whether the process is running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends a signal (e.g. SIGSTOP/SIGCONT) to the process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
     /// The reference etcd, if its binary is installed (`ETCD_BIN` or `etcd` on PATH).
     pub async fn etcd() -> Option<Process> {
         let program = etcd_binary()?;

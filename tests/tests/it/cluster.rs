@@ -1,0 +1,428 @@
+//! Multi-member clusters of real `cairn` processes: replication, leader failover under write
+//! load, restart and catch-up, isolation (fault injection in the peer transport), and a
+//! member added after log compaction brought up by snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_api::cairnpb::{peer_client::PeerClient, FaultRequest};
+use cairn_api::etcdserverpb::{
+    cluster_client::ClusterClient, maintenance_client::MaintenanceClient, MemberAddRequest,
+    MemberListRequest, PutRequest, RangeRequest, StatusRequest, StatusResponse,
+};
+
+use crate::harness::{channel, free_port, kv, wait_ready, Process};
+
+/// Election timeout of test clusters (heartbeat 50 ms), so failover tests stay short.
+const ELECTION_MS: u64 = 500;
+
+pub struct Member {
+    pub name: String,
+    pub process: Process,
+    pub peer_port: u16,
+}
+
+/// A cluster of member processes on ephemeral ports; killed on drop.
+pub struct Cluster {
+    pub members: Vec<Member>,
+    initial_cluster: String,
+}
+
+fn member_args(name: &str, peer: u16, initial_cluster: &str, state: &str) -> Vec<String> {
+    vec![
+        format!("--name={name}"),
+        format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+        format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+        format!("--initial-cluster={initial_cluster}"),
+        format!("--initial-cluster-state={state}"),
+        "--heartbeat-interval=50".into(),
+        format!("--election-timeout={ELECTION_MS}"),
+        "--experimental-fault-injection".into(),
+        "--log-level=warn".into(),
+    ]
+}
+
+impl Cluster {
+    /// Starts `n` members (with `extra` flags each) and waits until all of them serve.
+    pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members: Vec<Member> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client, peer))| {
+                let name = format!("m{i}");
+                let mut args = member_args(&name, peer, &initial_cluster, "new");
+                args.extend(extra.iter().map(|s| s.to_string()));
+                Member {
+                    name,
+                    process: Process::cairn_member(client, args),
+                    peer_port: peer,
+                }
+            })
+            .collect();
+        for m in &members {
+            wait_ready(m.process.addr).await;
+        }
+        Cluster {
+            members,
+            initial_cluster,
+        }
+    }
+
+    pub async fn status(&self, i: usize) -> Option<StatusResponse> {
+        let ch = channel(self.members[i].process.addr).await;
+        let mut m = MaintenanceClient::new(ch);
+        let mut req = tonic::Request::new(StatusRequest {});
+        req.set_timeout(Duration::from_secs(2));
+        m.status(req).await.ok().map(|r| r.into_inner())
+    }
+
+    pub async fn member_id(&self, i: usize) -> u64 {
+        self.status(i)
+            .await
+            .and_then(|s| s.header)
+            .map(|h| h.member_id)
+            .expect("member answers Status")
+    }
+
+    /// The index of the member every running member agrees leads; waits for one.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut ids = Vec::new();
+            let mut leaders = Vec::new();
+            for (i, m) in self.members.iter().enumerate() {
+                if !m.process.is_running() {
+                    continue;
+                }
+                if let Some(s) = self.status(i).await {
+                    ids.push((i, s.header.map_or(0, |h| h.member_id)));
+                    leaders.push(s.leader);
+                }
+            }
+            leaders.dedup();
+            if let [leader] = leaders[..] {
+                if let Some((i, _)) = ids.iter().find(|(_, id)| *id == leader) {
+                    return *i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Cuts (or with an empty list, heals) member `i`'s raft traffic with these members.
+    pub async fn block(&self, i: usize, ids: Vec<u64>) {
+        let ch = channel(([127, 0, 0, 1], self.members[i].peer_port).into()).await;
+        PeerClient::new(ch)
+            .fault(FaultRequest { blocked: ids })
+            .await
+            .expect("fault injection enabled");
+    }
+
+    /// Starts a member that was added with MemberAdd, joining with `existing`.
+    pub fn join(&mut self, name: &str, peer: u16) -> usize {
+        let initial_cluster = format!("{},{name}=http://127.0.0.1:{peer}", self.initial_cluster);
+        let args = member_args(name, peer, &initial_cluster, "existing");
+        self.members.push(Member {
+            name: name.to_string(),
+            process: Process::cairn_member(free_port(), args),
+            peer_port: peer,
+        });
+        self.members.len() - 1
+    }
+}
+
+/// A put with a client deadline, so a request stuck on a dead leader fails fast.
+async fn put(addr: std::net::SocketAddr, key: &str, value: &str, timeout: Duration) -> bool {
+    let Ok(ch) = tokio::time::timeout(timeout, channel(addr)).await else {
+        return false;
+    };
+    let mut req = tonic::Request::new(PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    });
+    req.set_timeout(timeout);
+    kv(&ch).put(req).await.is_ok()
+}
+
+async fn get(
+    addr: std::net::SocketAddr,
+    key: &str,
+    serializable: bool,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, tonic::Status> {
+    let ch = channel(addr).await;
+    let mut req = tonic::Request::new(RangeRequest {
+        key: key.into(),
+        serializable,
+        ..Default::default()
+    });
+    req.set_timeout(timeout);
+    let r = kv(&ch).range(req).await?.into_inner();
+    Ok(r.kvs.into_iter().next().map(|kv| kv.value))
+}
+
+/// Every key under `prefix` a member holds, read locally.
+async fn local_keys(addr: std::net::SocketAddr, prefix: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let ch = channel(addr).await;
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().expect("non-empty prefix") += 1;
+    let r = kv(&ch)
+        .range(RangeRequest {
+            key: prefix.into(),
+            range_end: end,
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .expect("serializable range")
+        .into_inner();
+    r.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect()
+}
+
+/// Waits until member `i` holds at least every acknowledged key with its value.
+async fn wait_holds(cluster: &Cluster, i: usize, acked: &BTreeMap<Vec<u8>, Vec<u8>>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = local_keys(cluster.members[i].process.addr, "load/").await;
+        let missing = acked
+            .iter()
+            .filter(|(k, v)| held.get(*k) != Some(v))
+            .count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member {i} misses {missing} of {} acknowledged writes",
+            acked.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Writes continuously, round-robin over the running members, until told to stop; records
+/// every acknowledged write with when it was sent and when it was acknowledged.
+fn spawn_writer(
+    addrs: Vec<std::net::SocketAddr>,
+    running: Arc<Mutex<Vec<bool>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(String, Instant, Instant)>> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let target = {
+                let r = running.lock().expect("lock");
+                let alive: Vec<usize> = (0..addrs.len()).filter(|i| r[*i]).collect();
+                alive[(n as usize) % alive.len()]
+            };
+            let key = format!("load/{n:08}");
+            let sent = Instant::now();
+            if put(addrs[target], &key, &key, Duration::from_millis(1500)).await {
+                acked.push((key, sent, Instant::now()));
+            }
+            n += 1;
+        }
+        acked
+    })
+}
+
+async fn leader_failover_under_load(n: usize) {
+    let mut cluster = Cluster::start(n, &[]).await;
+    let addrs: Vec<_> = cluster.members.iter().map(|m| m.process.addr).collect();
+    let running = Arc::new(Mutex::new(vec![true; n]));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = spawn_writer(addrs, running.clone(), stop.clone());
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leader = cluster.leader().await;
+    running.lock().expect("lock")[leader] = false;
+    let killed_at = Instant::now();
+    cluster.members[leader].process.kill9();
+    // Let the writer run on the new leader for a while.
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.await.expect("writer");
+
+    // Writes sent before the kill may still be acknowledged after it; the first write sent
+    // after the kill shows when the cluster took writes again.
+    let resumed = acked
+        .iter()
+        .find(|(_, sent, _)| *sent > killed_at)
+        .map(|(_, _, at)| at.duration_since(killed_at))
+        .expect("writes resumed after the leader was killed");
+    eprintln!("{n} members: first write acknowledged {resumed:?} after SIGKILL of the leader");
+    assert!(
+        resumed <= Duration::from_millis(2 * ELECTION_MS),
+        "writes resumed only after {resumed:?} (two election timeouts: {}ms)",
+        2 * ELECTION_MS
+    );
+
+    // The killed member restarts from its data directory and catches up; every member then
+    // holds every acknowledged write.
+    cluster.members[leader].process.restart().await;
+    let acked: BTreeMap<Vec<u8>, Vec<u8>> = acked
+        .into_iter()
+        .map(|(k, _, _)| (k.clone().into_bytes(), k.into_bytes()))
+        .collect();
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    for i in 0..n {
+        wait_holds(&cluster, i, &acked).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_fail_over_when_the_leader_is_killed_and_lose_nothing() {
+    leader_failover_under_load(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_fail_over_when_the_leader_is_killed_and_lose_nothing() {
+    leader_failover_under_load(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_accepts_no_write_serves_no_stale_read_and_converges() {
+    let cluster = Cluster::start(3, &[]).await;
+    let addr = |i: usize| cluster.members[i].process.addr;
+    assert!(put(addr(0), "k", "v1", Duration::from_secs(5)).await);
+    let old = cluster.leader().await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(cluster.member_id(i).await);
+    }
+    // Cut the leader off both ways.
+    cluster
+        .block(old, others.iter().map(|i| ids[*i]).collect())
+        .await;
+    for &i in &others {
+        cluster.block(i, vec![ids[old]]).await;
+    }
+    // The majority elects a new leader and takes a write.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !put(addr(others[0]), "k", "v2", Duration::from_secs(1)).await {
+        assert!(
+            Instant::now() < deadline,
+            "the majority never accepted a write"
+        );
+    }
+    // The isolated member takes no write and serves no stale linearizable read.
+    assert!(
+        !put(addr(old), "k", "v3", Duration::from_secs(3)).await,
+        "an isolated member accepted a write"
+    );
+    match get(addr(old), "k", false, Duration::from_secs(3)).await {
+        Ok(v) => panic!("an isolated member answered a linearizable read: {v:?}"),
+        Err(e) => eprintln!("isolated member refuses the read: {e}"),
+    }
+    // Serializable reads are local by definition and may be stale.
+    let stale = get(addr(old), "k", true, Duration::from_secs(3)).await;
+    assert_eq!(stale.expect("serializable read"), Some(b"v1".to_vec()));
+
+    // Heal: the old leader rejoins, and converges on the majority's history.
+    for i in 0..3 {
+        cluster.block(i, vec![]).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(v)) = get(addr(old), "k", false, Duration::from_secs(2)).await {
+            assert_eq!(
+                v,
+                b"v2".to_vec(),
+                "the healed member must not keep a lost write"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the healed member never converged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_after_log_compaction_is_caught_up_by_snapshot() {
+    let mut cluster = Cluster::start(3, &["--snapshot-count=50"]).await;
+    let addr0 = cluster.members[0].process.addr;
+    let mut acked = BTreeMap::new();
+    for i in 0..300 {
+        let key = format!("load/{i:04}");
+        assert!(put(addr0, &key, &key, Duration::from_secs(5)).await);
+        acked.insert(key.clone().into_bytes(), key.into_bytes());
+    }
+    let peer = free_port();
+    let mut members = ClusterClient::new(channel(addr0).await);
+    let added = members
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![format!("http://127.0.0.1:{peer}")],
+            is_learner: false,
+        })
+        .await
+        .expect("member add")
+        .into_inner();
+    assert_eq!(added.members.len(), 4);
+    let new = cluster.join("late", peer);
+    wait_ready(cluster.members[new].process.addr).await;
+    wait_holds(&cluster, new, &acked).await;
+    // It got there by snapshot: the leader's log no longer starts at the beginning.
+    let snap_dir = cluster.members[new]
+        .process
+        .data_dir()
+        .join("member")
+        .join("snap");
+    let snaps: Vec<_> = std::fs::read_dir(&snap_dir)
+        .expect("snapshot directory")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "snap"))
+        .collect();
+    assert_eq!(snaps.len(), 1, "expected one received snapshot");
+    // The new member takes part: its name and client URL are listed once it published.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = members
+            .member_list(MemberListRequest::default())
+            .await
+            .expect("member list")
+            .into_inner();
+        if list
+            .members
+            .iter()
+            .any(|m| m.name == "late" && !m.client_ur_ls.is_empty())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new member never listed: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And writes through it reach everyone.
+    assert!(
+        put(
+            cluster.members[new].process.addr,
+            "load/late",
+            "load/late",
+            Duration::from_secs(5)
+        )
+        .await
+    );
+    acked.insert(b"load/late".to_vec(), b"load/late".to_vec());
+    for i in 0..cluster.members.len() {
+        wait_holds(&cluster, i, &acked).await;
+    }
+}
