@@ -3,6 +3,7 @@
 //! apply loop and the raft Ready loop on their own threads, serves the Peer service on the
 //! peer URLs and the gRPC services on every client URL until [`Server::stop`].
 
+mod authority;
 mod kv;
 mod lease;
 mod maintenance;
@@ -23,6 +24,7 @@ use cairn_api::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use futures::StreamExt;
 use protobuf::Message as _;
 use raft::eraftpb::ConfState;
 use tokio::task::JoinHandle;
@@ -341,7 +343,9 @@ async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| StartError::Listen(url.to_string(), e))?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|conn| conn.map(authority::AuthorityFix::new));
     let task = tokio::spawn(async move {
         let signal = async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -18,7 +18,6 @@ use crate::harness::{channel, free_port, kv, wait_ready, Process};
 const ELECTION_MS: u64 = 500;
 
 pub struct Member {
-    pub name: String,
     pub process: Process,
     pub peer_port: u16,
 }
@@ -27,10 +26,18 @@ pub struct Member {
 pub struct Cluster {
     pub members: Vec<Member>,
     initial_cluster: String,
+    /// The reference etcd instead of Cairn.
+    etcd: Option<std::path::PathBuf>,
 }
 
-fn member_args(name: &str, peer: u16, initial_cluster: &str, state: &str) -> Vec<String> {
-    vec![
+fn member_args(
+    name: &str,
+    peer: u16,
+    initial_cluster: &str,
+    state: &str,
+    etcd: bool,
+) -> Vec<String> {
+    let mut args = vec![
         format!("--name={name}"),
         format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
         format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
@@ -38,14 +45,35 @@ fn member_args(name: &str, peer: u16, initial_cluster: &str, state: &str) -> Vec
         format!("--initial-cluster-state={state}"),
         "--heartbeat-interval=50".into(),
         format!("--election-timeout={ELECTION_MS}"),
-        "--experimental-fault-injection".into(),
-        "--log-level=warn".into(),
-    ]
+    ];
+    if etcd {
+        args.push("--log-level=error".into());
+    } else {
+        args.push("--experimental-fault-injection".into());
+        args.push("--log-level=warn".into());
+    }
+    args
 }
 
 impl Cluster {
     /// Starts `n` members (with `extra` flags each) and waits until all of them serve.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_program(None, n, extra).await
+    }
+
+    /// The same with the reference etcd's binary.
+    pub async fn start_etcd(bin: std::path::PathBuf, n: usize) -> Cluster {
+        Self::start_program(Some(bin), n, &[]).await
+    }
+
+    fn spawn(&self, port: u16, args: Vec<String>) -> Process {
+        match &self.etcd {
+            Some(bin) => Process::member(bin.clone(), port, args),
+            None => Process::cairn_member(port, args),
+        }
+    }
+
+    async fn start_program(etcd: Option<std::path::PathBuf>, n: usize, extra: &[&str]) -> Cluster {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial_cluster = ports
             .iter()
@@ -53,26 +81,53 @@ impl Cluster {
             .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
             .collect::<Vec<_>>()
             .join(",");
-        let members: Vec<Member> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, &(client, peer))| {
-                let name = format!("m{i}");
-                let mut args = member_args(&name, peer, &initial_cluster, "new");
-                args.extend(extra.iter().map(|s| s.to_string()));
-                Member {
-                    name,
-                    process: Process::cairn_member(client, args),
-                    peer_port: peer,
-                }
-            })
-            .collect();
-        for m in &members {
+        let mut cluster = Cluster {
+            members: vec![],
+            initial_cluster,
+            etcd,
+        };
+        for (i, &(client, peer)) in ports.iter().enumerate() {
+            let name = format!("m{i}");
+            let mut args = member_args(
+                &name,
+                peer,
+                &cluster.initial_cluster,
+                "new",
+                cluster.etcd.is_some(),
+            );
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let process = cluster.spawn(client, args);
+            cluster.members.push(Member {
+                process,
+                peer_port: peer,
+            });
+        }
+        for m in &cluster.members {
             wait_ready(m.process.addr).await;
         }
-        Cluster {
-            members,
-            initial_cluster,
+        cluster.wait_published().await;
+        cluster
+    }
+
+    /// Waits until every member has announced its client URLs (etcdctl's `--cluster`
+    /// commands reach members through them).
+    pub async fn wait_published(&self) {
+        let mut client = ClusterClient::new(channel(self.members[0].process.addr).await);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(list) = client.member_list(MemberListRequest::default()).await {
+                let list = list.into_inner().members;
+                if list.len() == self.members.len()
+                    && list.iter().all(|m| !m.client_ur_ls.is_empty())
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members never published client URLs"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -130,10 +185,16 @@ impl Cluster {
     /// Starts a member that was added with MemberAdd, joining with `existing`.
     pub fn join(&mut self, name: &str, peer: u16) -> usize {
         let initial_cluster = format!("{},{name}=http://127.0.0.1:{peer}", self.initial_cluster);
-        let args = member_args(name, peer, &initial_cluster, "existing");
+        let args = member_args(
+            name,
+            peer,
+            &initial_cluster,
+            "existing",
+            self.etcd.is_some(),
+        );
+        let process = self.spawn(free_port(), args);
         self.members.push(Member {
-            name: name.to_string(),
-            process: Process::cairn_member(free_port(), args),
+            process,
             peer_port: peer,
         });
         self.members.len() - 1
@@ -424,5 +485,150 @@ async fn a_member_added_after_log_compaction_is_caught_up_by_snapshot() {
     acked.insert(b"load/late".to_vec(), b"load/late".to_vec());
     for i in 0..cluster.members.len() {
         wait_holds(&cluster, i, &acked).await;
+    }
+}
+
+/// Replaces member/cluster ids (hex) and numbers (ports, raft indexes and terms, versions)
+/// with placeholders, and sorts the lines: member order follows ids, which differ between
+/// two clusters.
+fn normalize_membership(out: &str) -> String {
+    let mut lines: Vec<String> = out
+        .lines()
+        .map(|l| {
+            // ETCD_INITIAL_CLUSTER lists members in id order.
+            let l = match l.strip_prefix("ETCD_INITIAL_CLUSTER=") {
+                Some(list) => {
+                    let mut entries: Vec<&str> = list.trim_matches('"').split(',').collect();
+                    entries.sort();
+                    format!("ETCD_INITIAL_CLUSTER={}", entries.join(","))
+                }
+                None => l.to_string(),
+            };
+            let mut o = String::new();
+            for word in l.split(|c: char| !c.is_ascii_alphanumeric()) {
+                let hex = word.len() >= 10 && word.chars().all(|c| c.is_ascii_hexdigit());
+                let number = word.starts_with(|c: char| c.is_ascii_digit());
+                o.push_str(if hex {
+                    "ID"
+                } else if number {
+                    "N"
+                } else {
+                    word
+                });
+                o.push('|');
+            }
+            o
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
+
+fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
+    let bin = crate::harness::etcdctl_binary().expect("etcdctl");
+    let out = std::process::Command::new(bin)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
+        .output()
+        .expect("run etcdctl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn endpoints(c: &Cluster) -> String {
+    c.members
+        .iter()
+        .filter(|m| m.process.is_running())
+        .map(|m| m.process.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs etcdctl until it succeeds (etcd refuses reconfiguration with "unhealthy cluster"
+/// until its members have been connected for a while; an operator retries too), records
+/// its normalized output and returns the raw one.
+async fn run(outputs: &mut Vec<String>, c: &Cluster, args: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = etcdctl(&endpoints(c), args);
+        if ok {
+            outputs.push(format!(
+                "{}\n{}",
+                normalize_membership(&args.join(" ")),
+                normalize_membership(&out)
+            ));
+            return out;
+        }
+        assert!(Instant::now() < deadline, "etcdctl {args:?} failed: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs the membership commands of etcdctl against a three-member cluster; returns each
+/// command's normalized output.
+async fn membership_session(mut cluster: Cluster) -> Vec<String> {
+    let mut out = Vec::new();
+    run(&mut out, &cluster, &["member", "list"]).await;
+    let status = run(
+        &mut out,
+        &cluster,
+        &["endpoint", "status", "--cluster", "-w", "fields"],
+    )
+    .await;
+    assert_eq!(status.matches("\"Leader\"").count(), 3, "{status}");
+    run(&mut out, &cluster, &["endpoint", "health", "--cluster"]).await;
+
+    let peer = free_port();
+    let peer_url = format!("--peer-urls=http://127.0.0.1:{peer}");
+    let added = run(
+        &mut out,
+        &cluster,
+        &["member", "add", "m3", &peer_url, "--learner"],
+    )
+    .await;
+    let id = added
+        .split_whitespace()
+        .nth(1)
+        .expect("Member <id> added")
+        .to_string();
+    let new = cluster.join("m3", peer);
+    wait_ready(cluster.members[new].process.addr).await;
+    // A learner is promoted once it has caught up with the leader's log.
+    run(&mut out, &cluster, &["member", "promote", &id]).await;
+    run(&mut out, &cluster, &["member", "list"]).await;
+    run(&mut out, &cluster, &["move-leader", &id]).await;
+    assert_eq!(
+        cluster.leader().await,
+        new,
+        "leadership moved to the new member"
+    );
+    let first = format!("{:x}", cluster.member_id(0).await);
+    run(&mut out, &cluster, &["member", "remove", &first]).await;
+    cluster.members[0].process.kill9();
+    run(&mut out, &cluster, &["member", "list"]).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_membership_commands_work_as_against_etcd() {
+    if crate::harness::etcdctl_binary().is_none() {
+        eprintln!("etcdctl not installed; skipping");
+        return;
+    }
+    let cairn = membership_session(Cluster::start(3, &[]).await).await;
+    let Some(bin) = crate::harness::etcd_binary() else {
+        eprintln!("etcd not installed; Cairn checked on its own");
+        return;
+    };
+    let etcd = membership_session(Cluster::start_etcd(bin, 3).await).await;
+    for (c, e) in cairn.iter().zip(&etcd) {
+        assert_eq!(c, e, "Cairn and etcd differ");
     }
 }

@@ -159,11 +159,20 @@ impl Process {
 
     /// A Cairn member process started with `args` (plus its data dir and client URL),
     /// without waiting for it to serve: members of a new cluster wait for each other.
-    pub fn cairn_member(port: u16, mut args: Vec<String>) -> Process {
+    pub fn cairn_member(port: u16, args: Vec<String>) -> Process {
+        Self::member(
+            PathBuf::from(env!("CARGO_BIN_EXE_cairn-member")),
+            port,
+            args,
+        )
+    }
+
+    /// A member of `program` (Cairn or etcd, which take the same flags) on client `port`.
+    pub fn member(program: PathBuf, port: u16, mut args: Vec<String>) -> Process {
         let dir = tempfile::tempdir().expect("temp dir");
         args.push(format!("--data-dir={}", dir.path().join("data").display()));
         args.push(format!("--listen-client-urls=http://127.0.0.1:{port}"));
-        let program = PathBuf::from(env!("CARGO_BIN_EXE_cairn-member"));
+        args.push(format!("--advertise-client-urls=http://127.0.0.1:{port}"));
         Process {
             child: Some(Self::spawn(&program, &args)),
             program,
@@ -181,16 +190,6 @@ impl Process {
     /// Whether the process is running (not killed).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
-    }
-
-    /// Sends a signal (e.g. SIGSTOP/SIGCONT) to the process.
-    pub fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(c.id().to_string())
-                .status();
-        }
     }
 
     /// The reference etcd, if its binary is installed (`ETCD_BIN` or `etcd` on PATH).
