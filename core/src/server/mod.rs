@@ -212,13 +212,16 @@ impl Server {
         );
         let mut peer_addrs = Vec::new();
         for url in &cfg.listen_peer_urls {
-            let (local, task) = serve(url, peer_router.clone(), shutdown_rx.clone()).await?;
+            let (local, task) = serve(url, peer_router.clone(), None, shutdown_rx.clone()).await?;
             peer_addrs.push(local);
             serving.push(task);
             tracing::info!(%local, "serving peer traffic");
         }
+        // As etcd, clients are served once this member has announced itself to the cluster.
+        let (published_tx, published) = tokio::sync::watch::channel(false);
         serving.push(tokio::spawn(publish_attributes(
             node.clone(),
+            published_tx,
             cfg.name.clone(),
             cfg.advertise_client_urls(),
             shutdown_rx.clone(),
@@ -263,7 +266,13 @@ impl Server {
         )));
         let mut client_addrs = Vec::new();
         for url in &cfg.listen_client_urls {
-            let (local, task) = serve(url, router.clone(), shutdown_rx.clone()).await?;
+            let (local, task) = serve(
+                url,
+                router.clone(),
+                Some(published.clone()),
+                shutdown_rx.clone(),
+            )
+            .await?;
             client_addrs.push(local);
             serving.push(task);
             tracing::info!(%local, "serving client requests");
@@ -330,10 +339,11 @@ impl Server {
     }
 }
 
-/// Binds `url` and serves `router` on it until shutdown.
+/// Binds `url` and serves `router` on it (once `ready`, if given) until shutdown.
 async fn serve(
     url: &str,
     router: tonic::transport::server::Router,
+    ready: Option<tokio::sync::watch::Receiver<bool>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
     let addr = resolve(url).await?;
@@ -347,6 +357,12 @@ async fn serve(
         .with_nodelay(Some(true))
         .map(|conn| conn.map(authority::AuthorityFix::new));
     let task = tokio::spawn(async move {
+        if let Some(mut ready) = ready {
+            tokio::select! {
+                _ = ready.wait_for(|r| *r) => {}
+                _ = stopped(&mut stop) => return,
+            }
+        }
         let signal = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
@@ -431,6 +447,7 @@ async fn fetch_members(cfg: &Config) -> Result<ClusterState, MembershipError> {
 /// etcd publishes its attributes), so every member lists them.
 async fn publish_attributes(
     node: Arc<Node>,
+    published: tokio::sync::watch::Sender<bool>,
     name: String,
     client_urls: Vec<String>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -442,6 +459,7 @@ async fn publish_attributes(
             .as_ref()
             .is_some_and(|m| m.name == name && m.client_ur_ls == client_urls)
         {
+            published.send_replace(true);
             return;
         }
         if node.raft_status.leader() != 0 && current.is_some() {
@@ -456,6 +474,7 @@ async fn publish_attributes(
             {
                 Ok(_) => {
                     tracing::info!(name, urls = ?client_urls, "published member attributes");
+                    published.send_replace(true);
                     return;
                 }
                 Err(e) => tracing::debug!(error = %e, "publishing attributes; will retry"),

@@ -14,8 +14,8 @@ use cairn_api::etcdserverpb::{
 
 use crate::harness::{channel, free_port, kv, wait_ready, Process};
 
-/// Election timeout of test clusters (heartbeat 50 ms), so failover tests stay short.
-const ELECTION_MS: u64 = 500;
+/// Election timeout of test clusters (etcd's default; heartbeat 100 ms).
+const ELECTION_MS: u64 = 1000;
 
 pub struct Member {
     pub process: Process,
@@ -43,7 +43,7 @@ fn member_args(
         format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
         format!("--initial-cluster={initial_cluster}"),
         format!("--initial-cluster-state={state}"),
-        "--heartbeat-interval=50".into(),
+        "--heartbeat-interval=100".into(),
         format!("--election-timeout={ELECTION_MS}"),
     ];
     if etcd {
@@ -425,6 +425,30 @@ async fn a_member_added_after_log_compaction_is_caught_up_by_snapshot() {
         assert!(put(addr0, &key, &key, Duration::from_secs(5)).await);
         acked.insert(key.clone().into_bytes(), key.into_bytes());
     }
+    // A lease with a key: the snapshot carries leases too.
+    let mut lease = cairn_api::etcdserverpb::lease_client::LeaseClient::new(channel(addr0).await);
+    let lease_id = lease
+        .lease_grant(cairn_api::etcdserverpb::LeaseGrantRequest { ttl: 600, id: 0 })
+        .await
+        .expect("grant")
+        .into_inner()
+        .id;
+    let mut leased = kv(&channel(addr0).await);
+    leased
+        .put(PutRequest {
+            key: b"load/leased".to_vec(),
+            value: b"load/leased".to_vec(),
+            lease: lease_id,
+            ..Default::default()
+        })
+        .await
+        .expect("leased put");
+    acked.insert(b"load/leased".to_vec(), b"load/leased".to_vec());
+    for i in 300..360 {
+        let key = format!("load/{i:04}");
+        assert!(put(addr0, &key, &key, Duration::from_secs(5)).await);
+        acked.insert(key.clone().into_bytes(), key.into_bytes());
+    }
     let peer = free_port();
     let mut members = ClusterClient::new(channel(addr0).await);
     let added = members
@@ -451,6 +475,15 @@ async fn a_member_added_after_log_compaction_is_caught_up_by_snapshot() {
         .filter(|e| e.path().extension().is_some_and(|x| x == "snap"))
         .collect();
     assert_eq!(snaps.len(), 1, "expected one received snapshot");
+    let leases = cairn_api::etcdserverpb::lease_client::LeaseClient::new(
+        channel(cluster.members[new].process.addr).await,
+    )
+    .lease_leases(cairn_api::etcdserverpb::LeaseLeasesRequest {})
+    .await
+    .expect("leases on the new member")
+    .into_inner();
+    assert_eq!(leases.leases.len(), 1);
+    assert_eq!(leases.leases[0].id, lease_id);
     // The new member takes part: its name and client URL are listed once it published.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -505,7 +538,11 @@ fn normalize_membership(out: &str) -> String {
                 None => l.to_string(),
             };
             let mut o = String::new();
-            for word in l.split(|c: char| !c.is_ascii_alphanumeric()) {
+            // Ids are printed padded to 16 columns: runs of separators count as one.
+            for word in l
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .filter(|w| !w.is_empty())
+            {
                 let hex = word.len() >= 10 && word.chars().all(|c| c.is_ascii_hexdigit());
                 let number = word.starts_with(|c: char| c.is_ascii_digit());
                 o.push_str(if hex {
@@ -631,4 +668,73 @@ async fn etcdctl_membership_commands_work_as_against_etcd() {
     for (c, e) in cairn.iter().zip(&etcd) {
         assert_eq!(c, e, "Cairn and etcd differ");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_and_lease_keep_alives_work_on_a_follower() {
+    use cairn_api::etcdserverpb::{
+        lease_client::LeaseClient, LeaseGrantRequest, LeaseKeepAliveRequest,
+        LeaseTimeToLiveRequest, WatchCreateRequest,
+    };
+    use cairn_api::mvccpb::event::EventType;
+
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let f_addr = cluster.members[follower].process.addr;
+    let mut lease = LeaseClient::new(channel(f_addr).await);
+    let id = lease
+        .lease_grant(LeaseGrantRequest { ttl: 2, id: 0 })
+        .await
+        .expect("grant on a follower")
+        .into_inner()
+        .id;
+    let mut watch = crate::harness::WatchConn::open(f_addr).await;
+    watch
+        .create(WatchCreateRequest {
+            key: b"svc/".to_vec(),
+            range_end: b"svc0".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    // A write through another member reaches the follower's watcher.
+    let put = PutRequest {
+        key: b"svc/a".to_vec(),
+        value: b"1".to_vec(),
+        lease: id,
+        ..Default::default()
+    };
+    kv(&channel(cluster.members[other].process.addr).await)
+        .put(put)
+        .await
+        .expect("put");
+    let ev = watch.next().await;
+    assert_eq!(ev.events[0].r#type, EventType::Put as i32);
+
+    // Keep-alives sent to the follower (forwarded to the leader) hold the lease past its TTL.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut acks = lease
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("keep-alive stream")
+        .into_inner();
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        tx.send(LeaseKeepAliveRequest { id }).await.expect("send");
+        let ack = acks.message().await.expect("ack").expect("ack");
+        assert_eq!(ack.ttl, 2, "the leader renewed the lease");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ttl = lease
+        .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true })
+        .await
+        .expect("time to live on a follower")
+        .into_inner();
+    assert!(ttl.ttl > 0 && ttl.ttl <= 2, "remaining {} of 2", ttl.ttl);
+    assert_eq!(ttl.keys, vec![b"svc/a".to_vec()]);
+    drop(tx);
+    // Without keep-alives it expires, and the follower's watcher sees the delete.
+    let ev = watch.next().await;
+    assert_eq!(ev.events[0].r#type, EventType::Delete as i32);
 }
