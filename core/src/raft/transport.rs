@@ -151,6 +151,10 @@ impl Transport {
             if *shutdown.borrow() {
                 return;
             }
+            if self.membership.is_removed(id) {
+                lock(&self.queues).remove(&id);
+                return;
+            }
             let Some(mut client) = self.connect(id).await else {
                 // Whatever was queued is stale by the time the peer is back.
                 while queue.try_recv().is_ok() {}

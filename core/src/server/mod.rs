@@ -206,6 +206,7 @@ impl Server {
                 command_tx,
                 snap_dir,
                 cfg.fault_injection,
+                shutdown_rx.clone(),
             ))
             .max_decoding_message_size(PEER_MAX_MESSAGE)
             .max_encoding_message_size(PEER_MAX_MESSAGE),

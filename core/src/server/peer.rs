@@ -27,6 +27,8 @@ pub struct PeerService {
     commands: std_mpsc::Sender<Command>,
     snap_dir: PathBuf,
     fault_injection: bool,
+    /// Peer streams never end on their own; they end when the server stops.
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PeerService {
@@ -35,12 +37,14 @@ impl PeerService {
         commands: std_mpsc::Sender<Command>,
         snap_dir: PathBuf,
         fault_injection: bool,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         PeerService {
             node,
             commands,
             snap_dir,
             fault_injection,
+            shutdown,
         }
     }
 
@@ -65,10 +69,17 @@ impl Peer for PeerService {
         req: Request<Streaming<RaftEnvelope>>,
     ) -> Result<Response<RaftAck>, Status> {
         let mut inbound = req.into_inner();
-        while let Some(env) = inbound.message().await? {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let env = tokio::select! {
+                env = inbound.message() => env?,
+                _ = super::stopped(&mut shutdown) => None,
+            };
+            let Some(env) = env else {
+                return Ok(Response::new(RaftAck {}));
+            };
             self.step(decode(&env.message)?)?;
         }
-        Ok(Response::new(RaftAck {}))
     }
 
     async fn snapshot(

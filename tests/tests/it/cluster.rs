@@ -648,7 +648,13 @@ async fn membership_session(mut cluster: Cluster) -> Vec<String> {
     );
     let first = format!("{:x}", cluster.member_id(0).await);
     run(&mut out, &cluster, &["member", "remove", &first]).await;
-    cluster.members[0].process.kill9();
+    assert!(
+        cluster.members[0]
+            .process
+            .exits_within(Duration::from_secs(15))
+            .await,
+        "a removed member shuts down"
+    );
     run(&mut out, &cluster, &["member", "list"]).await;
     out
 }
