@@ -640,6 +640,8 @@ async fn membership_session(mut cluster: Cluster) -> Vec<String> {
     // A learner is promoted once it has caught up with the leader's log.
     run(&mut out, &cluster, &["member", "promote", &id]).await;
     run(&mut out, &cluster, &["member", "list"]).await;
+    // The same peer URL again: the member keeps working, the update still goes through raft.
+    run(&mut out, &cluster, &["member", "update", &id, &peer_url]).await;
     run(&mut out, &cluster, &["move-leader", &id]).await;
     assert_eq!(
         cluster.leader().await,

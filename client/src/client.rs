@@ -1,0 +1,224 @@
+//! The connection: one lazily connected channel per endpoint, the endpoint in use, and the
+//! retry rule — on an unreachable or leaderless member, move to the next endpoint with
+//! exponential backoff (backon); reads always retry, writes only when they cannot apply twice.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::Error;
+
+/// Connection settings; [`ClientOptions::default`] suits most uses.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = cairn_client::ClientOptions {
+///     request_timeout: Duration::from_secs(3),
+///     ..Default::default()
+/// };
+/// assert_eq!(opts.connect_timeout, Duration::from_secs(2));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long establishing a connection to one endpoint may take.
+    pub connect_timeout: Duration,
+    /// How long one attempt of a unary call may take (watches and keep-alive streams are
+    /// not limited).
+    pub request_timeout: Duration,
+    /// HTTP/2 keep-alive ping interval, so a dead member is noticed on idle connections.
+    pub keep_alive_interval: Duration,
+    /// How long a keep-alive ping may go unanswered.
+    pub keep_alive_timeout: Duration,
+    /// Attempts after the first before a call gives up.
+    pub max_retries: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            keep_alive_interval: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
+            max_retries: 8,
+        }
+    }
+}
+
+/// Which failures a call may be retried after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Reads and other calls without effect: any unavailability.
+    Always,
+    /// Writes: only when the request certainly was not sent, or was refused before it could
+    /// apply (`no leader`).
+    IfNotApplied,
+}
+
+impl Retry {
+    fn allows(self, e: &Error) -> bool {
+        match self {
+            Retry::Always => e.is_unavailable(),
+            Retry::IfNotApplied => e.not_sent() || matches!(e, Error::NoLeader),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) endpoints: Vec<(String, Channel)>,
+    current: AtomicUsize,
+    pub(crate) options: ClientOptions,
+}
+
+/// A client of a Cairn (or etcd) cluster. Cheap to clone; clones share connections.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), cairn_client::Error> {
+/// use cairn_client::{Client, ClientOptions};
+/// let client = Client::connect(
+///     ["http://127.0.0.1:2379", "http://127.0.0.1:22379"],
+///     ClientOptions::default(),
+/// )
+/// .await?;
+/// client.put("greeting", "hello", None).await?;
+/// let resp = client.get("greeting", None).await?;
+/// assert_eq!(resp.kvs[0].value, b"hello");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// `host:port` or `http://host:port` → a URL.
+fn normalize(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+impl Client {
+    /// Connects to a cluster through `endpoints` (`http://host:port` or `host:port`). At
+    /// least one must answer; the others are connected when first needed.
+    pub async fn connect<E: AsRef<str>>(
+        endpoints: impl IntoIterator<Item = E>,
+        options: ClientOptions,
+    ) -> Result<Client, Error> {
+        let mut channels = Vec::new();
+        for e in endpoints {
+            let url = normalize(e.as_ref());
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|_| Error::InvalidEndpoint(url.clone()))?
+                .connect_timeout(options.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(options.keep_alive_interval)
+                .keep_alive_timeout(options.keep_alive_timeout)
+                .keep_alive_while_idle(true);
+            channels.push((url, endpoint));
+        }
+        if channels.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        let mut first_up = None;
+        let mut last_error = None;
+        for (i, (_, endpoint)) in channels.iter().enumerate() {
+            match endpoint.connect().await {
+                Ok(_) => {
+                    first_up = Some(i);
+                    break;
+                }
+                Err(e) => last_error = Some(Error::from(e)),
+            }
+        }
+        let Some(first_up) = first_up else {
+            return Err(last_error.unwrap_or(Error::NoEndpoints));
+        };
+        let endpoints = channels
+            .into_iter()
+            .map(|(url, endpoint)| (url, endpoint.connect_lazy()))
+            .collect();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints,
+                current: AtomicUsize::new(first_up),
+                options,
+            }),
+        })
+    }
+
+    /// The endpoint URLs, in the order given.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner
+            .endpoints
+            .iter()
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
+
+    /// The endpoint calls go to now, and its channel.
+    pub(crate) fn current(&self) -> (usize, Channel) {
+        let i = self.inner.current.load(Ordering::Relaxed) % self.inner.endpoints.len();
+        (i, self.inner.endpoints[i].1.clone())
+    }
+
+    /// Moves on from endpoint `from` (unless another caller already did).
+    pub(crate) fn rotate(&self, from: usize) {
+        let next = (from + 1) % self.inner.endpoints.len();
+        let _ =
+            self.inner
+                .current
+                .compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Backoff between attempts: 50 ms doubling to 1 s, with jitter.
+    pub(crate) fn backoff(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .with_max_times(self.inner.options.max_retries)
+            .with_jitter()
+            .build()
+    }
+
+    /// Runs a unary call against the current endpoint, moving to the next one and retrying
+    /// as `retry` allows.
+    pub(crate) async fn call<T, F, Fut>(&self, retry: Retry, mut f: F) -> Result<T, Error>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let timeout = self.inner.options.request_timeout;
+        let mut delays = self.backoff();
+        loop {
+            let (i, channel) = self.current();
+            let err = match f(channel, timeout).await {
+                Ok(v) => return Ok(v),
+                Err(s) => Error::from(s),
+            };
+            if !retry.allows(&err) {
+                return Err(err);
+            }
+            match delays.next() {
+                Some(d) => {
+                    self.rotate(i);
+                    tokio::time::sleep(d).await;
+                }
+                None => return Err(err),
+            }
+        }
+    }
+}
+
+/// A request with the client's per-attempt deadline.
+pub(crate) fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}

@@ -1,0 +1,134 @@
+//! Cluster membership and maintenance calls.
+
+use cairn_api::etcdserverpb::{
+    cluster_client::ClusterClient, maintenance_client::MaintenanceClient, MemberAddRequest,
+    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+};
+use tonic::transport::Endpoint;
+
+use crate::client::{request, Retry};
+use crate::{Client, Error};
+
+impl Client {
+    /// Every member of the cluster.
+    pub async fn member_list(&self) -> Result<MemberListResponse, Error> {
+        self.call(Retry::Always, |ch, t| async move {
+            Ok(ClusterClient::new(ch)
+                .member_list(request(MemberListRequest::default(), t))
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Adds a member (as a learner if asked); start it with `--initial-cluster-state existing`.
+    pub async fn member_add(
+        &self,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> Result<MemberAddResponse, Error> {
+        let req = MemberAddRequest {
+            peer_ur_ls: peer_urls,
+            is_learner,
+        };
+        self.call(Retry::IfNotApplied, |ch, t| {
+            let req = req.clone();
+            async move {
+                Ok(ClusterClient::new(ch)
+                    .member_add(request(req, t))
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
+    }
+
+    pub async fn member_remove(&self, id: u64) -> Result<MemberRemoveResponse, Error> {
+        self.call(Retry::IfNotApplied, |ch, t| async move {
+            Ok(ClusterClient::new(ch)
+                .member_remove(request(MemberRemoveRequest { id }, t))
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    pub async fn member_update(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> Result<MemberUpdateResponse, Error> {
+        let req = MemberUpdateRequest {
+            id,
+            peer_ur_ls: peer_urls,
+        };
+        // Setting the same URLs twice is harmless.
+        self.call(Retry::Always, |ch, t| {
+            let req = req.clone();
+            async move {
+                Ok(ClusterClient::new(ch)
+                    .member_update(request(req, t))
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
+    }
+
+    pub async fn member_promote(&self, id: u64) -> Result<MemberPromoteResponse, Error> {
+        self.call(Retry::IfNotApplied, |ch, t| async move {
+            Ok(ClusterClient::new(ch)
+                .member_promote(request(MemberPromoteRequest { id }, t))
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// The status of the member behind `endpoint` (one of [`Client::endpoints`], or any
+    /// other client URL).
+    pub async fn status(&self, endpoint: &str) -> Result<StatusResponse, Error> {
+        let channel = match self.inner.endpoints.iter().find(|(u, _)| u == endpoint) {
+            Some((_, ch)) => ch.clone(),
+            None => {
+                Endpoint::from_shared(endpoint.to_string())
+                    .map_err(|_| Error::InvalidEndpoint(endpoint.to_string()))?
+                    .connect_timeout(self.inner.options.connect_timeout)
+                    .connect()
+                    .await?
+            }
+        };
+        let t = self.inner.options.request_timeout;
+        Ok(MaintenanceClient::new(channel)
+            .status(request(StatusRequest {}, t))
+            .await?
+            .into_inner())
+    }
+
+    /// Asks the leader to hand leadership to member `target` (finds the leader itself).
+    pub async fn move_leader(&self, target: u64) -> Result<MoveLeaderResponse, Error> {
+        let mut last = Error::NoLeader;
+        for url in self.endpoints() {
+            match self.status(&url).await {
+                Ok(s) if s.header.as_ref().is_some_and(|h| h.member_id == s.leader) => {
+                    let channel = self
+                        .inner
+                        .endpoints
+                        .iter()
+                        .find(|(u, _)| *u == url)
+                        .map(|(_, c)| c.clone())
+                        .ok_or(Error::NoLeader)?;
+                    return Ok(MaintenanceClient::new(channel)
+                        .move_leader(MoveLeaderRequest { target_id: target })
+                        .await?
+                        .into_inner());
+                }
+                Ok(_) => {}
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}

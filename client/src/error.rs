@@ -1,0 +1,165 @@
+//! The client's error type: etcd's error kinds, recognised from the gRPC status the server
+//! sent (code and text, as etcd's `rpctypes`), plus transport and client-side failures.
+
+use tonic::{Code, Status};
+
+/// What a client call can fail with.
+///
+/// ```
+/// use cairn_client::Error;
+/// let e = Error::from(tonic::Status::out_of_range(
+///     "etcdserver: mvcc: required revision has been compacted",
+/// ));
+/// assert!(matches!(e, Error::Compacted { .. }));
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// An endpoint URL is not valid.
+    #[error("invalid endpoint {0:?}")]
+    InvalidEndpoint(String),
+    /// No endpoint was given.
+    #[error("no endpoints")]
+    NoEndpoints,
+    /// The requested revision was compacted; `compact_revision` is the oldest readable one
+    /// when the server said (watches), else 0.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted { compact_revision: i64 },
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// The lease a keeper kept alive expired or was revoked.
+    #[error("lease {0:x} lost")]
+    LeaseLost(i64),
+    /// No endpoint could be reached (the last transport error is kept).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Any other error the server answered with, code and text kept.
+    #[error("{}", .0.message())]
+    Server(Status),
+}
+
+impl Error {
+    /// Whether the request certainly did not reach a server: nothing was applied, so even a
+    /// write may be retried elsewhere.
+    pub fn not_sent(&self) -> bool {
+        matches!(self, Error::Unavailable(msg) if is_connect_failure(msg))
+    }
+
+    /// Whether another endpoint might answer (the member is down, cut off, or shutting down).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable(_) | Error::NoLeader | Error::LeaderChanged | Error::Timeout
+        )
+    }
+
+    /// The gRPC code this error carries.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Server(s) => s.code(),
+            Error::Compacted { .. } | Error::FutureRevision => Code::OutOfRange,
+            Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
+            Error::LeaseExists | Error::NotLeader => Code::FailedPrecondition,
+            Error::KeyNotFound
+            | Error::EmptyKey
+            | Error::TooManyOps
+            | Error::DuplicateKey
+            | Error::RequestTooLarge
+            | Error::InvalidEndpoint(_)
+            | Error::NoEndpoints => Code::InvalidArgument,
+            Error::NoLeader
+            | Error::LeaderChanged
+            | Error::Timeout
+            | Error::Unavailable(_)
+            | Error::LeaseLost(_) => Code::Unavailable,
+        }
+    }
+}
+
+fn is_connect_failure(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("connection refused")
+        || m.contains("tcp connect error")
+        || m.contains("error trying to connect")
+        || m.contains("connect timed out")
+        || m.contains("client error (connect)")
+}
+
+/// The whole chain of a status's sources, for telling connect failures apart.
+fn describe(status: &Status) -> String {
+    let mut out = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+impl From<Status> for Error {
+    fn from(s: Status) -> Error {
+        match s.message() {
+            "etcdserver: mvcc: required revision has been compacted" => Error::Compacted {
+                compact_revision: 0,
+            },
+            "etcdserver: mvcc: required revision is a future revision" => Error::FutureRevision,
+            "etcdserver: requested lease not found" => Error::LeaseNotFound,
+            "etcdserver: lease already exists" => Error::LeaseExists,
+            "etcdserver: key not found" => Error::KeyNotFound,
+            "etcdserver: key is not provided" => Error::EmptyKey,
+            "etcdserver: too many operations in txn request" => Error::TooManyOps,
+            "etcdserver: duplicate key given in txn request" => Error::DuplicateKey,
+            "etcdserver: request is too large" => Error::RequestTooLarge,
+            "etcdserver: no leader" => Error::NoLeader,
+            "etcdserver: not leader" => Error::NotLeader,
+            "etcdserver: leader changed" => Error::LeaderChanged,
+            "etcdserver: request timed out" => Error::Timeout,
+            "etcdserver: member not found" => Error::MemberNotFound,
+            _ if matches!(
+                s.code(),
+                Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown
+            ) && !s.message().starts_with("etcdserver:") =>
+            {
+                Error::Unavailable(describe(&s))
+            }
+            _ => Error::Server(s),
+        }
+    }
+}
+
+impl From<tonic::transport::Error> for Error {
+    fn from(e: tonic::transport::Error) -> Error {
+        let mut out = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        Error::Unavailable(out)
+    }
+}

@@ -1,0 +1,277 @@
+//! Watches as a `Stream` of event batches that survives the loss of the member it streams
+//! from: a background task re-creates the watch on the next endpoint from the revision after
+//! the last one delivered, and drops anything at or below it, so every event arrives exactly
+//! once and in order.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use cairn_api::etcdserverpb::{
+    watch_client::WatchClient, watch_create_request::FilterType, watch_request::RequestUnion,
+    WatchCreateRequest, WatchRequest,
+};
+use cairn_api::mvccpb::Event;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::kv::KeyRange;
+use crate::{Client, Error};
+
+/// Options of [`Client::watch`].
+#[derive(Debug, Clone, Default)]
+pub struct WatchOptions {
+    pub(crate) range: KeyRange,
+    start_revision: i64,
+    prev_kv: bool,
+    progress_notify: bool,
+    no_put: bool,
+    no_delete: bool,
+}
+
+impl WatchOptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Watch every key starting with the key.
+    pub fn with_prefix(mut self) -> Self {
+        self.range = KeyRange::Prefix;
+        self
+    }
+    pub fn with_from_key(mut self) -> Self {
+        self.range = KeyRange::FromKey;
+        self
+    }
+    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
+        self.range = KeyRange::End(end.into());
+        self
+    }
+    /// Replay history from `revision` (it must not be compacted).
+    pub fn with_start_revision(mut self, revision: i64) -> Self {
+        self.start_revision = revision;
+        self
+    }
+    /// Each event carries the key's previous value.
+    pub fn with_prev_kv(mut self) -> Self {
+        self.prev_kv = true;
+        self
+    }
+    /// Idle watchers get empty batches telling the current revision.
+    pub fn with_progress_notify(mut self) -> Self {
+        self.progress_notify = true;
+        self
+    }
+    pub fn without_puts(mut self) -> Self {
+        self.no_put = true;
+        self
+    }
+    pub fn without_deletes(mut self) -> Self {
+        self.no_delete = true;
+        self
+    }
+}
+
+/// The events of one or more revisions, in order; empty for a progress notification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchBatch {
+    /// Everything up to this revision has been delivered.
+    pub revision: i64,
+    pub events: Vec<Event>,
+}
+
+/// A watch; dropping it cancels the watch.
+///
+/// ```no_run
+/// # async fn run(client: cairn_client::Client) -> Result<(), cairn_client::Error> {
+/// use futures::StreamExt;
+/// use cairn_client::WatchOptions;
+/// let mut watch = client.watch("svc/", Some(WatchOptions::new().with_prefix()));
+/// while let Some(batch) = watch.next().await {
+///     for event in batch?.events {
+///         println!("{:?}", event.kv);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Watch {
+    events: ReceiverStream<Result<WatchBatch, Error>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stream for Watch {
+    type Item = Result<WatchBatch, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.events).poll_next(cx)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How one stream ended.
+enum Ended {
+    /// The consumer went away: stop.
+    Consumer,
+    /// The member or connection failed: resume elsewhere.
+    Member,
+    /// A final error was delivered: stop.
+    Final,
+}
+
+impl Client {
+    /// Watches `key` (or a range, with options). The stream ends only with a final error
+    /// (e.g. [`Error::Compacted`]) or when dropped.
+    pub fn watch(&self, key: impl Into<Vec<u8>>, options: Option<WatchOptions>) -> Watch {
+        let (tx, rx) = mpsc::channel(64);
+        let client = self.clone();
+        let key = key.into();
+        let options = options.unwrap_or_default();
+        let task = tokio::spawn(async move { client.watch_task(key, options, tx).await });
+        Watch {
+            events: ReceiverStream::new(rx),
+            task,
+        }
+    }
+
+    async fn watch_task(
+        self,
+        key: Vec<u8>,
+        options: WatchOptions,
+        tx: mpsc::Sender<Result<WatchBatch, Error>>,
+    ) {
+        // The first revision not yet delivered; 0 until the first watch is created.
+        let mut next = options.start_revision.max(0);
+        let mut delays = self.backoff();
+        loop {
+            let (i, channel) = self.current();
+            match self
+                .watch_once(channel, &key, &options, &mut next, &tx)
+                .await
+            {
+                Ended::Consumer | Ended::Final => return,
+                Ended::Member => {
+                    self.rotate(i);
+                    let delay = match delays.next() {
+                        Some(d) => d,
+                        None => {
+                            // Keep trying, slowly: a watch outlives outages.
+                            delays = self.backoff();
+                            std::time::Duration::from_secs(1)
+                        }
+                    };
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn watch_once(
+        &self,
+        channel: tonic::transport::Channel,
+        key: &[u8],
+        options: &WatchOptions,
+        next: &mut i64,
+        tx: &mpsc::Sender<Result<WatchBatch, Error>>,
+    ) -> Ended {
+        let mut filters = Vec::new();
+        if options.no_put {
+            filters.push(FilterType::Noput as i32);
+        }
+        if options.no_delete {
+            filters.push(FilterType::Nodelete as i32);
+        }
+        let create = WatchCreateRequest {
+            key: key.to_vec(),
+            range_end: options.range.end(key),
+            start_revision: *next,
+            progress_notify: options.progress_notify,
+            filters,
+            prev_kv: options.prev_kv,
+            ..Default::default()
+        };
+        let (req_tx, req_rx) = mpsc::channel(1);
+        let _ = req_tx
+            .send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(create)),
+            })
+            .await;
+        let mut client = WatchClient::new(channel).max_decoding_message_size(usize::MAX);
+        let mut stream = match client.watch(ReceiverStream::new(req_rx)).await {
+            Ok(s) => s.into_inner(),
+            Err(s) if Error::from(s.clone()).is_unavailable() => return Ended::Member,
+            Err(s) => {
+                let _ = tx.send(Err(Error::from(s))).await;
+                return Ended::Final;
+            }
+        };
+        let mut pending: Vec<Event> = Vec::new();
+        loop {
+            let resp = tokio::select! {
+                r = stream.message() => r,
+                _ = tx.closed() => return Ended::Consumer,
+            };
+            let resp = match resp {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ended::Member,
+                Err(s) => {
+                    let e = Error::from(s);
+                    if e.is_unavailable() {
+                        return Ended::Member;
+                    }
+                    let _ = tx.send(Err(e)).await;
+                    return Ended::Final;
+                }
+            };
+            let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+            if resp.canceled {
+                let e = if resp.compact_revision > 0 {
+                    Error::Compacted {
+                        compact_revision: resp.compact_revision,
+                    }
+                } else {
+                    Error::Server(tonic::Status::cancelled(resp.cancel_reason))
+                };
+                let _ = tx.send(Err(e)).await;
+                return Ended::Final;
+            }
+            if resp.created {
+                if *next == 0 {
+                    *next = revision + 1;
+                }
+                continue;
+            }
+            // A fragmented revision arrives in pieces: deliver it whole.
+            pending.extend(resp.events);
+            if resp.fragment {
+                continue;
+            }
+            let events: Vec<Event> = std::mem::take(&mut pending)
+                .into_iter()
+                .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= *next))
+                .collect();
+            let upto = events
+                .last()
+                .and_then(|e| e.kv.as_ref())
+                .map_or(revision, |kv| kv.mod_revision);
+            if events.is_empty() && upto < *next {
+                // Everything here was delivered before a reconnect.
+                continue;
+            }
+            *next = (*next).max(upto + 1);
+            if tx
+                .send(Ok(WatchBatch {
+                    revision: upto,
+                    events,
+                }))
+                .await
+                .is_err()
+            {
+                return Ended::Consumer;
+            }
+        }
+    }
+}
