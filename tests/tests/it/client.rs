@@ -134,6 +134,21 @@ async fn the_client_fails_over_across_three_members_with_one_down() {
     assert_eq!(late.get("before", None).await.expect("get").kvs.len(), 1);
 }
 
+/// Creates `key` exactly once, retrying a write whose outcome is unknown (the leader died
+/// while it was in flight) under a compare that its own success falsifies.
+async fn create(client: &Client, key: String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone()).eq(0)])
+            .and_then([Op::put(key.clone(), "x", None)]);
+        match client.txn(txn).await {
+            Ok(_) => return,
+            Err(e) => assert!(Instant::now() < deadline, "cannot create {key}: {e}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_survives_the_loss_of_its_member_and_delivers_every_event_once() {
     let mut cluster = Cluster::start(3, &[]).await;
@@ -172,10 +187,7 @@ async fn a_watch_survives_the_loss_of_its_member_and_delivers_every_event_once()
     };
     // Half the writes stream from member 0 ...
     for i in 1..total / 2 {
-        writer
-            .put(format!("w/{i:04}"), i.to_string(), None)
-            .await
-            .expect("put");
+        create(&writer, format!("w/{i:04}")).await;
     }
     while seen.len() < total / 2 {
         next_event(&mut watch, &mut seen).await;
@@ -183,10 +195,7 @@ async fn a_watch_survives_the_loss_of_its_member_and_delivers_every_event_once()
     // ... which then dies; the other half must come through another member.
     cluster.members[0].process.kill9();
     for i in total / 2..total {
-        writer
-            .put(format!("w/{i:04}"), i.to_string(), None)
-            .await
-            .expect("put");
+        create(&writer, format!("w/{i:04}")).await;
     }
     while seen.len() < total {
         next_event(&mut watch, &mut seen).await;

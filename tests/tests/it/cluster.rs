@@ -50,7 +50,13 @@ fn member_args(
         args.push("--log-level=error".into());
     } else {
         args.push("--experimental-fault-injection".into());
-        args.push("--log-level=warn".into());
+        // CAIRN_TEST_LOG=1 also turns the members' logs up.
+        let level = if std::env::var_os("CAIRN_TEST_LOG").is_some() {
+            "info"
+        } else {
+            "warn"
+        };
+        args.push(format!("--log-level={level}"));
     }
     args
 }
