@@ -12,12 +12,30 @@ use cairn_api::etcdserverpb::{
 };
 use tonic::transport::{Channel, Endpoint};
 
-/// A port nothing listens on right now (the OS picks it; the listener is closed at once).
+/// Ports handed to member processes come from below the kernel's ephemeral range
+/// (32768–60999 by default): a port the OS picked and we released could be taken by any
+/// outgoing connection before the member binds it, one from here cannot.
+const PORTS: std::ops::Range<u32> = 12_000..32_000;
+
+/// A loopback port nothing listens on now, for a member process to bind. Each call moves
+/// on to the next port (from a per-run starting point), so parallel tests never share one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = PORTS.end - PORTS.start;
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id().wrapping_mul(7919) % span + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = (PORTS.start + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PORTS:?}")
 }
 
 /// Connects a channel to `addr`, retrying until `deadline`.
