@@ -29,6 +29,9 @@
 
 mod client;
 mod cluster;
+/// The `cairnctl` command line (feature `cli`).
+#[cfg(feature = "cli")]
+pub mod ctl;
 mod error;
 mod kv;
 mod lease;

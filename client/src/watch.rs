@@ -77,6 +77,8 @@ pub struct WatchBatch {
     /// Everything up to this revision has been delivered.
     pub revision: i64,
     pub events: Vec<Event>,
+    /// The header of the server's response (its member, and the store's revision then).
+    pub header: Option<cairn_api::etcdserverpb::ResponseHeader>,
 }
 
 /// A watch; dropping it cancels the watch.
@@ -226,6 +228,7 @@ impl Client {
                     return Ended::Final;
                 }
             };
+            let header = resp.header;
             let revision = resp.header.as_ref().map_or(0, |h| h.revision);
             if resp.canceled {
                 let e = if resp.compact_revision > 0 {
@@ -266,6 +269,7 @@ impl Client {
                 .send(Ok(WatchBatch {
                     revision: upto,
                     events,
+                    header,
                 }))
                 .await
                 .is_err()

@@ -567,8 +567,7 @@ fn normalize_membership(out: &str) -> String {
     lines.join("\n")
 }
 
-fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
-    let bin = crate::harness::etcdctl_binary().expect("etcdctl");
+fn ctl(bin: &std::path::Path, endpoints: &str, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(bin)
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoints}"))
@@ -597,10 +596,15 @@ fn endpoints(c: &Cluster) -> String {
 /// Runs etcdctl until it succeeds (etcd refuses reconfiguration with "unhealthy cluster"
 /// until its members have been connected for a while; an operator retries too), records
 /// its normalized output and returns the raw one.
-async fn run(outputs: &mut Vec<String>, c: &Cluster, args: &[&str]) -> String {
+async fn run(
+    outputs: &mut Vec<String>,
+    bin: &std::path::Path,
+    c: &Cluster,
+    args: &[&str],
+) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (ok, out) = etcdctl(&endpoints(c), args);
+        let (ok, out) = ctl(bin, &endpoints(c), args);
         if ok {
             outputs.push(format!(
                 "{}\n{}",
@@ -616,22 +620,30 @@ async fn run(outputs: &mut Vec<String>, c: &Cluster, args: &[&str]) -> String {
 
 /// Runs the membership commands of etcdctl against a three-member cluster; returns each
 /// command's normalized output.
-async fn membership_session(mut cluster: Cluster) -> Vec<String> {
+async fn membership_session(mut cluster: Cluster, bin: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
-    run(&mut out, &cluster, &["member", "list"]).await;
+    run(&mut out, bin, &cluster, &["member", "list"]).await;
     let status = run(
         &mut out,
+        bin,
         &cluster,
-        &["endpoint", "status", "--cluster", "-w", "fields"],
+        &["endpoint", "status", "--cluster", "-w", "json"],
     )
     .await;
-    assert_eq!(status.matches("\"Leader\"").count(), 3, "{status}");
-    run(&mut out, &cluster, &["endpoint", "health", "--cluster"]).await;
+    assert_eq!(status.matches("\"Endpoint\"").count(), 3, "{status}");
+    run(
+        &mut out,
+        bin,
+        &cluster,
+        &["endpoint", "health", "--cluster"],
+    )
+    .await;
 
     let peer = free_port();
     let peer_url = format!("--peer-urls=http://127.0.0.1:{peer}");
     let added = run(
         &mut out,
+        bin,
         &cluster,
         &["member", "add", "m3", &peer_url, "--learner"],
     )
@@ -644,18 +656,24 @@ async fn membership_session(mut cluster: Cluster) -> Vec<String> {
     let new = cluster.join("m3", peer);
     wait_ready(cluster.members[new].process.addr).await;
     // A learner is promoted once it has caught up with the leader's log.
-    run(&mut out, &cluster, &["member", "promote", &id]).await;
-    run(&mut out, &cluster, &["member", "list"]).await;
+    run(&mut out, bin, &cluster, &["member", "promote", &id]).await;
+    run(&mut out, bin, &cluster, &["member", "list"]).await;
     // The same peer URL again: the member keeps working, the update still goes through raft.
-    run(&mut out, &cluster, &["member", "update", &id, &peer_url]).await;
-    run(&mut out, &cluster, &["move-leader", &id]).await;
+    run(
+        &mut out,
+        bin,
+        &cluster,
+        &["member", "update", &id, &peer_url],
+    )
+    .await;
+    run(&mut out, bin, &cluster, &["move-leader", &id]).await;
     assert_eq!(
         cluster.leader().await,
         new,
         "leadership moved to the new member"
     );
     let first = format!("{:x}", cluster.member_id(0).await);
-    run(&mut out, &cluster, &["member", "remove", &first]).await;
+    run(&mut out, bin, &cluster, &["member", "remove", &first]).await;
     assert!(
         cluster.members[0]
             .process
@@ -663,22 +681,27 @@ async fn membership_session(mut cluster: Cluster) -> Vec<String> {
             .await,
         "a removed member shuts down"
     );
-    run(&mut out, &cluster, &["member", "list"]).await;
+    run(&mut out, bin, &cluster, &["member", "list"]).await;
     out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_membership_commands_work_as_against_etcd() {
-    if crate::harness::etcdctl_binary().is_none() {
+    let Some(etcdctl) = crate::harness::etcdctl_binary() else {
         eprintln!("etcdctl not installed; skipping");
         return;
+    };
+    let cairnctl = std::path::PathBuf::from(env!("CARGO_BIN_EXE_cairnctl-under-test"));
+    let cairn = membership_session(Cluster::start(3, &[]).await, &etcdctl).await;
+    let ours = membership_session(Cluster::start(3, &[]).await, &cairnctl).await;
+    for (e, c) in cairn.iter().zip(&ours) {
+        assert_eq!(e, c, "cairnctl and etcdctl differ against Cairn");
     }
-    let cairn = membership_session(Cluster::start(3, &[]).await).await;
     let Some(bin) = crate::harness::etcd_binary() else {
         eprintln!("etcd not installed; Cairn checked on its own");
         return;
     };
-    let etcd = membership_session(Cluster::start_etcd(bin, 3).await).await;
+    let etcd = membership_session(Cluster::start_etcd(bin, 3).await, &etcdctl).await;
     for (c, e) in cairn.iter().zip(&etcd) {
         assert_eq!(c, e, "Cairn and etcd differ");
     }

@@ -1,0 +1,876 @@
+//! `cairnctl`: the command line for Cairn (and etcd), with etcdctl's commands, flags and
+//! output (`-w simple` and `-w json`), built on this crate. The binary calls [`main`].
+
+mod json;
+mod txn;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use crate::{
+    Client, ClientOptions, DeleteOptions, EventType, GetOptions, KeyValue, PutOptions, SortOrder,
+    SortTarget, WatchOptions,
+};
+use cairn_api::etcdserverpb::{
+    response_op::Response, DeleteRangeResponse, PutResponse, RangeResponse, TxnResponse,
+};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+
+#[derive(Parser)]
+#[command(
+    name = "cairnctl",
+    version,
+    about = "A command line client for Cairn and etcd"
+)]
+struct Cli {
+    /// gRPC endpoints (comma-separated).
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    endpoints: Vec<String>,
+    /// Output format: simple or json.
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        global = true,
+        default_value = "simple"
+    )]
+    write_out: String,
+    /// Dial timeout for client connections, in seconds.
+    #[arg(long = "dial-timeout", global = true, default_value = "2s", value_parser = seconds)]
+    dial_timeout: Duration,
+    /// Timeout of short-running commands.
+    #[arg(long = "command-timeout", global = true, default_value = "5s", value_parser = seconds)]
+    command_timeout: Duration,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    let n = s.trim_end_matches('s');
+    n.parse::<f64>()
+        .map(Duration::from_secs_f64)
+        .map_err(|_| format!("{s:?} is not a duration like 5s"))
+}
+
+fn hex_id(s: &str) -> Result<i64, String> {
+    u64::from_str_radix(s, 16)
+        .map(|v| v as i64)
+        .map_err(|_| format!("bad id {s:?} (hexadecimal expected)"))
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Puts the given key into the store.
+    Put {
+        key: String,
+        value: Option<String>,
+        /// Lease ID (in hexadecimal) to attach to the key.
+        #[arg(long, value_parser = hex_id)]
+        lease: Option<i64>,
+        #[arg(long = "prev-kv")]
+        prev_kv: bool,
+        #[arg(long = "ignore-value")]
+        ignore_value: bool,
+        #[arg(long = "ignore-lease")]
+        ignore_lease: bool,
+    },
+    /// Gets the key or a range of keys.
+    Get {
+        key: String,
+        range_end: Option<String>,
+        #[arg(long)]
+        prefix: bool,
+        #[arg(long = "from-key")]
+        from_key: bool,
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        /// CREATE, KEY, MODIFY, VALUE, or VERSION.
+        #[arg(long = "sort-by")]
+        sort_by: Option<String>,
+        /// ASCEND or DESCEND.
+        #[arg(long)]
+        order: Option<String>,
+        #[arg(long = "keys-only")]
+        keys_only: bool,
+        #[arg(long = "print-value-only")]
+        print_value_only: bool,
+        /// Linearizable (l) or Serializable (s).
+        #[arg(long, default_value = "l")]
+        consistency: String,
+    },
+    /// Removes the specified key or range of keys.
+    Del {
+        key: String,
+        range_end: Option<String>,
+        #[arg(long)]
+        prefix: bool,
+        #[arg(long = "from-key")]
+        from_key: bool,
+        #[arg(long = "prev-kv")]
+        prev_kv: bool,
+    },
+    /// Txn processes all the requests in one transaction (read from standard input).
+    Txn {
+        #[arg(short, long)]
+        interactive: bool,
+    },
+    /// Watches events stream on keys or prefixes.
+    Watch {
+        key: String,
+        range_end: Option<String>,
+        #[arg(long)]
+        prefix: bool,
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        #[arg(long = "prev-kv")]
+        prev_kv: bool,
+    },
+    /// Compacts the event history.
+    Compaction {
+        revision: i64,
+        #[arg(long)]
+        physical: bool,
+    },
+    /// Lease related commands.
+    Lease {
+        #[command(subcommand)]
+        cmd: LeaseCmd,
+    },
+    /// Membership related commands.
+    Member {
+        #[command(subcommand)]
+        cmd: MemberCmd,
+    },
+    /// Endpoint related commands.
+    Endpoint {
+        #[command(subcommand)]
+        cmd: EndpointCmd,
+    },
+    /// Transfers leadership to another member.
+    MoveLeader {
+        #[arg(value_parser = hex_id)]
+        target: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum LeaseCmd {
+    /// Creates leases.
+    Grant { ttl: i64 },
+    /// Revokes leases.
+    Revoke {
+        #[arg(value_parser = hex_id)]
+        id: i64,
+    },
+    /// Gets lease information.
+    Timetolive {
+        #[arg(value_parser = hex_id)]
+        id: i64,
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Lists all active leases.
+    List,
+    /// Keeps leases alive (renews).
+    KeepAlive {
+        #[arg(value_parser = hex_id)]
+        id: i64,
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Adds a member into the cluster.
+    Add {
+        name: String,
+        #[arg(long = "peer-urls", value_delimiter = ',')]
+        peer_urls: Vec<String>,
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Removes a member from the cluster.
+    Remove {
+        #[arg(value_parser = hex_id)]
+        id: i64,
+    },
+    /// Updates a member in the cluster.
+    Update {
+        #[arg(value_parser = hex_id)]
+        id: i64,
+        #[arg(long = "peer-urls", value_delimiter = ',')]
+        peer_urls: Vec<String>,
+    },
+    /// Lists all members in the cluster.
+    List,
+    /// Promotes a non-voting member in the cluster.
+    Promote {
+        #[arg(value_parser = hex_id)]
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// Prints out the status of endpoints.
+    Status {
+        /// Use all endpoints from the cluster member list.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Checks the healthiness of endpoints.
+    Health {
+        #[arg(long)]
+        cluster: bool,
+    },
+}
+
+type Fail = Box<dyn std::error::Error>;
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn print_kv(kv: &KeyValue, value_only: bool) {
+    if !value_only {
+        println!("{}", show(&kv.key));
+    }
+    println!("{}", show(&kv.value));
+}
+
+fn print_get(r: &RangeResponse, value_only: bool) {
+    for kv in &r.kvs {
+        print_kv(kv, value_only);
+    }
+}
+
+fn print_put(r: &PutResponse) {
+    println!("OK");
+    if let Some(kv) = &r.prev_kv {
+        print_kv(kv, false);
+    }
+}
+
+fn print_del(r: &DeleteRangeResponse) {
+    println!("{}", r.deleted);
+    for kv in &r.prev_kvs {
+        print_kv(kv, false);
+    }
+}
+
+fn print_txn(r: &TxnResponse) {
+    println!("{}", if r.succeeded { "SUCCESS" } else { "FAILURE" });
+    for op in &r.responses {
+        println!();
+        match &op.response {
+            Some(Response::ResponseRange(x)) => print_get(x, false),
+            Some(Response::ResponsePut(x)) => print_put(x),
+            Some(Response::ResponseDeleteRange(x)) => print_del(x),
+            Some(Response::ResponseTxn(x)) => print_txn(x),
+            None => {}
+        }
+    }
+}
+
+/// go-humanize's Bytes: SI units, one decimal below 10.
+fn human_bytes(n: i64) -> String {
+    let n = n.max(0) as f64;
+    if n < 10.0 {
+        return format!("{n} B");
+    }
+    let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let e = (n.ln() / 1000f64.ln()).floor();
+    let val = (n / 1000f64.powf(e) * 10.0 + 0.5).floor() / 10.0;
+    let unit = units[e as usize];
+    if val < 10.0 {
+        format!("{val:.1} {unit}")
+    } else {
+        format!("{val:.0} {unit}")
+    }
+}
+
+/// The endpoints of every member (`--cluster`), or the ones given.
+async fn targets(client: &Client, given: &[String], cluster: bool) -> Result<Vec<String>, Fail> {
+    if !cluster {
+        return Ok(given.to_vec());
+    }
+    let mut eps: Vec<String> = client
+        .member_list()
+        .await?
+        .members
+        .into_iter()
+        .flat_map(|m| m.client_ur_ls)
+        .collect();
+    eps.dedup();
+    Ok(eps)
+}
+
+fn url(ep: &str) -> String {
+    if ep.contains("://") {
+        ep.to_string()
+    } else {
+        format!("http://{ep}")
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Fail> {
+    let json = cli.write_out == "json";
+    let opts = ClientOptions {
+        connect_timeout: cli.dial_timeout,
+        request_timeout: cli.command_timeout,
+        ..Default::default()
+    };
+    let client = Client::connect(&cli.endpoints, opts).await?;
+    match cli.cmd {
+        Cmd::Put {
+            key,
+            value,
+            lease,
+            prev_kv,
+            ignore_value,
+            ignore_lease,
+        } => {
+            let mut o = PutOptions::new();
+            if let Some(l) = lease {
+                o = o.with_lease(l);
+            }
+            if prev_kv {
+                o = o.with_prev_kv();
+            }
+            if ignore_value {
+                o = o.with_ignore_value();
+            }
+            if ignore_lease {
+                o = o.with_ignore_lease();
+            }
+            if value.is_none() && !ignore_value {
+                return Err(
+                    "put command needs 1 argument and input from stdin or 2 arguments".into(),
+                );
+            }
+            let r = client.put(key, value.unwrap_or_default(), Some(o)).await?;
+            if json {
+                println!("{}", json::put(&r));
+            } else {
+                print_put(&r);
+            }
+        }
+        Cmd::Get {
+            key,
+            range_end,
+            prefix,
+            from_key,
+            limit,
+            rev,
+            sort_by,
+            order,
+            keys_only,
+            print_value_only,
+            consistency,
+        } => {
+            let mut o = GetOptions::new().with_limit(limit).with_revision(rev);
+            if let Some(end) = range_end {
+                o = o.with_range(end);
+            }
+            if prefix {
+                o = o.with_prefix();
+            }
+            if from_key {
+                o = o.with_from_key();
+            }
+            if keys_only {
+                o = o.with_keys_only();
+            }
+            match consistency.as_str() {
+                "l" => {}
+                "s" => o = o.with_serializable(),
+                c => return Err(format!("unknown consistency flag {c:?}").into()),
+            }
+            let target = match sort_by.as_deref().map(str::to_ascii_uppercase).as_deref() {
+                None if order.is_some() => Some(SortTarget::Key),
+                None => None,
+                Some("CREATE") => Some(SortTarget::Create),
+                Some("KEY") => Some(SortTarget::Key),
+                Some("MODIFY") => Some(SortTarget::Mod),
+                Some("VALUE") => Some(SortTarget::Value),
+                Some("VERSION") => Some(SortTarget::Version),
+                Some(t) => return Err(format!("bad sort target {t:?}").into()),
+            };
+            let ord = match order.as_deref().map(str::to_ascii_uppercase).as_deref() {
+                None => SortOrder::None,
+                Some("ASCEND") => SortOrder::Ascend,
+                Some("DESCEND") => SortOrder::Descend,
+                Some(x) => return Err(format!("bad sort order {x:?}").into()),
+            };
+            if let Some(t) = target {
+                let ord = if ord == SortOrder::None {
+                    SortOrder::Ascend
+                } else {
+                    ord
+                };
+                o = o.with_sort(t, ord);
+            }
+            let r = client.get(key, Some(o)).await?;
+            if json {
+                println!("{}", json::range(&r));
+            } else {
+                print_get(&r, print_value_only);
+            }
+        }
+        Cmd::Del {
+            key,
+            range_end,
+            prefix,
+            from_key,
+            prev_kv,
+        } => {
+            let mut o = DeleteOptions::new();
+            if let Some(end) = range_end {
+                o = o.with_range(end);
+            }
+            if prefix {
+                o = o.with_prefix();
+            }
+            if from_key {
+                o = o.with_from_key();
+            }
+            if prev_kv {
+                o = o.with_prev_kv();
+            }
+            let r = client.delete(key, Some(o)).await?;
+            if json {
+                println!("{}", json::delete(&r));
+            } else {
+                print_del(&r);
+            }
+        }
+        Cmd::Txn { interactive: _ } => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            let t = txn::parse(&text)?;
+            let r = client.txn(t).await?;
+            if json {
+                println!("{}", json::txn(&r));
+            } else {
+                print_txn(&r);
+            }
+        }
+        Cmd::Watch {
+            key,
+            range_end,
+            prefix,
+            rev,
+            prev_kv,
+        } => {
+            let mut o = WatchOptions::new().with_start_revision(rev);
+            if let Some(end) = range_end {
+                o = o.with_range(end);
+            }
+            if prefix {
+                o = o.with_prefix();
+            }
+            if prev_kv {
+                o = o.with_prev_kv();
+            }
+            let mut watch = client.watch(key, Some(o));
+            loop {
+                let batch = tokio::select! {
+                    b = watch.next() => b,
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                };
+                let Some(batch) = batch else { return Ok(()) };
+                let batch = batch?;
+                if json {
+                    let events: Vec<String> = batch.events.iter().map(json::event).collect();
+                    // clientv3's WatchResponse, which has no json tags.
+                    println!(
+                        "{{\"Header\":{},\"Events\":[{}],\"CompactRevision\":0,\"Canceled\":false,\"Created\":false}}",
+                        json::header(&batch.header.unwrap_or_default()),
+                        events.join(",")
+                    );
+                    continue;
+                }
+                for e in &batch.events {
+                    let kind = if e.r#type == EventType::Delete as i32 {
+                        "DELETE"
+                    } else {
+                        "PUT"
+                    };
+                    println!("{kind}");
+                    if let Some(p) = &e.prev_kv {
+                        print_kv(p, false);
+                    }
+                    if let Some(kv) = &e.kv {
+                        print_kv(kv, false);
+                    }
+                }
+            }
+        }
+        Cmd::Compaction { revision, physical } => {
+            client.compact(revision, physical).await?;
+            println!("compacted revision {revision}");
+        }
+        Cmd::Lease { cmd } => lease(&client, cmd, json).await?,
+        Cmd::Member { cmd } => member(&client, cmd, json).await?,
+        Cmd::Endpoint { cmd } => endpoint(&client, &cli.endpoints, cmd, json).await?,
+        Cmd::MoveLeader { target } => {
+            let mut leader = 0;
+            for ep in client.endpoints() {
+                if let Ok(s) = client.status(&ep).await {
+                    leader = s.leader;
+                    break;
+                }
+            }
+            client.move_leader(target as u64).await?;
+            println!(
+                "Leadership transferred from {leader:x} to {:x}",
+                target as u64
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn lease(client: &Client, cmd: LeaseCmd, json: bool) -> Result<(), Fail> {
+    match cmd {
+        LeaseCmd::Grant { ttl } => {
+            let r = client
+                .lease_grant(ttl, 0)
+                .await
+                .map_err(|e| format!("failed to grant lease ({e})"))?;
+            if json {
+                let o = json::header_fields(json::Obj::new(), &r.header.unwrap_or_default());
+                println!(
+                    "{}",
+                    o.raw("ID", r.id.to_string())
+                        .raw("TTL", r.ttl.to_string())
+                        .raw("Error", format!("{:?}", r.error))
+                        .done()
+                );
+            } else {
+                println!("lease {:016x} granted with TTL({}s)", r.id, r.ttl);
+            }
+        }
+        LeaseCmd::Revoke { id } => {
+            let r = client
+                .lease_revoke(id)
+                .await
+                .map_err(|e| format!("failed to revoke lease ({e})"))?;
+            if json {
+                println!(
+                    "{}",
+                    json::Obj::new()
+                        .obj("header", r.header.as_ref().map(json::header))
+                        .done()
+                );
+            } else {
+                println!("lease {id:016x} revoked");
+            }
+        }
+        LeaseCmd::Timetolive { id, keys } => {
+            let r = client.lease_time_to_live(id, keys).await?;
+            if json {
+                let o = json::header_fields(json::Obj::new(), &r.header.unwrap_or_default());
+                let ks: Vec<String> = r
+                    .keys
+                    .iter()
+                    .map(|k| {
+                        use base64::Engine;
+                        format!(
+                            "\"{}\"",
+                            base64::engine::general_purpose::STANDARD.encode(k)
+                        )
+                    })
+                    .collect();
+                let keys_json = if ks.is_empty() {
+                    "null".to_string()
+                } else {
+                    format!("[{}]", ks.join(","))
+                };
+                println!(
+                    "{}",
+                    o.raw("id", r.id.to_string())
+                        .raw("ttl", r.ttl.to_string())
+                        .raw("granted-ttl", r.granted_ttl.to_string())
+                        .raw("keys", keys_json)
+                        .done()
+                );
+            } else if r.ttl == -1 {
+                println!("lease {id:016x} already expired");
+            } else {
+                let mut line = format!(
+                    "lease {id:016x} granted with TTL({}s), remaining({}s)",
+                    r.granted_ttl, r.ttl
+                );
+                if keys {
+                    let names: Vec<String> = r.keys.iter().map(|k| show(k)).collect();
+                    line.push_str(&format!(", attached keys([{}])", names.join(" ")));
+                }
+                println!("{line}");
+            }
+        }
+        LeaseCmd::List => {
+            let r = client.leases().await?;
+            if json {
+                let o = json::header_fields(json::Obj::new(), &r.header.unwrap_or_default());
+                let items: Vec<String> = r
+                    .leases
+                    .iter()
+                    .map(|l| format!("{{\"id\":{}}}", l.id))
+                    .collect();
+                println!(
+                    "{}",
+                    o.raw("leases", format!("[{}]", items.join(","))).done()
+                );
+            } else {
+                println!("found {} leases", r.leases.len());
+                for l in &r.leases {
+                    println!("{:016x}", l.id);
+                }
+            }
+        }
+        LeaseCmd::KeepAlive { id, once } => loop {
+            let ttl = client.lease_keep_alive_once(id).await?;
+            if ttl <= 0 {
+                println!("lease {id:016x} expired or revoked.");
+                return Ok(());
+            }
+            println!("lease {id:016x} keepalived with TTL({ttl})");
+            if once {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs((ttl as u64 / 3).max(1))) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        },
+    }
+    Ok(())
+}
+
+async fn member(client: &Client, cmd: MemberCmd, json: bool) -> Result<(), Fail> {
+    let cluster_id = |h: &Option<cairn_api::etcdserverpb::ResponseHeader>| {
+        h.as_ref().map_or(0, |h| h.cluster_id)
+    };
+    match cmd {
+        MemberCmd::List => {
+            let r = client.member_list().await?;
+            if json {
+                println!("{}", json::members(r.header.as_ref(), &r.members));
+                return Ok(());
+            }
+            for m in &r.members {
+                let status = if m.name.is_empty() {
+                    "unstarted"
+                } else {
+                    "started"
+                };
+                println!(
+                    "{:x}, {status}, {}, {}, {}, {}",
+                    m.id,
+                    m.name,
+                    m.peer_ur_ls.join(","),
+                    m.client_ur_ls.join(","),
+                    m.is_learner
+                );
+            }
+        }
+        MemberCmd::Add {
+            name,
+            peer_urls,
+            learner,
+        } => {
+            let r = client.member_add(peer_urls.clone(), learner).await?;
+            let id = r.member.as_ref().map_or(0, |m| m.id);
+            if json {
+                println!(
+                    "{}",
+                    json::Obj::new()
+                        .obj("header", r.header.as_ref().map(json::header))
+                        .obj("member", r.member.as_ref().map(json::member))
+                        .list("members", r.members.iter().map(json::member).collect())
+                        .done()
+                );
+                return Ok(());
+            }
+            println!(
+                "Member {id:16x} added to cluster {:16x}",
+                cluster_id(&r.header)
+            );
+            let mut conf = Vec::new();
+            for m in &r.members {
+                let n = if m.id == id {
+                    name.as_str()
+                } else {
+                    m.name.as_str()
+                };
+                for u in &m.peer_ur_ls {
+                    conf.push(format!("{n}={u}"));
+                }
+            }
+            println!();
+            println!("ETCD_NAME=\"{name}\"");
+            println!("ETCD_INITIAL_CLUSTER=\"{}\"", conf.join(","));
+            println!(
+                "ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{}\"",
+                peer_urls.join(",")
+            );
+            println!("ETCD_INITIAL_CLUSTER_STATE=\"existing\"");
+        }
+        MemberCmd::Remove { id } => {
+            let r = client.member_remove(id as u64).await?;
+            if json {
+                println!("{}", json::members(r.header.as_ref(), &r.members));
+            } else {
+                println!(
+                    "Member {:16x} removed from cluster {:16x}",
+                    id as u64,
+                    cluster_id(&r.header)
+                );
+            }
+        }
+        MemberCmd::Update { id, peer_urls } => {
+            let r = client.member_update(id as u64, peer_urls).await?;
+            if json {
+                println!("{}", json::members(r.header.as_ref(), &r.members));
+            } else {
+                println!(
+                    "Member {:16x} updated in cluster {:16x}",
+                    id as u64,
+                    cluster_id(&r.header)
+                );
+            }
+        }
+        MemberCmd::Promote { id } => {
+            let r = client.member_promote(id as u64).await?;
+            if json {
+                println!("{}", json::members(r.header.as_ref(), &r.members));
+            } else {
+                println!(
+                    "Member {:16x} promoted in cluster {:16x}",
+                    id as u64,
+                    cluster_id(&r.header)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn endpoint(
+    client: &Client,
+    given: &[String],
+    cmd: EndpointCmd,
+    json: bool,
+) -> Result<(), Fail> {
+    match cmd {
+        EndpointCmd::Status { cluster } => {
+            let mut rows = Vec::new();
+            let mut items = Vec::new();
+            for ep in targets(client, given, cluster).await? {
+                let s = match client.status(&url(&ep)).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("Failed to get the status of endpoint {ep} ({e})");
+                        continue;
+                    }
+                };
+                let id = s.header.as_ref().map_or(0, |h| h.member_id);
+                items.push(format!(
+                    "{{\"Endpoint\":\"{ep}\",\"Status\":{}}}",
+                    json::status(&s)
+                ));
+                rows.push(format!(
+                    "{ep}, {id:x}, {}, {}, {}, {}, {}, {}, {}, {}",
+                    s.version,
+                    human_bytes(s.db_size),
+                    s.leader == id,
+                    s.is_learner,
+                    s.raft_term,
+                    s.raft_index,
+                    s.raft_applied_index,
+                    s.errors.join(", ")
+                ));
+            }
+            if json {
+                println!("[{}]", items.join(","));
+            } else {
+                for r in rows {
+                    println!("{r}");
+                }
+            }
+        }
+        EndpointCmd::Health { cluster } => {
+            let mut items = Vec::new();
+            let mut unhealthy = false;
+            for ep in targets(client, given, cluster).await? {
+                let one = Client::connect([url(&ep)], ClientOptions::default()).await;
+                let started = Instant::now();
+                let result = match one {
+                    Ok(c) => c.get("health", None).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                let took = started.elapsed();
+                match result {
+                    Ok(()) => {
+                        items.push(format!(
+                            "{{\"endpoint\":\"{ep}\",\"health\":true,\"took\":\"{took:?}\"}}"
+                        ));
+                        if !json {
+                            println!(
+                                "{ep} is healthy: successfully committed proposal: took = {took:?}"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        unhealthy = true;
+                        items.push(format!(
+                            "{{\"endpoint\":\"{ep}\",\"health\":false,\"took\":\"{took:?}\",\"error\":\"{e}\"}}"
+                        ));
+                        if !json {
+                            eprintln!("{ep} is unhealthy: failed to commit proposal: {e}");
+                        }
+                    }
+                }
+            }
+            if json {
+                println!("[{}]", items.join(","));
+            }
+            if unhealthy {
+                return Err("unhealthy cluster".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `cairnctl` with the process's arguments; returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! `cairnctl` built inside the test package, so integration tests can find its path.
+
+fn main() {
+    std::process::exit(cairn_client::ctl::main());
+}
