@@ -49,6 +49,30 @@ impl KeyRange {
     }
 }
 
+/// The key-range builders shared by the options of get, delete and watch.
+macro_rules! range_options {
+    ($t:ty) => {
+        impl $t {
+            /// Every key starting with the key.
+            pub fn with_prefix(mut self) -> Self {
+                self.range = $crate::kv::KeyRange::Prefix;
+                self
+            }
+            /// Every key from the key on.
+            pub fn with_from_key(mut self) -> Self {
+                self.range = $crate::kv::KeyRange::FromKey;
+                self
+            }
+            /// Keys in `[key, end)`.
+            pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
+                self.range = $crate::kv::KeyRange::End(end.into());
+                self
+            }
+        }
+    };
+}
+pub(crate) use range_options;
+
 /// Options of [`Client::get`].
 ///
 /// ```
@@ -64,24 +88,11 @@ pub struct GetOptions {
     req: RangeRequest,
 }
 
+range_options!(GetOptions);
+
 impl GetOptions {
     pub fn new() -> Self {
         Self::default()
-    }
-    /// Every key starting with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.range = KeyRange::Prefix;
-        self
-    }
-    /// Every key from the key on.
-    pub fn with_from_key(mut self) -> Self {
-        self.range = KeyRange::FromKey;
-        self
-    }
-    /// Keys in `[key, end)`.
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.range = KeyRange::End(end.into());
-        self
     }
     /// At most `limit` keys (`more` tells whether there were others).
     pub fn with_limit(mut self, limit: i64) -> Self {
@@ -183,21 +194,11 @@ pub struct DeleteOptions {
     prev_kv: bool,
 }
 
+range_options!(DeleteOptions);
+
 impl DeleteOptions {
     pub fn new() -> Self {
         Self::default()
-    }
-    pub fn with_prefix(mut self) -> Self {
-        self.range = KeyRange::Prefix;
-        self
-    }
-    pub fn with_from_key(mut self) -> Self {
-        self.range = KeyRange::FromKey;
-        self
-    }
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.range = KeyRange::End(end.into());
-        self
     }
     /// Return the deleted key-value pairs.
     pub fn with_prev_kv(mut self) -> Self {

@@ -15,7 +15,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::kv::KeyRange;
+use crate::kv::{range_options, KeyRange};
 use crate::{Client, Error};
 
 /// Options of [`Client::watch`].
@@ -29,22 +29,11 @@ pub struct WatchOptions {
     no_delete: bool,
 }
 
+range_options!(WatchOptions);
+
 impl WatchOptions {
     pub fn new() -> Self {
         Self::default()
-    }
-    /// Watch every key starting with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.range = KeyRange::Prefix;
-        self
-    }
-    pub fn with_from_key(mut self) -> Self {
-        self.range = KeyRange::FromKey;
-        self
-    }
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.range = KeyRange::End(end.into());
-        self
     }
     /// Replay history from `revision` (it must not be compacted).
     pub fn with_start_revision(mut self, revision: i64) -> Self {
