@@ -45,6 +45,7 @@ impl Client {
         .await
     }
 
+    /// Removes a member; a removed member shuts itself down.
     pub async fn member_remove(&self, id: u64) -> Result<MemberRemoveResponse, Error> {
         self.call(Retry::IfNotApplied, |ch, t| async move {
             Ok(ClusterClient::new(ch)
@@ -55,6 +56,7 @@ impl Client {
         .await
     }
 
+    /// Changes a member's peer URLs.
     pub async fn member_update(
         &self,
         id: u64,
@@ -77,6 +79,7 @@ impl Client {
         .await
     }
 
+    /// Makes a learner a voting member (once it has caught up with the leader).
     pub async fn member_promote(&self, id: u64) -> Result<MemberPromoteResponse, Error> {
         self.call(Retry::IfNotApplied, |ch, t| async move {
             Ok(ClusterClient::new(ch)

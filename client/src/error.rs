@@ -23,32 +23,48 @@ pub enum Error {
     /// The requested revision was compacted; `compact_revision` is the oldest readable one
     /// when the server said (watches), else 0.
     #[error("etcdserver: mvcc: required revision has been compacted")]
-    Compacted { compact_revision: i64 },
+    Compacted {
+        /// The oldest revision still readable (0 when the server did not say).
+        compact_revision: i64,
+    },
     #[error("etcdserver: mvcc: required revision is a future revision")]
+    /// The requested revision is newer than the store's.
     FutureRevision,
     #[error("etcdserver: requested lease not found")]
+    /// No such lease (it expired or was revoked).
     LeaseNotFound,
     #[error("etcdserver: lease already exists")]
+    /// A lease with the chosen id exists already.
     LeaseExists,
     #[error("etcdserver: key not found")]
+    /// `ignore_value`/`ignore_lease` on a key that does not exist.
     KeyNotFound,
     #[error("etcdserver: key is not provided")]
+    /// An empty key.
     EmptyKey,
     #[error("etcdserver: too many operations in txn request")]
+    /// A txn with more operations than the server allows.
     TooManyOps,
     #[error("etcdserver: duplicate key given in txn request")]
+    /// A txn that writes one key twice.
     DuplicateKey,
     #[error("etcdserver: request is too large")]
+    /// A request over the server's size limit.
     RequestTooLarge,
     #[error("etcdserver: no leader")]
+    /// The member has no leader (an election, or it is cut off).
     NoLeader,
     #[error("etcdserver: not leader")]
+    /// The call needs the leader and went to another member.
     NotLeader,
     #[error("etcdserver: leader changed")]
+    /// The leader changed while the request was in flight: it may or may not have applied.
     LeaderChanged,
     #[error("etcdserver: request timed out")]
+    /// The server gave up waiting for the request to apply.
     Timeout,
     #[error("etcdserver: member not found")]
+    /// No member with that id.
     MemberNotFound,
     /// The lease a keeper kept alive expired or was revoked.
     #[error("lease {0:x} lost")]

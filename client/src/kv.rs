@@ -91,6 +91,7 @@ pub struct GetOptions {
 range_options!(GetOptions);
 
 impl GetOptions {
+    /// No options: a single key, linearizable.
     pub fn new() -> Self {
         Self::default()
     }
@@ -104,6 +105,7 @@ impl GetOptions {
         self.req.revision = revision;
         self
     }
+    /// Sort the result by `target` in `order`.
     pub fn with_sort(mut self, target: SortTarget, order: SortOrder) -> Self {
         self.req.sort_target = target as i32;
         self.req.sort_order = order as i32;
@@ -114,26 +116,32 @@ impl GetOptions {
         self.req.serializable = true;
         self
     }
+    /// Return keys without values.
     pub fn with_keys_only(mut self) -> Self {
         self.req.keys_only = true;
         self
     }
+    /// Return only the count.
     pub fn with_count_only(mut self) -> Self {
         self.req.count_only = true;
         self
     }
+    /// Only keys last modified at or after `rev`.
     pub fn with_min_mod_revision(mut self, rev: i64) -> Self {
         self.req.min_mod_revision = rev;
         self
     }
+    /// Only keys last modified at or before `rev`.
     pub fn with_max_mod_revision(mut self, rev: i64) -> Self {
         self.req.max_mod_revision = rev;
         self
     }
+    /// Only keys created at or after `rev`.
     pub fn with_min_create_revision(mut self, rev: i64) -> Self {
         self.req.min_create_revision = rev;
         self
     }
+    /// Only keys created at or before `rev`.
     pub fn with_max_create_revision(mut self, rev: i64) -> Self {
         self.req.max_create_revision = rev;
         self
@@ -155,6 +163,7 @@ pub struct PutOptions {
 }
 
 impl PutOptions {
+    /// No options: a plain put.
     pub fn new() -> Self {
         Self::default()
     }
@@ -178,6 +187,7 @@ impl PutOptions {
         self.req.ignore_lease = true;
         self
     }
+    /// The request these options make for `key` and `value`.
     pub fn into_request(self, key: Vec<u8>, value: Vec<u8>) -> PutRequest {
         PutRequest {
             key,
@@ -197,6 +207,7 @@ pub struct DeleteOptions {
 range_options!(DeleteOptions);
 
 impl DeleteOptions {
+    /// No options: a single key.
     pub fn new() -> Self {
         Self::default()
     }
@@ -205,6 +216,7 @@ impl DeleteOptions {
         self.prev_kv = true;
         self
     }
+    /// The request these options make for `key`.
     pub fn into_request(self, key: Vec<u8>) -> DeleteRangeRequest {
         DeleteRangeRequest {
             range_end: self.range.end(&key),

@@ -144,6 +144,7 @@ pub struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
+    /// The lease kept alive.
     pub fn id(&self) -> i64 {
         self.id
     }

@@ -27,6 +27,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod client;
 mod cluster;
 /// The `cairnctl` command line (feature `cli`).

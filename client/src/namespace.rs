@@ -56,6 +56,7 @@ impl Namespace {
         }
     }
 
+    /// [`Client::get`] inside the namespace.
     pub async fn get(
         &self,
         key: impl Into<Vec<u8>>,
@@ -82,6 +83,7 @@ impl Namespace {
         Ok(resp)
     }
 
+    /// [`Client::put`] inside the namespace.
     pub async fn put(
         &self,
         key: impl Into<Vec<u8>>,
@@ -95,6 +97,7 @@ impl Namespace {
         Ok(resp)
     }
 
+    /// [`Client::delete`] inside the namespace.
     pub async fn delete(
         &self,
         key: impl Into<Vec<u8>>,

@@ -108,15 +108,19 @@ impl ValueCompare {
             TargetUnion::Value(v.into()),
         )
     }
+    /// Holds when the value equals `v`.
     pub fn eq(self, v: impl Into<Vec<u8>>) -> Compare {
         self.done(CompareResult::Equal, v)
     }
+    /// Holds when the value differs from `v`.
     pub fn ne(self, v: impl Into<Vec<u8>>) -> Compare {
         self.done(CompareResult::NotEqual, v)
     }
+    /// Holds when the value sorts after `v`.
     pub fn gt(self, v: impl Into<Vec<u8>>) -> Compare {
         self.done(CompareResult::Greater, v)
     }
+    /// Holds when the value sorts before `v`.
     pub fn lt(self, v: impl Into<Vec<u8>>) -> Compare {
         self.done(CompareResult::Less, v)
     }
@@ -130,10 +134,12 @@ impl NumberCompare {
             target,
         }
     }
+    /// Compare every key with this prefix (all must satisfy it).
     pub fn with_prefix(mut self) -> Self {
         self.range_end = prefix_end(&self.key);
         self
     }
+    /// Compare every key in `[key, end)`.
     pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
         self.range_end = end.into();
         self
@@ -149,15 +155,19 @@ impl NumberCompare {
         };
         compare(self.key, self.range_end, self.target, result, value)
     }
+    /// Holds when the number equals `n`.
     pub fn eq(self, n: i64) -> Compare {
         self.done(CompareResult::Equal, n)
     }
+    /// Holds when the number differs from `n`.
     pub fn ne(self, n: i64) -> Compare {
         self.done(CompareResult::NotEqual, n)
     }
+    /// Holds when the number is greater than `n`.
     pub fn gt(self, n: i64) -> Compare {
         self.done(CompareResult::Greater, n)
     }
+    /// Holds when the number is less than `n`.
     pub fn lt(self, n: i64) -> Compare {
         self.done(CompareResult::Less, n)
     }
@@ -168,12 +178,14 @@ impl NumberCompare {
 pub struct Op(pub(crate) RequestOp);
 
 impl Op {
+    /// Read `key` (or a range, with options).
     pub fn get(key: impl Into<Vec<u8>>, options: Option<GetOptions>) -> Op {
         let r = options.unwrap_or_default().into_request(key.into());
         Op(RequestOp {
             request: Some(request_op::Request::RequestRange(r)),
         })
     }
+    /// Write `key`.
     pub fn put(
         key: impl Into<Vec<u8>>,
         value: impl Into<Vec<u8>>,
@@ -186,6 +198,7 @@ impl Op {
             request: Some(request_op::Request::RequestPut(r)),
         })
     }
+    /// Delete `key` (or a range, with options).
     pub fn delete(key: impl Into<Vec<u8>>, options: Option<DeleteOptions>) -> Op {
         let r = options.unwrap_or_default().into_request(key.into());
         Op(RequestOp {
@@ -210,6 +223,7 @@ pub struct Txn {
 }
 
 impl Txn {
+    /// An empty transaction: no compares (so `and_then` runs).
     pub fn new() -> Txn {
         Txn::default()
     }
@@ -235,6 +249,7 @@ impl Txn {
             .chain(&self.failure)
             .all(|o| matches!(o.0.request, Some(request_op::Request::RequestRange(_))))
     }
+    /// The request as sent on the wire.
     pub fn into_request(self) -> TxnRequest {
         TxnRequest {
             compare: self.compares.into_iter().map(|c| c.0).collect(),

@@ -32,6 +32,7 @@ pub struct WatchOptions {
 range_options!(WatchOptions);
 
 impl WatchOptions {
+    /// No options: the key, from now on.
     pub fn new() -> Self {
         Self::default()
     }
@@ -50,10 +51,12 @@ impl WatchOptions {
         self.progress_notify = true;
         self
     }
+    /// Leave out puts.
     pub fn without_puts(mut self) -> Self {
         self.no_put = true;
         self
     }
+    /// Leave out deletes.
     pub fn without_deletes(mut self) -> Self {
         self.no_delete = true;
         self
@@ -65,6 +68,7 @@ impl WatchOptions {
 pub struct WatchBatch {
     /// Everything up to this revision has been delivered.
     pub revision: i64,
+    /// The events, in revision order.
     pub events: Vec<Event>,
     /// The header of the server's response (its member, and the store's revision then).
     pub header: Option<cairn_api::etcdserverpb::ResponseHeader>,

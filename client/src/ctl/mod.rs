@@ -1,5 +1,5 @@
 //! `cairnctl`: the command line for Cairn (and etcd), with etcdctl's commands, flags and
-//! output (`-w simple` and `-w json`), built on this crate. The binary calls [`main`].
+//! output (`-w simple` and `-w json`), built on this crate. The binary calls `ctl::main`.
 
 mod json;
 mod txn;
