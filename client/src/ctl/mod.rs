@@ -28,6 +28,7 @@ struct Cli {
     #[arg(
         long,
         global = true,
+        env = "CAIRNCTL_ENDPOINTS",
         default_value = "127.0.0.1:2379",
         value_delimiter = ','
     )]
@@ -37,14 +38,15 @@ struct Cli {
         short = 'w',
         long = "write-out",
         global = true,
+        env = "CAIRNCTL_WRITE_OUT",
         default_value = "simple"
     )]
     write_out: String,
     /// Dial timeout for client connections, in seconds.
-    #[arg(long = "dial-timeout", global = true, default_value = "2s", value_parser = seconds)]
+    #[arg(long = "dial-timeout", global = true, env = "CAIRNCTL_DIAL_TIMEOUT", default_value = "2s", value_parser = seconds)]
     dial_timeout: Duration,
     /// Timeout of short-running commands.
-    #[arg(long = "command-timeout", global = true, default_value = "5s", value_parser = seconds)]
+    #[arg(long = "command-timeout", global = true, env = "CAIRNCTL_COMMAND_TIMEOUT", default_value = "5s", value_parser = seconds)]
     command_timeout: Duration,
     #[command(subcommand)]
     cmd: Cmd,
@@ -99,6 +101,9 @@ enum Cmd {
         order: Option<String>,
         #[arg(long = "keys-only")]
         keys_only: bool,
+        /// Print only the number of keys.
+        #[arg(long = "count-only")]
+        count_only: bool,
         #[arg(long = "print-value-only")]
         print_value_only: bool,
         /// Linearizable (l) or Serializable (s).
@@ -373,6 +378,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             sort_by,
             order,
             keys_only,
+            count_only,
             print_value_only,
             consistency,
         } => {
@@ -388,6 +394,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             }
             if keys_only {
                 o = o.with_keys_only();
+            }
+            if count_only {
+                o = o.with_count_only();
             }
             match consistency.as_str() {
                 "l" => {}
@@ -421,6 +430,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             let r = client.get(key, Some(o)).await?;
             if json {
                 println!("{}", json::range(&r));
+            } else if count_only {
+                println!("{}", r.count);
             } else {
                 print_get(&r, print_value_only);
             }

@@ -247,3 +247,34 @@ async fn cairnctl_prints_what_etcdctl_prints() {
         "etcdctl:\n{want}\ncairnctl:\n{got}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cairnctl_reads_its_environment_and_counts_keys() {
+    let m = Process::cairn().await;
+    let addr = endpoint(&m);
+    let run = move |args: &[&str]| {
+        let out = Command::new(cairnctl_binary())
+            .env("CAIRNCTL_ENDPOINTS", &addr)
+            .args(args)
+            .output()
+            .expect("run cairnctl");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let out = tokio::task::spawn_blocking(move || {
+        run(&["put", "c/1", "x"]);
+        run(&["put", "c/2", "y"]);
+        (
+            run(&["get", "c/", "--prefix", "--count-only"]),
+            run(&["get", "c/", "--prefix", "--count-only", "-w", "json"]),
+            run(&["lease", "revoke", "1234"]),
+        )
+    })
+    .await
+    .expect("commands");
+    assert_eq!(out.0, (Some(0), "2\n".to_string()));
+    assert!(out.1 .1.contains("\"count\":2"), "{}", out.1 .1);
+    assert_eq!(out.2 .0, Some(1), "errors exit with 1");
+}
