@@ -154,6 +154,19 @@ impl LeaseKeeper {
         self.lost.borrow().is_some()
     }
 
+    /// A future that resolves when the lease is lost, independent of the keeper (so other
+    /// owners, e.g. a lock guard, can watch for the loss too).
+    pub fn on_lost(&self) -> impl std::future::Future<Output = Error> + Send + 'static {
+        let mut lost = self.lost.clone();
+        let id = self.id;
+        async move {
+            match lost.wait_for(|l| l.is_some()).await {
+                Ok(e) => e.clone().unwrap_or(Error::LeaseLost(id)),
+                Err(_) => Error::LeaseLost(id),
+            }
+        }
+    }
+
     /// Resolves when the lease is lost (expired, revoked, or unrenewable past its TTL).
     pub async fn lost(&mut self) -> Error {
         match self.lost.wait_for(|l| l.is_some()).await {

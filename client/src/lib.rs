@@ -42,6 +42,8 @@ mod txn;
 mod watch;
 
 pub use cairn_api::etcdserverpb::range_request::{SortOrder, SortTarget};
+/// What one operation of a transaction answered.
+pub use cairn_api::etcdserverpb::response_op::Response as TxnOpResponse;
 pub use cairn_api::etcdserverpb::{
     DeleteRangeResponse, PutResponse, RangeResponse, ResponseHeader, TxnResponse,
 };

@@ -12,5 +12,6 @@ mod harness;
 mod lease;
 mod ops;
 mod range;
+mod recipes;
 mod txn;
 mod watch;

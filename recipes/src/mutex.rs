@@ -1,0 +1,234 @@
+//! A distributed mutex in etcd's layout: each contender creates `<name>/<lease hex>` under
+//! its session's lease; the key with the lowest creation revision holds the lock; every other
+//! contender waits only for the deletion of the key created just before its own.
+
+use std::time::Duration;
+
+use cairn_client::{
+    Client, Compare, GetOptions, Op, PutOptions, SortOrder, SortTarget, Txn, TxnOpResponse,
+};
+
+use crate::{wait_predecessors, Error, Session};
+
+/// See the module docs.
+pub struct Mutex<'s> {
+    session: &'s Session,
+    prefix: String,
+    key: String,
+}
+
+/// Deletes a contender's key unless disarmed: dropping a `lock` future half-way (timeout,
+/// cancellation) leaves nothing behind.
+struct Cleanup {
+    client: Client,
+    key: String,
+    rev: i64,
+    armed: bool,
+}
+
+impl Cleanup {
+    fn txn(key: &str, rev: i64) -> Txn {
+        Txn::new()
+            .when([Compare::create_revision(key).eq(rev)])
+            .and_then([Op::delete(key, None)])
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.armed || self.rev == 0 {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            let txn = Cleanup::txn(&self.key, self.rev);
+            rt.spawn(async move {
+                let _ = client.txn(txn).await;
+            });
+        }
+    }
+}
+
+impl<'s> Mutex<'s> {
+    /// The mutex `name` (a key prefix), contended for by `session`.
+    pub fn new(session: &'s Session, name: &str) -> Mutex<'s> {
+        let prefix = format!("{}/", name.trim_end_matches('/'));
+        let key = format!("{prefix}{:x}", session.lease());
+        Mutex {
+            session,
+            prefix,
+            key,
+        }
+    }
+
+    /// Waits until this session holds the lock.
+    pub async fn lock(&self) -> Result<MutexGuard<'s>, Error> {
+        self.acquire(true).await
+    }
+
+    /// Like [`Mutex::lock`], giving up after `limit` (leaving no trace).
+    pub async fn lock_timeout(&self, limit: Duration) -> Result<MutexGuard<'s>, Error> {
+        tokio::time::timeout(limit, self.acquire(true))
+            .await
+            .map_err(|_| Error::Timeout)?
+    }
+
+    /// Takes the lock only if nobody holds it ([`Error::Locked`] otherwise).
+    pub async fn try_lock(&self) -> Result<MutexGuard<'s>, Error> {
+        self.acquire(false).await
+    }
+
+    async fn acquire(&self, wait: bool) -> Result<MutexGuard<'s>, Error> {
+        let client = self.session.client();
+        let owner = || {
+            Op::get(
+                self.prefix.as_str(),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_sort(SortTarget::Create, SortOrder::Ascend)
+                        .with_limit(1),
+                ),
+            )
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(self.key.as_str()).eq(0)])
+            .and_then([
+                Op::put(
+                    self.key.as_str(),
+                    "",
+                    Some(PutOptions::new().with_lease(self.session.lease())),
+                ),
+                owner(),
+            ])
+            .or_else([Op::get(self.key.as_str(), None), owner()]);
+        let resp = client.txn(txn).await?;
+        let range = |i: usize| match resp.responses.get(i).and_then(|r| r.response.as_ref()) {
+            Some(TxnOpResponse::ResponseRange(r)) => Some(r.clone()),
+            _ => None,
+        };
+        let my_rev = if resp.succeeded {
+            resp.header.map_or(0, |h| h.revision)
+        } else {
+            // This session already contends (or holds): keep its place.
+            range(0)
+                .and_then(|r| r.kvs.first().map(|kv| kv.create_revision))
+                .unwrap_or(0)
+        };
+        let mut cleanup = Cleanup {
+            client: client.clone(),
+            key: self.key.clone(),
+            rev: my_rev,
+            armed: resp.succeeded,
+        };
+        let owner_rev = range(1)
+            .and_then(|r| r.kvs.first().map(|kv| kv.create_revision))
+            .unwrap_or(0);
+        if owner_rev != my_rev {
+            if !wait {
+                if cleanup.armed {
+                    client.txn(Cleanup::txn(&self.key, my_rev)).await?;
+                    cleanup.armed = false;
+                }
+                return Err(Error::Locked);
+            }
+            tokio::select! {
+                r = wait_predecessors(client, &self.prefix, my_rev) => r?,
+                _ = self.session.done() => return Err(Error::SessionExpired),
+            }
+            // The wait may have outlasted the session: the key must still be ours.
+            let still = client.get(self.key.as_str(), None).await?;
+            if still.kvs.first().map(|kv| kv.create_revision) != Some(my_rev) {
+                cleanup.armed = false;
+                return Err(Error::SessionExpired);
+            }
+        }
+        cleanup.armed = false;
+        Ok(MutexGuard {
+            session: self.session,
+            key: self.key.clone(),
+            rev: my_rev,
+            released: false,
+        })
+    }
+}
+
+/// Proof of holding the lock; releases it when dropped (or on [`MutexGuard::unlock`]).
+pub struct MutexGuard<'s> {
+    session: &'s Session,
+    key: String,
+    rev: i64,
+    released: bool,
+}
+
+impl MutexGuard<'_> {
+    /// A number that strictly increases from one holder to the next (the creation revision
+    /// of the holder's key): give it to the resource you protect, so it can refuse a holder
+    /// older than one it has already seen.
+    pub fn fencing_token(&self) -> i64 {
+        self.rev
+    }
+
+    /// The holder's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Releases the lock; the next waiter takes it.
+    pub async fn unlock(mut self) -> Result<(), Error> {
+        self.released = true;
+        self.session
+            .client()
+            .txn(Cleanup::txn(&self.key, self.rev))
+            .await?;
+        Ok(())
+    }
+
+    /// Resolves when the lock is no longer held: the session was lost or the key deleted.
+    pub async fn lost(&self) {
+        use cairn_client::{EventType, WatchOptions};
+        use futures::StreamExt;
+        let client = self.session.client();
+        let mut watch = client.watch(
+            self.key.as_str(),
+            Some(
+                WatchOptions::new()
+                    .with_start_revision(self.rev + 1)
+                    .without_puts(),
+            ),
+        );
+        let deleted = async {
+            while let Some(batch) = watch.next().await {
+                match batch {
+                    Ok(b)
+                        if b.events
+                            .iter()
+                            .any(|e| e.r#type == EventType::Delete as i32) =>
+                    {
+                        return
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        tokio::select! {
+            _ = deleted => {}
+            _ = self.session.done() => {}
+        }
+    }
+}
+
+impl Drop for MutexGuard<'_> {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        drop(Cleanup {
+            client: self.session.client().clone(),
+            key: std::mem::take(&mut self.key),
+            rev: self.rev,
+            armed: true,
+        });
+    }
+}

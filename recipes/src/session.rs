@@ -1,0 +1,70 @@
+//! A session: a lease kept alive in the background, to which recipes attach their keys.
+
+use cairn_client::{Client, LeaseKeeper};
+
+use crate::Error;
+
+/// See the module docs. Dropping a session stops its keep-alives (its keys then go when
+/// the lease expires); [`Session::close`] revokes it at once.
+///
+/// ```no_run
+/// # async fn run(client: cairn_client::Client) -> Result<(), cairn_recipes::Error> {
+/// let session = cairn_recipes::Session::new(&client, 10).await?;
+/// tokio::spawn(session.done()); // resolves if the lease is ever lost
+/// # Ok(()) }
+/// ```
+pub struct Session {
+    client: Client,
+    lease: i64,
+    ttl: i64,
+    keeper: LeaseKeeper,
+}
+
+impl Session {
+    /// Grants a lease of `ttl` seconds and keeps it alive.
+    pub async fn new(client: &Client, ttl: i64) -> Result<Session, Error> {
+        let granted = client.lease_grant(ttl, 0).await?;
+        Ok(Session {
+            client: client.clone(),
+            lease: granted.id,
+            ttl: granted.ttl,
+            keeper: client.keep_alive(granted.id, granted.ttl),
+        })
+    }
+
+    /// The session's lease id.
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+
+    /// The lease's TTL in seconds, as granted.
+    pub fn ttl(&self) -> i64 {
+        self.ttl
+    }
+
+    /// The client the session uses.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Resolves when the lease is lost (expired, revoked, unreachable past its TTL).
+    pub fn done(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let lost = self.keeper.on_lost();
+        async move {
+            lost.await;
+        }
+    }
+
+    /// Whether the lease has been lost.
+    pub fn is_done(&self) -> bool {
+        self.keeper.is_lost()
+    }
+
+    /// Revokes the lease: every key of the session is deleted now.
+    pub async fn close(self) -> Result<(), Error> {
+        match self.client.lease_revoke(self.lease).await {
+            Ok(_) | Err(cairn_client::Error::LeaseNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The recipes under real concurrency: mutual exclusion with increasing fencing tokens,
+//! release by lease expiry, FIFO hand-over, try/timeout leaving no trace, and elections with
+//! one leader at a time and observers that see every change.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use cairn_client::{Client, ClientOptions, GetOptions};
+use cairn_recipes::{Election, Error, Mutex, Session};
+use futures::StreamExt;
+
+use crate::harness::Embedded;
+
+async fn client(m: &Embedded) -> Client {
+    Client::connect([m.addr.to_string()], ClientOptions::default())
+        .await
+        .expect("connect")
+}
+
+async fn keys_under(c: &Client, prefix: &str) -> i64 {
+    c.get(
+        prefix,
+        Some(GetOptions::new().with_prefix().with_count_only()),
+    )
+    .await
+    .expect("count")
+    .count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mutex_never_has_two_holders_and_fencing_tokens_increase() {
+    let m = Embedded::start().await;
+    let inside = Arc::new(AtomicBool::new(false));
+    let tokens = Arc::new(StdMutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let c = client(&m).await;
+        let inside = inside.clone();
+        let tokens = tokens.clone();
+        tasks.push(tokio::spawn(async move {
+            let session = Session::new(&c, 10).await.expect("session");
+            let mutex = Mutex::new(&session, "locks/counter");
+            for _ in 0..10 {
+                let guard = mutex.lock().await.expect("lock");
+                assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+                tokens.lock().expect("tokens").push(guard.fencing_token());
+                tokio::task::yield_now().await;
+                inside.store(false, Ordering::SeqCst);
+                guard.unlock().await.expect("unlock");
+            }
+            session.close().await.expect("close");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("contender");
+    }
+    let tokens = tokens.lock().expect("tokens").clone();
+    assert_eq!(tokens.len(), 80);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens strictly increase: {tokens:?}"
+    );
+    assert_eq!(keys_under(&client(&m).await, "locks/counter/").await, 0);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_take_the_lock_in_arrival_order_and_a_dead_holder_releases_it() {
+    let m = Embedded::start().await;
+    let c = client(&m).await;
+    // The holder's process "dies": its keep-alives stop and its key stays until expiry.
+    let dead = Session::new(&c, 2).await.expect("session");
+    let guard = Mutex::new(&dead, "locks/q").lock().await.expect("lock");
+    std::mem::forget(guard);
+    let died_at = Instant::now();
+    drop(dead);
+
+    let order = Arc::new(StdMutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..3 {
+        let wc = client(&m).await;
+        let order = order.clone();
+        waiters.push(tokio::spawn(async move {
+            let s = Session::new(&wc, 10).await.expect("session");
+            let g = Mutex::new(&s, "locks/q").lock().await.expect("lock");
+            order.lock().expect("order").push((i, Instant::now()));
+            g.unlock().await.expect("unlock");
+            s.close().await.expect("close");
+        }));
+        // Queue them one after another (each has created its key before the next starts).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while keys_under(&c, "locks/q/").await < i + 2 {
+            assert!(Instant::now() < deadline, "waiter {i} never queued");
+            tokio::task::yield_now().await;
+        }
+    }
+    for w in waiters {
+        w.await.expect("waiter");
+    }
+    let order = order.lock().expect("order").clone();
+    let ids: Vec<i64> = order.iter().map(|(i, _)| *i).collect();
+    assert_eq!(ids, vec![0, 1, 2], "first come, first served");
+    let released = order[0].1.duration_since(died_at);
+    assert!(
+        released < Duration::from_secs(2) + Duration::from_millis(2500),
+        "the dead holder's lock was released after {released:?} (TTL 2 s)"
+    );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_lock_and_timeouts_leave_no_trace() {
+    let m = Embedded::start().await;
+    let c = client(&m).await;
+    let a = Session::new(&c, 10).await.expect("session");
+    let b = Session::new(&c, 10).await.expect("session");
+    let held = Mutex::new(&a, "locks/t").lock().await.expect("lock");
+    let other = Mutex::new(&b, "locks/t");
+    assert!(matches!(other.try_lock().await, Err(Error::Locked)));
+    assert!(matches!(
+        other.lock_timeout(Duration::from_millis(300)).await,
+        Err(Error::Timeout)
+    ));
+    // Only the holder's key is left (the timed-out waiter's key is removed in the
+    // background as its future is dropped).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while keys_under(&c, "locks/t/").await != 1 {
+        assert!(Instant::now() < deadline, "a waiter's key was left behind");
+        tokio::task::yield_now().await;
+    }
+    held.unlock().await.expect("unlock");
+    let g = other.try_lock().await.expect("free now");
+    g.unlock().await.expect("unlock");
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_election_has_one_leader_and_observers_see_every_change() {
+    let m = Embedded::start().await;
+    let c = client(&m).await;
+    let watcher = Session::new(&c, 10).await.expect("session");
+    let mut observed = Election::new(&watcher, "elections/s").observe();
+
+    let s1 = Session::new(&c, 10).await.expect("session");
+    let s2 = Session::new(&c, 10).await.expect("session");
+    let e1 = Election::new(&s1, "elections/s");
+    let e2 = Election::new(&s2, "elections/s");
+    let first = e1.campaign("one").await.expect("campaign");
+    let second = tokio::spawn({
+        let c = c.clone();
+        async move {
+            let s = Session::new(&c, 10).await.expect("session");
+            let e = Election::new(&s, "elections/s");
+            let l = e.campaign("three").await.expect("campaign");
+            let v = e.leader().await.expect("leader").value;
+            l.resign().await.expect("resign");
+            v
+        }
+    });
+    // One leader: the second candidate waits.
+    assert_eq!(e2.leader().await.expect("leader").value, b"one");
+    first.proclaim("one, again").await.expect("proclaim");
+    first.resign().await.expect("resign");
+    assert_eq!(second.await.expect("third candidate"), b"three");
+
+    let mut seen = Vec::new();
+    while seen.last().map(Vec::as_slice) != Some(&b"three"[..]) {
+        let kv = tokio::time::timeout(Duration::from_secs(10), observed.next())
+            .await
+            .expect("observer keeps up")
+            .expect("open")
+            .expect("ok");
+        seen.push(kv.value);
+    }
+    assert_eq!(
+        seen,
+        vec![b"one".to_vec(), b"one, again".to_vec(), b"three".to_vec()],
+        "observers see every leader and proclamation in order"
+    );
+    drop(e2);
+    m.stop().await;
+}
