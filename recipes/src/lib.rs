@@ -7,6 +7,9 @@
 //! - [`Mutex`]: waiters queue by creation revision and each waits only for its predecessor;
 //!   the holder gets a fencing token that strictly increases across holders.
 //! - [`Election`]: campaign, proclaim, resign, leader, observe.
+//! - [`Queue`]: FIFO work items, each taken by exactly one consumer.
+//! - [`ServiceRegistry`]: instances registered with a heartbeat lease; discovery and a
+//!   stream of added/updated/removed instances.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), cairn_recipes::Error> {
@@ -25,10 +28,14 @@
 
 mod election;
 mod mutex;
+mod queue;
+mod registry;
 mod session;
 
 pub use election::{Election, Leadership};
 pub use mutex::{Mutex, MutexGuard};
+pub use queue::Queue;
+pub use registry::{Instance, InstanceEvent, ServiceRegistry};
 pub use session::Session;
 
 /// What a recipe can fail with.

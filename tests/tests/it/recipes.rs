@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use cairn_client::{Client, ClientOptions, GetOptions};
-use cairn_recipes::{Election, Error, Mutex, Session};
+use cairn_recipes::{Election, Error, InstanceEvent, Mutex, Queue, ServiceRegistry, Session};
 use futures::StreamExt;
 
 use crate::harness::Embedded;
@@ -179,5 +179,104 @@ async fn an_election_has_one_leader_and_observers_see_every_change() {
         "observers see every leader and proclamation in order"
     );
     drop(e2);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_consumers_take_every_queue_item_exactly_once() {
+    let m = Embedded::start().await;
+    let total = 200;
+    let producer = Queue::new(client(&m).await, "queues/jobs");
+    let taken = Arc::new(StdMutex::new(Vec::new()));
+    let mut consumers = Vec::new();
+    for _ in 0..8 {
+        let q = Queue::new(client(&m).await, "queues/jobs");
+        let taken = taken.clone();
+        consumers.push(tokio::spawn(async move {
+            loop {
+                let item = q.dequeue().await.expect("dequeue");
+                if item == b"stop" {
+                    return;
+                }
+                taken.lock().expect("taken").push(item);
+            }
+        }));
+    }
+    for i in 0..total {
+        producer
+            .enqueue(format!("job-{i:04}"))
+            .await
+            .expect("enqueue");
+    }
+    // Wait until everything is consumed, then stop each consumer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while taken.lock().expect("taken").len() < total {
+        assert!(Instant::now() < deadline, "items were not all consumed");
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..8 {
+        producer.enqueue("stop").await.expect("enqueue");
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    let mut items = taken.lock().expect("taken").clone();
+    items.sort();
+    items.dedup();
+    assert_eq!(items.len(), total, "every item exactly once");
+    assert_eq!(producer.try_dequeue().await.expect("empty"), None);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_instance_disappears_within_its_ttl_when_its_process_dies() {
+    let m = Embedded::start().await;
+    let c = client(&m).await;
+    let registry = ServiceRegistry::new(c.clone(), "services/");
+    let alive = Session::new(&c, 10).await.expect("session");
+    registry
+        .register(&alive, "api", "api-1", "10.0.0.1:80")
+        .await
+        .expect("register");
+    let mut events = Box::pin(registry.watch("api").await.expect("watch"));
+    let first = events.next().await.expect("event").expect("ok");
+    assert!(matches!(first, InstanceEvent::Added(ref i) if i.id == "api-1"));
+
+    let dying = Session::new(&c, 2).await.expect("session");
+    registry
+        .register(&dying, "api", "api-2", "10.0.0.2:80")
+        .await
+        .expect("register");
+    registry
+        .register(&alive, "api", "api-1", "10.0.0.1:81")
+        .await
+        .expect("update");
+    assert!(matches!(events.next().await.expect("event").expect("ok"),
+        InstanceEvent::Added(ref i) if i.id == "api-2"));
+    assert!(matches!(events.next().await.expect("event").expect("ok"),
+        InstanceEvent::Updated(ref i) if i.id == "api-1" && i.value == b"10.0.0.1:81"));
+    let ids: Vec<String> = registry
+        .discover("api")
+        .await
+        .expect("discover")
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ids, vec!["api-1", "api-2"]);
+
+    // The process of api-2 dies: its heartbeats stop.
+    let died = Instant::now();
+    drop(dying);
+    let removed = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("removal seen")
+        .expect("event")
+        .expect("ok");
+    assert_eq!(removed, InstanceEvent::Removed("api-2".into()));
+    let after = died.elapsed();
+    assert!(
+        after < Duration::from_millis(2000 + 1500),
+        "removed {after:?} after death (TTL 2 s)"
+    );
     m.stop().await;
 }
