@@ -174,6 +174,13 @@ impl MutexGuard<'_> {
         &self.key
     }
 
+    /// Keeps the lock beyond this guard: returns the holder's key, whose deletion (or the
+    /// session's end) releases the lock.
+    pub fn into_key(mut self) -> String {
+        self.released = true;
+        std::mem::take(&mut self.key)
+    }
+
     /// Releases the lock; the next waiter takes it.
     pub async fn unlock(mut self) -> Result<(), Error> {
         self.released = true;

@@ -17,7 +17,8 @@ pub struct Session {
     client: Client,
     lease: i64,
     ttl: i64,
-    keeper: LeaseKeeper,
+    /// `None` for a session on a lease someone else keeps alive.
+    keeper: Option<LeaseKeeper>,
 }
 
 impl Session {
@@ -28,8 +29,20 @@ impl Session {
             client: client.clone(),
             lease: granted.id,
             ttl: granted.ttl,
-            keeper: client.keep_alive(granted.id, granted.ttl),
+            keeper: Some(client.keep_alive(granted.id, granted.ttl)),
         })
+    }
+
+    /// A session on an existing lease that its owner keeps alive (as etcd's
+    /// `concurrency.WithLease`); [`Session::done`] then never resolves, and a recipe notices a
+    /// lost lease by its keys being gone.
+    pub fn with_lease(client: &Client, lease: i64) -> Session {
+        Session {
+            client: client.clone(),
+            lease,
+            ttl: 0,
+            keeper: None,
+        }
     }
 
     /// The session's lease id.
@@ -49,15 +62,20 @@ impl Session {
 
     /// Resolves when the lease is lost (expired, revoked, unreachable past its TTL).
     pub fn done(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let lost = self.keeper.on_lost();
+        let lost = self.keeper.as_ref().map(|k| k.on_lost());
         async move {
-            lost.await;
+            match lost {
+                Some(lost) => {
+                    lost.await;
+                }
+                None => std::future::pending::<()>().await,
+            }
         }
     }
 
     /// Whether the lease has been lost.
     pub fn is_done(&self) -> bool {
-        self.keeper.is_lost()
+        self.keeper.as_ref().is_some_and(|k| k.is_lost())
     }
 
     /// Revokes the lease: every key of the session is deleted now.

@@ -6,6 +6,7 @@
 mod authority;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod peer;
 mod validate;
@@ -24,6 +25,8 @@ use cairn_api::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use cairn_api::v3electionpb::election_server::ElectionServer;
+use cairn_api::v3lockpb::lock_server::LockServer;
 use futures::StreamExt;
 use protobuf::Message as _;
 use raft::eraftpb::ConfState;
@@ -229,6 +232,8 @@ impl Server {
         )));
 
         let limit = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let own_url = Arc::new(std::sync::OnceLock::new());
+        let recipes = lock::SelfClient::new(node.clone(), own_url.clone(), shutdown_rx.clone());
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
             .add_service(
@@ -258,7 +263,9 @@ impl Server {
             .add_service(
                 LeaseServer::new(lease::LeaseService::new(node.clone(), shutdown_rx.clone()))
                     .max_decoding_message_size(limit),
-            );
+            )
+            .add_service(LockServer::new(recipes.clone()).max_decoding_message_size(limit))
+            .add_service(ElectionServer::new(recipes).max_decoding_message_size(limit));
 
         serving.push(tokio::spawn(lease::expiry_loop(
             node.clone(),
@@ -275,6 +282,7 @@ impl Server {
             )
             .await?;
             client_addrs.push(local);
+            let _ = own_url.set(format!("http://{local}"));
             serving.push(task);
             tracing::info!(%local, "serving client requests");
         }

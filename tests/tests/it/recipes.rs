@@ -280,3 +280,111 @@ async fn a_registered_instance_disappears_within_its_ttl_when_its_process_dies()
     );
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_and_election_services_speak_etcds_api() {
+    use cairn_api::v3electionpb::{
+        election_client::ElectionClient, CampaignRequest, LeaderRequest, ProclaimRequest,
+        ResignRequest,
+    };
+    use cairn_api::v3lockpb::{lock_client::LockClient, LockRequest, UnlockRequest};
+
+    let m = Embedded::start().await;
+    let c = client(&m).await;
+    let ch = crate::harness::channel(m.addr).await;
+    let l1 = c.lease_grant(60, 0).await.expect("grant").id;
+    let l2 = c.lease_grant(60, 0).await.expect("grant").id;
+    let mut locks = LockClient::new(ch.clone());
+    let first = locks
+        .lock(LockRequest {
+            name: b"jobs".to_vec(),
+            lease: l1,
+        })
+        .await
+        .expect("lock")
+        .into_inner()
+        .key;
+    assert!(first.starts_with(b"jobs/"));
+    let mut second_locks = locks.clone();
+    let second = tokio::spawn(async move {
+        second_locks
+            .lock(LockRequest {
+                name: b"jobs".to_vec(),
+                lease: l2,
+            })
+            .await
+            .expect("lock")
+            .into_inner()
+            .key
+    });
+    // Held: the second caller waits.
+    let mut second = std::pin::pin!(second);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut second)
+            .await
+            .is_err()
+    );
+    locks
+        .unlock(UnlockRequest { key: first.clone() })
+        .await
+        .expect("unlock");
+    let key2 = second.await.expect("second holder");
+    assert_ne!(key2, first);
+    locks
+        .unlock(UnlockRequest { key: key2 })
+        .await
+        .expect("unlock");
+
+    let mut elections = ElectionClient::new(ch);
+    let leader = elections
+        .campaign(CampaignRequest {
+            name: b"sched".to_vec(),
+            lease: l1,
+            value: b"a".to_vec(),
+        })
+        .await
+        .expect("campaign")
+        .into_inner()
+        .leader
+        .expect("leader key");
+    let mut observe = elections
+        .observe(LeaderRequest {
+            name: b"sched".to_vec(),
+        })
+        .await
+        .expect("observe")
+        .into_inner();
+    let seen = observe.message().await.expect("ok").expect("leader");
+    assert_eq!(seen.kv.expect("kv").value, b"a");
+    elections
+        .proclaim(ProclaimRequest {
+            leader: Some(leader.clone()),
+            value: b"b".to_vec(),
+        })
+        .await
+        .expect("proclaim");
+    let seen = observe.message().await.expect("ok").expect("leader");
+    assert_eq!(seen.kv.expect("kv").value, b"b");
+    let now = elections
+        .leader(LeaderRequest {
+            name: b"sched".to_vec(),
+        })
+        .await
+        .expect("leader")
+        .into_inner();
+    assert_eq!(now.kv.expect("kv").value, b"b");
+    elections
+        .resign(ResignRequest {
+            leader: Some(leader),
+        })
+        .await
+        .expect("resign");
+    let none = elections
+        .leader(LeaderRequest {
+            name: b"sched".to_vec(),
+        })
+        .await
+        .expect_err("no leader");
+    assert_eq!(none.message(), "election: no leader");
+    m.stop().await;
+}
