@@ -28,7 +28,13 @@ pub struct Cluster {
     initial_cluster: String,
     /// The reference etcd instead of Cairn.
     etcd: Option<std::path::PathBuf>,
+    /// One multi-member cluster at a time: their timing assertions (failover within two
+    /// election timeouts) must not depend on how many other clusters share two cores.
+    _exclusive: tokio::sync::OwnedMutexGuard<()>,
 }
+
+static CLUSTERS: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Mutex::new(())));
 
 fn member_args(
     name: &str,
@@ -91,6 +97,7 @@ impl Cluster {
             members: vec![],
             initial_cluster,
             etcd,
+            _exclusive: CLUSTERS.clone().lock_owned().await,
         };
         for (i, &(client, peer)) in ports.iter().enumerate() {
             let name = format!("m{i}");
@@ -287,6 +294,17 @@ fn spawn_writer(
     tokio::spawn(async move {
         let mut acked = Vec::new();
         let mut n = 0u64;
+        // One lazily (re)connecting channel per member, as a real client keeps.
+        let channels: Vec<tonic::transport::Channel> = addrs
+            .iter()
+            .map(|a| {
+                tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+                    .expect("endpoint")
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .connect_lazy()
+            })
+            .collect();
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             let target = {
                 let r = running.lock().expect("lock");
@@ -295,7 +313,13 @@ fn spawn_writer(
             };
             let key = format!("load/{n:08}");
             let sent = Instant::now();
-            if put(addrs[target], &key, &key, Duration::from_millis(1500)).await {
+            let mut req = tonic::Request::new(PutRequest {
+                key: key.clone().into(),
+                value: key.clone().into(),
+                ..Default::default()
+            });
+            req.set_timeout(Duration::from_millis(1500));
+            if kv(&channels[target]).put(req).await.is_ok() {
                 acked.push((key, sent, Instant::now()));
             }
             n += 1;
