@@ -206,15 +206,16 @@ impl Applier {
         if let Some(state) = members {
             self.membership.replace(state);
         }
-        if removed_self {
-            tracing::warn!("this member was removed from the cluster");
-            self.removed.send_replace(true);
-        }
         self.applied.send_replace(last);
         // Watchers may read these revisions back from storage: publish after the commit.
         self.hub.publish(changes);
         for (id, result) in answers {
             self.waiters.trigger(id, result);
+        }
+        // After the answers, so a member asked to remove itself still replies.
+        if removed_self {
+            tracing::warn!("this member was removed from the cluster");
+            self.removed.send_replace(true);
         }
         Ok(())
     }

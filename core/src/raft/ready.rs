@@ -101,10 +101,14 @@ impl ReadyLoop {
         let raft_cfg = raft::Config {
             id: cfg.member_id,
             election_tick: cfg.election_ticks,
-            // Randomized timeouts in [1, 1.5) election timeouts rather than raft's [1, 2):
-            // pre-vote already prevents split votes from disrupting, and a dead leader is
-            // replaced within 1.5 timeouts plus a round trip, not 2.
-            max_election_tick: cfg.election_ticks * 3 / 2,
+            // Randomized timeouts start two heartbeats after the election timeout: with
+            // check-quorum a follower refuses (pre-)votes while it heard from the leader
+            // within one election timeout, and the first follower to time out must find the
+            // others already out of that lease, or its pre-vote fails and the election takes
+            // another round. They end at 1.5 timeouts (raft's default is 2): pre-vote keeps
+            // split votes harmless, and a dead leader is replaced sooner.
+            min_election_tick: cfg.election_ticks + 2,
+            max_election_tick: cfg.election_ticks * 3 / 2 + 2,
             heartbeat_tick: 1,
             applied: cfg.applied_index,
             max_size_per_msg: 1024 * 1024,

@@ -11,7 +11,7 @@ use cairn_client::{
 };
 use futures::StreamExt;
 
-use crate::cluster::Cluster;
+use crate::cluster_harness::Cluster;
 use crate::harness::Embedded;
 
 fn opts() -> ClientOptions {

@@ -4,6 +4,7 @@
 mod cairnctl;
 mod client;
 mod cluster;
+mod cluster_harness;
 mod differential;
 mod durability;
 mod errors;
