@@ -238,7 +238,12 @@ impl Client {
         key: impl Into<Vec<u8>>,
         options: Option<GetOptions>,
     ) -> Result<RangeResponse, Error> {
-        let req = options.unwrap_or_default().into_request(key.into());
+        self.range(options.unwrap_or_default().into_request(key.into()))
+            .await
+    }
+
+    /// Sends a prepared range request (reads retry on any unavailability).
+    pub(crate) async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Error> {
         self.call(Retry::Always, |ch, t| {
             let req = req.clone();
             async move { Ok(Self::kv(ch).range(request(req, t)).await?.into_inner()) }
@@ -269,7 +274,15 @@ impl Client {
         key: impl Into<Vec<u8>>,
         options: Option<DeleteOptions>,
     ) -> Result<DeleteRangeResponse, Error> {
-        let req = options.unwrap_or_default().into_request(key.into());
+        self.delete_range(options.unwrap_or_default().into_request(key.into()))
+            .await
+    }
+
+    /// Sends a prepared delete request (retried only when it cannot have been applied).
+    pub(crate) async fn delete_range(
+        &self,
+        req: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, Error> {
         self.call(Retry::IfNotApplied, |ch, t| {
             let req = req.clone();
             async move {

@@ -66,19 +66,7 @@ impl Namespace {
         let mut req = options.unwrap_or_default().into_request(key);
         req.range_end = self.end(std::mem::take(&mut req.range_end));
         req.key = self.key(std::mem::take(&mut req.key));
-        let mut resp = self
-            .client
-            .call(crate::client::Retry::Always, |ch, t| {
-                let req = req.clone();
-                async move {
-                    Ok(cairn_api::etcdserverpb::kv_client::KvClient::new(ch)
-                        .max_decoding_message_size(usize::MAX)
-                        .range(crate::client::request(req, t))
-                        .await?
-                        .into_inner())
-                }
-            })
-            .await?;
+        let mut resp = self.client.range(req).await?;
         resp.kvs.iter_mut().for_each(|kv| self.strip(kv));
         Ok(resp)
     }
@@ -106,18 +94,7 @@ impl Namespace {
         let mut req = options.unwrap_or_default().into_request(key.into());
         req.range_end = self.end(std::mem::take(&mut req.range_end));
         req.key = self.key(std::mem::take(&mut req.key));
-        let mut resp = self
-            .client
-            .call(crate::client::Retry::IfNotApplied, |ch, t| {
-                let req = req.clone();
-                async move {
-                    Ok(cairn_api::etcdserverpb::kv_client::KvClient::new(ch)
-                        .delete_range(crate::client::request(req, t))
-                        .await?
-                        .into_inner())
-                }
-            })
-            .await?;
+        let mut resp = self.client.delete_range(req).await?;
         resp.prev_kvs.iter_mut().for_each(|kv| self.strip(kv));
         Ok(resp)
     }

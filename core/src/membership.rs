@@ -151,9 +151,13 @@ impl Membership {
         }
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ClusterState> {
+        // Writers replace the whole state; a poisoned lock still holds a consistent list.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn state(&self) -> ClusterState {
-        // Writers replace whole fields; a poisoned lock still holds a consistent list.
-        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.read().clone()
     }
 
     pub fn replace(&self, state: ClusterState) {
@@ -165,11 +169,11 @@ impl Membership {
     }
 
     pub fn member(&self, id: u64) -> Option<Member> {
-        self.state().members.into_iter().find(|m| m.id == id)
+        self.read().members.iter().find(|m| m.id == id).cloned()
     }
 
     pub fn is_removed(&self, id: u64) -> bool {
-        self.state().removed.contains(&id)
+        self.read().removed.contains(&id)
     }
 
     /// Checks a MemberAdd before it is proposed, as etcd does.

@@ -119,9 +119,8 @@ impl Applier {
                 } => self.apply(entries, conf_states),
                 ApplyTask::Snapshot { path, done } => {
                     let r = self.restore(&path);
-                    let failed = r.clone().err();
-                    let _ = done.send(r);
-                    failed.map_or(Ok(()), Err)
+                    let _ = done.send(r.clone());
+                    r
                 }
             };
             if let Err(e) = result {

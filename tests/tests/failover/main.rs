@@ -11,6 +11,7 @@ mod harness;
 mod cluster_harness;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,9 +24,10 @@ async fn leader_failover_under_load(n: usize) {
     let addrs: Vec<_> = cluster.members.iter().map(|m| m.process.addr).collect();
     let running = Arc::new(Mutex::new(vec![true; n]));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = spawn_writer(addrs, running.clone(), stop.clone());
-
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let count = Arc::new(AtomicUsize::new(0));
+    let writer = spawn_writer(addrs, running.clone(), stop.clone(), count.clone());
+    // Under load first: the kill lands in the middle of a stream of writes.
+    acknowledged(&count, 20).await;
     let leader = cluster.leader().await;
     running.lock().expect("lock")[leader] = false;
     let killed_at = Instant::now();
@@ -33,8 +35,9 @@ async fn leader_failover_under_load(n: usize) {
     // Let the writer run on the new leader for a while.
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let before = count.load(Ordering::Relaxed);
+    acknowledged(&count, before + 50).await;
+    stop.store(true, Ordering::Relaxed);
     let acked = writer.await.expect("writer");
 
     // Writes sent before the kill may still be acknowledged after it; the first write sent
@@ -76,10 +79,23 @@ async fn five_members_fail_over_when_the_leader_is_killed_and_lose_nothing() {
 
 /// Writes continuously, round-robin over the running members, until told to stop; records
 /// every acknowledged write with when it was sent and when it was acknowledged.
+/// Waits until `count` reaches `n` acknowledged writes.
+async fn acknowledged(count: &AtomicUsize, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count.load(Ordering::Relaxed) < n {
+        assert!(
+            Instant::now() < deadline,
+            "writes stopped being acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn spawn_writer(
     addrs: Vec<std::net::SocketAddr>,
     running: Arc<Mutex<Vec<bool>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    count: Arc<AtomicUsize>,
 ) -> tokio::task::JoinHandle<Vec<(String, Instant, Instant)>> {
     tokio::spawn(async move {
         let mut acked = Vec::new();
@@ -95,7 +111,7 @@ fn spawn_writer(
                     .connect_lazy()
             })
             .collect();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) {
             let target = {
                 let r = running.lock().expect("lock");
                 let alive: Vec<usize> = (0..addrs.len()).filter(|i| r[*i]).collect();
@@ -111,6 +127,7 @@ fn spawn_writer(
             req.set_timeout(Duration::from_millis(1500));
             if kv(&channels[target]).put(req).await.is_ok() {
                 acked.push((key, sent, Instant::now()));
+                count.fetch_add(1, Ordering::Relaxed);
             }
             n += 1;
         }
