@@ -55,7 +55,7 @@ impl<'s> Election<'s> {
                 Some(PutOptions::new().with_lease(self.session.lease())),
             )])
             .or_else([Op::get(key.as_str(), None)]);
-        let resp = client.txn(txn).await?;
+        let resp = crate::guarded_txn(client, txn).await?;
         let mut rev = resp.header.map_or(0, |h| h.revision);
         if !resp.succeeded {
             // Already a candidate (a retried campaign): keep the place, update the value.
@@ -226,7 +226,7 @@ impl Leadership<'_> {
         let txn = Txn::new()
             .when([Compare::create_revision(self.key.as_str()).eq(self.rev)])
             .and_then([Op::delete(self.key.as_str(), None)]);
-        self.session.client().txn(txn).await?;
+        crate::guarded_txn(self.session.client(), txn).await?;
         Ok(())
     }
 }

@@ -6,8 +6,13 @@
 //!   attached to it and goes away with it.
 //! - [`Mutex`]: waiters queue by creation revision and each waits only for its predecessor;
 //!   the holder gets a fencing token that strictly increases across holders.
+//! - [`RwMutex`]: shared readers, exclusive writers, in arrival order.
+//! - [`Semaphore`]: up to `n` holders at once, in arrival order.
 //! - [`Election`]: campaign, proclaim, resign, leader, observe.
-//! - [`Queue`]: FIFO work items, each taken by exactly one consumer.
+//! - [`Barrier`] (hold, release, wait) and [`DoubleBarrier`] (`n` enter, then `n` leave).
+//! - [`Queue`] and [`PriorityQueue`]: work items, each taken by exactly one consumer.
+//! - [`Topic`]: publish/subscribe with offsets, retention and durable consumer groups.
+//! - [`Counter`]: a shared integer changed by compare-and-swap.
 //! - [`ServiceRegistry`]: instances registered with a heartbeat lease; discovery and a
 //!   stream of added/updated/removed instances.
 //!
@@ -26,17 +31,27 @@
 
 #![warn(missing_docs)]
 
+mod barrier;
+mod counter;
 mod election;
 mod mutex;
 mod queue;
 mod registry;
+mod rwmutex;
+mod semaphore;
 mod session;
+mod topic;
 
+pub use barrier::{Barrier, DoubleBarrier};
+pub use counter::Counter;
 pub use election::{Election, Leadership};
 pub use mutex::{Mutex, MutexGuard};
-pub use queue::Queue;
+pub use queue::{PriorityQueue, Queue};
 pub use registry::{Instance, InstanceEvent, ServiceRegistry};
+pub use rwmutex::RwMutex;
+pub use semaphore::Semaphore;
 pub use session::Session;
+pub use topic::{ConsumerGroup, Message, Retention, StartAt, Subscription, Topic};
 
 /// What a recipe can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -59,6 +74,75 @@ pub enum Error {
     /// Nobody leads the election.
     #[error("election: no leader")]
     NoLeader,
+    /// A [`DoubleBarrier`] already has all its participants.
+    #[error("barrier: too many participants")]
+    TooManyParticipants,
+    /// A [`Counter`] would leave the range of a 64-bit integer.
+    #[error("counter: overflow")]
+    Overflow,
+    /// A counter or cursor key holds something that is not a decimal integer.
+    #[error("not a number: {0:?}")]
+    NotACounter(String),
+}
+
+/// Sends a transaction whose guard makes a second application impossible, again and again
+/// while the cluster cannot answer (no leader, leader changed, timeout, member down), so an
+/// election or a lost answer does not fail the recipe. The caller must read a refusal as
+/// "maybe an earlier attempt of mine applied", and each recipe checks which.
+async fn guarded_txn(
+    client: &cairn_client::Client,
+    txn: cairn_client::Txn,
+) -> Result<cairn_client::TxnResponse, Error> {
+    // Long enough to outlast an election and a member restart.
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(25);
+    loop {
+        match client.txn(txn.clone()).await {
+            Err(e) if e.is_unavailable() && started.elapsed() < PATIENCE => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+            r => return r.map_err(Error::from),
+        }
+    }
+}
+
+/// Creates a fresh key `<prefix><time in ns, hex>` holding `value` and returns its creation
+/// revision. Created only if absent, so a retry after a lost answer finds its own key
+/// (same value) instead of writing a second one; a different value there is another
+/// writer's, met in the same nanosecond, and a new key is tried.
+async fn create_unique(
+    client: &cairn_client::Client,
+    prefix: &str,
+    value: Vec<u8>,
+) -> Result<i64, Error> {
+    use cairn_client::{Compare, Op, Txn, TxnOpResponse};
+    loop {
+        let key = format!("{prefix}{:032x}", now_nanos());
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str()).eq(0)])
+            .and_then([Op::put(key.as_str(), value.clone(), None)])
+            .or_else([Op::get(key.as_str(), None)]);
+        let resp = guarded_txn(client, txn).await?;
+        if resp.succeeded {
+            return Ok(resp.header.map_or(0, |h| h.revision));
+        }
+        let existing = match resp.responses.first().and_then(|r| r.response.as_ref()) {
+            Some(TxnOpResponse::ResponseRange(r)) => r.kvs.first().cloned(),
+            _ => None,
+        };
+        if let Some(kv) = existing.filter(|kv| kv.value == value) {
+            return Ok(kv.create_revision);
+        }
+    }
+}
+
+/// Nanoseconds since the epoch, for fresh keys that sort by time.
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 /// Key and revision of the last key under `prefix` created before `rev`, if any.

@@ -8,7 +8,7 @@ use cairn_client::{
     Client, Compare, GetOptions, Op, PutOptions, SortOrder, SortTarget, Txn, TxnOpResponse,
 };
 
-use crate::{wait_predecessors, Error, Session};
+use crate::{guarded_txn, wait_predecessors, Error, Session};
 
 /// See the module docs.
 pub struct Mutex<'s> {
@@ -19,7 +19,7 @@ pub struct Mutex<'s> {
 
 /// Deletes a contender's key unless disarmed: dropping a `lock` future half-way (timeout,
 /// cancellation) leaves nothing behind.
-struct Cleanup {
+pub(crate) struct Cleanup {
     client: Client,
     key: String,
     rev: i64,
@@ -27,6 +27,30 @@ struct Cleanup {
 }
 
 impl Cleanup {
+    /// Guards `key` created at `rev`; `armed` when this call created it.
+    pub(crate) fn new(client: &Client, key: &str, rev: i64, armed: bool) -> Cleanup {
+        Cleanup {
+            client: client.clone(),
+            key: key.to_string(),
+            rev,
+            armed,
+        }
+    }
+
+    /// The key stays: it now belongs to a guard (or to an earlier call).
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Deletes the key now, if this call created it.
+    pub(crate) async fn release(&mut self) -> Result<(), Error> {
+        if self.armed {
+            guarded_txn(&self.client, Cleanup::txn(&self.key, self.rev)).await?;
+            self.armed = false;
+        }
+        Ok(())
+    }
+
     fn txn(key: &str, rev: i64) -> Txn {
         Txn::new()
             .when([Compare::create_revision(key).eq(rev)])
@@ -43,7 +67,7 @@ impl Drop for Cleanup {
             let client = self.client.clone();
             let txn = Cleanup::txn(&self.key, self.rev);
             rt.spawn(async move {
-                let _ = client.txn(txn).await;
+                let _ = guarded_txn(&client, txn).await;
             });
         }
     }
@@ -79,78 +103,75 @@ impl<'s> Mutex<'s> {
     }
 
     async fn acquire(&self, wait: bool) -> Result<MutexGuard<'s>, Error> {
-        let client = self.session.client();
-        let owner = || {
-            Op::get(
-                self.prefix.as_str(),
-                Some(
-                    GetOptions::new()
-                        .with_prefix()
-                        .with_sort(SortTarget::Create, SortOrder::Ascend)
-                        .with_limit(1),
-                ),
-            )
-        };
-        let txn = Txn::new()
-            .when([Compare::create_revision(self.key.as_str()).eq(0)])
-            .and_then([
-                Op::put(
-                    self.key.as_str(),
-                    "",
-                    Some(PutOptions::new().with_lease(self.session.lease())),
-                ),
-                owner(),
-            ])
-            .or_else([Op::get(self.key.as_str(), None), owner()]);
-        let resp = client.txn(txn).await?;
-        let range = |i: usize| match resp.responses.get(i).and_then(|r| r.response.as_ref()) {
-            Some(TxnOpResponse::ResponseRange(r)) => Some(r.clone()),
-            _ => None,
-        };
-        let my_rev = if resp.succeeded {
-            resp.header.map_or(0, |h| h.revision)
-        } else {
-            // This session already contends (or holds): keep its place.
-            range(0)
-                .and_then(|r| r.kvs.first().map(|kv| kv.create_revision))
-                .unwrap_or(0)
-        };
-        let mut cleanup = Cleanup {
-            client: client.clone(),
-            key: self.key.clone(),
-            rev: my_rev,
-            armed: resp.succeeded,
-        };
-        let owner_rev = range(1)
-            .and_then(|r| r.kvs.first().map(|kv| kv.create_revision))
-            .unwrap_or(0);
-        if owner_rev != my_rev {
-            if !wait {
-                if cleanup.armed {
-                    client.txn(Cleanup::txn(&self.key, my_rev)).await?;
-                    cleanup.armed = false;
-                }
-                return Err(Error::Locked);
-            }
-            tokio::select! {
-                r = wait_predecessors(client, &self.prefix, my_rev) => r?,
-                _ = self.session.done() => return Err(Error::SessionExpired),
-            }
-            // The wait may have outlasted the session: the key must still be ours.
-            let still = client.get(self.key.as_str(), None).await?;
-            if still.kvs.first().map(|kv| kv.create_revision) != Some(my_rev) {
-                cleanup.armed = false;
-                return Err(Error::SessionExpired);
-            }
-        }
-        cleanup.armed = false;
-        Ok(MutexGuard {
-            session: self.session,
-            key: self.key.clone(),
-            rev: my_rev,
-            released: false,
-        })
+        acquire(self.session, &self.key, &self.prefix, wait).await
     }
+}
+
+/// Creates `key` under the session's lease (or keeps its place if the session already
+/// contends), then holds once no key under `wait_prefix` was created before it; while it
+/// waits it watches only the newest such key. A mutex waits on its own prefix; a reader of
+/// an [`RwMutex`](crate::RwMutex) only on the writers'.
+pub(crate) async fn acquire<'s>(
+    session: &'s Session,
+    key: &str,
+    wait_prefix: &str,
+    wait: bool,
+) -> Result<MutexGuard<'s>, Error> {
+    let client = session.client();
+    let first = || {
+        Op::get(
+            wait_prefix,
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Create, SortOrder::Ascend)
+                    .with_limit(1),
+            ),
+        )
+    };
+    let txn = Txn::new()
+        .when([Compare::create_revision(key).eq(0)])
+        .and_then([
+            Op::put(key, "", Some(PutOptions::new().with_lease(session.lease()))),
+            first(),
+        ])
+        .or_else([Op::get(key, None), first()]);
+    // A refusal of a retry finds the key in place and keeps it, as for a second `lock`.
+    let resp = guarded_txn(client, txn).await?;
+    let range = |i: usize| match resp.responses.get(i).and_then(|r| r.response.as_ref()) {
+        Some(TxnOpResponse::ResponseRange(r)) => Some(r.clone()),
+        _ => None,
+    };
+    let my_rev = if resp.succeeded {
+        resp.header.map_or(0, |h| h.revision)
+    } else {
+        // This session already contends (or holds): keep its place.
+        range(0)
+            .and_then(|r| r.kvs.first().map(|kv| kv.create_revision))
+            .unwrap_or(0)
+    };
+    let mut cleanup = Cleanup::new(client, key, my_rev, resp.succeeded);
+    let first_rev = range(1)
+        .and_then(|r| r.kvs.first().map(|kv| kv.create_revision))
+        .unwrap_or(i64::MAX);
+    if first_rev < my_rev {
+        if !wait {
+            cleanup.release().await?;
+            return Err(Error::Locked);
+        }
+        tokio::select! {
+            r = wait_predecessors(client, wait_prefix, my_rev) => r?,
+            _ = session.done() => return Err(Error::SessionExpired),
+        }
+        // The wait may have outlasted the session: the key must still be ours.
+        let still = client.get(key, None).await?;
+        if still.kvs.first().map(|kv| kv.create_revision) != Some(my_rev) {
+            cleanup.disarm();
+            return Err(Error::SessionExpired);
+        }
+    }
+    cleanup.disarm();
+    Ok(MutexGuard::new(session, key, my_rev))
 }
 
 /// Proof of holding the lock; releases it when dropped (or on [`MutexGuard::unlock`]).
@@ -161,7 +182,16 @@ pub struct MutexGuard<'s> {
     released: bool,
 }
 
-impl MutexGuard<'_> {
+impl<'s> MutexGuard<'s> {
+    pub(crate) fn new(session: &'s Session, key: &str, rev: i64) -> MutexGuard<'s> {
+        MutexGuard {
+            session,
+            key: key.to_string(),
+            rev,
+            released: false,
+        }
+    }
+
     /// A number that strictly increases from one holder to the next (the creation revision
     /// of the holder's key): give it to the resource you protect, so it can refuse a holder
     /// older than one it has already seen.
@@ -184,10 +214,7 @@ impl MutexGuard<'_> {
     /// Releases the lock; the next waiter takes it.
     pub async fn unlock(mut self) -> Result<(), Error> {
         self.released = true;
-        self.session
-            .client()
-            .txn(Cleanup::txn(&self.key, self.rev))
-            .await?;
+        guarded_txn(self.session.client(), Cleanup::txn(&self.key, self.rev)).await?;
         Ok(())
     }
 

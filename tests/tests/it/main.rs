@@ -14,5 +14,7 @@ mod lease;
 mod ops;
 mod range;
 mod recipes;
+mod recipes_sync;
+mod topic;
 mod txn;
 mod watch;

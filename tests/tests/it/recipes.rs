@@ -221,9 +221,15 @@ async fn eight_consumers_take_every_queue_item_exactly_once() {
         c.await.expect("consumer");
     }
     let mut items = taken.lock().expect("taken").clone();
+    assert_eq!(items.len(), total, "as many items taken as enqueued");
     items.sort();
     items.dedup();
     assert_eq!(items.len(), total, "every item exactly once");
+    assert_eq!(
+        keys_under(&client(&m).await, "queues/jobs.taken/").await,
+        0,
+        "receipts are cleaned up"
+    );
     assert_eq!(producer.try_dequeue().await.expect("empty"), None);
     m.stop().await;
 }
