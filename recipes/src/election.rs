@@ -81,7 +81,7 @@ impl<'s> Election<'s> {
             rev,
         };
         tokio::select! {
-            r = wait_predecessors(client, &self.prefix, rev) => r?,
+            r = wait_predecessors(client, &self.prefix, &leadership.key, rev) => r?,
             _ = self.session.done() => return Err(Error::SessionExpired),
         }
         Ok(leadership)

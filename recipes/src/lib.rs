@@ -145,39 +145,56 @@ fn now_nanos() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
-/// Key and revision of the last key under `prefix` created before `rev`, if any.
-async fn last_before(
+/// Key and revision of the newest key under `prefix` created before `rev`, if any, read
+/// together with a check that `own` (created at `rev`) still exists: a contender whose key
+/// went with its session's lease learns it here instead of believing it holds.
+async fn newest_before(
     client: &cairn_client::Client,
     prefix: &str,
+    own: &str,
     rev: i64,
 ) -> Result<Option<(Vec<u8>, i64)>, Error> {
-    use cairn_client::{GetOptions, SortOrder, SortTarget};
-    let r = client
-        .get(
-            prefix,
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_max_create_revision(rev - 1)
-                    .with_sort(SortTarget::Create, SortOrder::Descend)
-                    .with_limit(1),
-            ),
-        )
-        .await?;
-    let header_rev = r.header.map_or(0, |h| h.revision);
-    Ok(r.kvs.into_iter().next().map(|kv| (kv.key, header_rev)))
+    use cairn_client::{Compare, GetOptions, Op, SortOrder, SortTarget, Txn, TxnOpResponse};
+    let newest = Op::get(
+        prefix,
+        Some(
+            GetOptions::new()
+                .with_prefix()
+                .with_max_create_revision(rev - 1)
+                .with_sort(SortTarget::Create, SortOrder::Descend)
+                .with_limit(1)
+                .with_keys_only(),
+        ),
+    );
+    // Read-only, so served behind the read barrier without a log entry.
+    let txn = Txn::new()
+        .when([Compare::create_revision(own).eq(rev)])
+        .and_then([newest]);
+    let r = client.txn(txn).await?;
+    if !r.succeeded {
+        return Err(Error::SessionExpired);
+    }
+    let at = r.header.map_or(0, |h| h.revision);
+    match r.responses.into_iter().next().and_then(|r| r.response) {
+        Some(TxnOpResponse::ResponseRange(range)) => {
+            Ok(range.kvs.into_iter().next().map(|kv| (kv.key, at)))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Waits until every key under `prefix` created before `rev` is gone, watching only the
-/// newest such key each time (so a release wakes exactly one waiter: no herd).
+/// newest such key each time (so a release wakes exactly one waiter: no herd); fails with
+/// [`Error::SessionExpired`] if `own` (created at `rev`) is gone meanwhile.
 async fn wait_predecessors(
     client: &cairn_client::Client,
     prefix: &str,
+    own: &str,
     rev: i64,
 ) -> Result<(), Error> {
     use cairn_client::{EventType, WatchOptions};
     use futures::StreamExt;
-    while let Some((key, at)) = last_before(client, prefix, rev).await? {
+    while let Some((key, at)) = newest_before(client, prefix, own, rev).await? {
         let mut watch = client.watch(
             key,
             Some(

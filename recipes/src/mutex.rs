@@ -159,15 +159,17 @@ pub(crate) async fn acquire<'s>(
             cleanup.release().await?;
             return Err(Error::Locked);
         }
-        tokio::select! {
-            r = wait_predecessors(client, wait_prefix, my_rev) => r?,
-            _ = session.done() => return Err(Error::SessionExpired),
-        }
-        // The wait may have outlasted the session: the key must still be ours.
-        let still = client.get(key, None).await?;
-        if still.kvs.first().map(|kv| kv.create_revision) != Some(my_rev) {
-            cleanup.disarm();
-            return Err(Error::SessionExpired);
+        // The last check of the wait also finds the key still ours: the wait may have
+        // outlasted the session.
+        let waited = tokio::select! {
+            r = wait_predecessors(client, wait_prefix, key, my_rev) => r,
+            _ = session.done() => Err(Error::SessionExpired),
+        };
+        if let Err(e) = waited {
+            if matches!(e, Error::SessionExpired) {
+                cleanup.disarm();
+            }
+            return Err(e);
         }
     }
     cleanup.disarm();

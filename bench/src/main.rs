@@ -1,0 +1,151 @@
+//! `cairn-bench`: a load generator in the spirit of etcd's `benchmark` tool. It speaks only
+//! the etcd v3 API, so the same run measures Cairn and etcd alike; compare the two on the
+//! same machine in the same run (`scripts/bench-vs-etcd.sh`), never absolute numbers.
+//!
+//! ```text
+//! cairn-bench --endpoints 127.0.0.1:2379 --clients 64 --conns 8 --total 20000 put
+//! cairn-bench --clients 8 --duration 10 lock
+//! ```
+
+mod report;
+mod workload;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::report::Report;
+use crate::workload::{Worker, Workload};
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "cairn-bench", version, about)]
+pub struct Args {
+    /// Comma-separated client URLs or host:port.
+    #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// gRPC connections, shared round-robin by the clients.
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// Concurrent clients (each with one request in flight).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Requests in all (ignored with --duration).
+    #[arg(long, default_value_t = 10_000)]
+    total: u64,
+    /// Run for this many seconds instead of a number of requests.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Key size in bytes.
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 8)]
+    val_size: usize,
+    /// Distinct keys the workload spreads over.
+    #[arg(long, default_value_t = 1)]
+    key_space_size: u64,
+    /// Requests per second in all (0: as fast as the clients go).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// One JSON object on stdout instead of the text report.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar (it goes to stderr; off by itself when stderr is not a terminal).
+    #[arg(long)]
+    no_progress: bool,
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("cairn-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let channels = connect(&args).await?;
+    let workers = workload::prepare(&args, &channels).await?;
+    let issued = Arc::new(AtomicU64::new(0));
+    let deadline = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let progress = report::progress(&args);
+    // Each client gets an equal share of the rate limit.
+    let pace =
+        (args.rate > 0).then(|| Duration::from_secs_f64(args.clients as f64 / args.rate as f64));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in workers {
+        let issued = issued.clone();
+        let progress = progress.clone();
+        let total = args.total;
+        tasks.push(tokio::spawn(drive(
+            worker, issued, total, deadline, pace, progress,
+        )));
+    }
+    let mut report = Report::default();
+    for t in tasks {
+        report.merge(t.await?);
+    }
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+    report.print(&args.workload.name(), elapsed, args.json);
+    Ok(())
+}
+
+/// One client: requests back to back (or paced) until the total or the deadline.
+async fn drive(
+    mut worker: Worker,
+    issued: Arc<AtomicU64>,
+    total: u64,
+    deadline: Option<Instant>,
+    pace: Option<Duration>,
+    progress: indicatif::ProgressBar,
+) -> Report {
+    let mut report = Report::default();
+    let mut ticker = pace.map(tokio::time::interval);
+    loop {
+        match deadline {
+            Some(d) if Instant::now() >= d => break,
+            None if issued.fetch_add(1, Ordering::Relaxed) >= total => break,
+            _ => {}
+        }
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+        }
+        match worker.step().await {
+            Ok(latencies) => {
+                progress.inc(1);
+                report.record(&latencies);
+            }
+            Err(e) => report.error(e.to_string()),
+        }
+    }
+    report
+}
+
+async fn connect(args: &Args) -> Result<Vec<Channel>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut channels = Vec::new();
+    for i in 0..args.conns.max(1) {
+        let ep = &args.endpoints[i % args.endpoints.len()];
+        let url = if ep.contains("://") {
+            ep.clone()
+        } else {
+            format!("http://{ep}")
+        };
+        let channel = Endpoint::from_shared(url)?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}

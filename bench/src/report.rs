@@ -1,0 +1,96 @@
+//! Latency recording and the report: throughput and percentiles, as text or one JSON line.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::Args;
+
+/// Latencies (µs) of completed operations, and errors by message.
+#[derive(Default)]
+pub struct Report {
+    latencies: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Report {
+    pub fn record(&mut self, latencies: &[Duration]) {
+        self.latencies
+            .extend(latencies.iter().map(|d| d.as_micros() as u64));
+    }
+
+    pub fn error(&mut self, e: String) {
+        *self.errors.entry(e).or_default() += 1;
+    }
+
+    pub fn merge(&mut self, other: Report) {
+        self.latencies.extend(other.latencies);
+        for (e, n) in other.errors {
+            *self.errors.entry(e).or_default() += n;
+        }
+    }
+
+    pub fn print(mut self, workload: &str, elapsed: Duration, json: bool) {
+        self.latencies.sort_unstable();
+        let n = self.latencies.len();
+        let pct = |p: f64| -> f64 {
+            if n == 0 {
+                return 0.0;
+            }
+            let i = ((p / 100.0) * n as f64).ceil() as usize;
+            self.latencies[i.clamp(1, n) - 1] as f64 / 1000.0
+        };
+        let avg = if n == 0 {
+            0.0
+        } else {
+            self.latencies.iter().sum::<u64>() as f64 / n as f64 / 1000.0
+        };
+        let throughput = n as f64 / elapsed.as_secs_f64();
+        let errors: u64 = self.errors.values().sum();
+        if json {
+            println!(
+                "{{\"workload\":\"{workload}\",\"ops\":{n},\"errors\":{errors},\"seconds\":{:.3},\"throughput\":{throughput:.1},\"avg_ms\":{avg:.3},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3}}}",
+                elapsed.as_secs_f64(),
+                pct(50.0),
+                pct(90.0),
+                pct(99.0),
+                pct(99.9),
+                pct(100.0)
+            );
+            return;
+        }
+        println!("Summary ({workload}):");
+        println!("  Total:        {:.4} secs.", elapsed.as_secs_f64());
+        println!("  Operations:   {n} ({errors} errors)");
+        println!("  Requests/sec: {throughput:.1}");
+        println!("  Average:      {avg:.3} ms");
+        for (label, p) in [("50%", 50.0), ("90%", 90.0), ("99%", 99.0), ("99.9%", 99.9)] {
+            println!("  {label:>6} in    {:.3} ms", pct(p));
+        }
+        println!("  Slowest:      {:.3} ms", pct(100.0));
+        for (e, count) in &self.errors {
+            println!("  error x{count}: {e}");
+        }
+    }
+}
+
+/// A progress bar on stderr, counting operations (or seconds with `--duration`).
+pub fn progress(args: &Args) -> ProgressBar {
+    if args.no_progress || args.json || !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+    }
+    let bar = match args.duration {
+        Some(_) => ProgressBar::new_spinner(),
+        None => ProgressBar::new(args.total),
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} ops {per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}

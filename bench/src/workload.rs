@@ -1,0 +1,399 @@
+//! The workloads: what one client does per operation, and the setup each needs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use cairn_api::etcdserverpb::kv_client::KvClient;
+use cairn_api::etcdserverpb::lease_client::LeaseClient;
+use cairn_api::etcdserverpb::request_op::Request as OpRequest;
+use cairn_api::etcdserverpb::watch_client::WatchClient;
+use cairn_api::etcdserverpb::watch_request::RequestUnion;
+use cairn_api::etcdserverpb::{
+    Compare, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest,
+    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+};
+use cairn_api::v3lockpb::lock_client::LockClient;
+use cairn_api::v3lockpb::{LockRequest, UnlockRequest};
+use clap::Subcommand;
+use futures::StreamExt;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::Args;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Workload {
+    /// Put random keys of the key space.
+    Put,
+    /// Range single keys of the key space.
+    Range {
+        /// l (linearizable) or s (serializable).
+        #[arg(long, default_value = "l")]
+        consistency: String,
+    },
+    /// A txn with one put and no compare.
+    TxnPut,
+    /// Read-modify-write: range a key, then put it in a txn guarded by its mod revision.
+    TxnMixed,
+    /// Put → event latency, fanned out to N watchers of the key (one stream each).
+    Watch {
+        #[arg(long, default_value_t = 1)]
+        watchers: usize,
+    },
+    /// Put → event latency to a single watcher.
+    WatchLatency,
+    /// Lease keep-alive round trips, one lease per client.
+    LeaseKeepalive,
+    /// Lock acquire + release cycles under contention (all clients on one lock).
+    Lock {
+        /// Through the server's v3lock Lock/Unlock service (as `etcdctl lock`) instead of
+        /// the cairn-recipes Mutex.
+        #[arg(long)]
+        service: bool,
+        #[arg(long, default_value = "bench-lock")]
+        name: String,
+    },
+}
+
+impl Workload {
+    pub fn name(&self) -> String {
+        match self {
+            Workload::Put => "put".into(),
+            Workload::Range { consistency } => format!("range-{consistency}"),
+            Workload::TxnPut => "txn-put".into(),
+            Workload::TxnMixed => "txn-mixed".into(),
+            Workload::Watch { watchers } => format!("watch-{watchers}"),
+            Workload::WatchLatency => "watch-latency".into(),
+            Workload::LeaseKeepalive => "lease-keepalive".into(),
+            Workload::Lock { service: true, .. } => "lock-service".into(),
+            Workload::Lock { .. } => "lock".into(),
+        }
+    }
+}
+
+/// Keys and values of the configured sizes.
+struct Keys {
+    key_size: usize,
+    val_size: usize,
+    space: u64,
+}
+
+impl Keys {
+    fn key(&self) -> Vec<u8> {
+        let i = rand::thread_rng().gen_range(0..self.space.max(1));
+        let mut k = format!("{i:0width$}", width = self.key_size).into_bytes();
+        k.truncate(self.key_size.max(1));
+        k
+    }
+
+    fn value(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.val_size];
+        rand::thread_rng().fill(&mut v[..]);
+        v
+    }
+}
+
+/// One client's state.
+pub struct Worker {
+    keys: Arc<Keys>,
+    kind: Kind,
+}
+
+enum Kind {
+    Put(KvClient<Channel>),
+    Range(KvClient<Channel>, bool),
+    TxnPut(KvClient<Channel>),
+    TxnMixed(KvClient<Channel>),
+    Watch {
+        kv: KvClient<Channel>,
+        watchers: usize,
+        /// (revision, latency) from every watcher.
+        seen: mpsc::UnboundedReceiver<(i64, Duration)>,
+        epoch: Instant,
+    },
+    KeepAlive {
+        id: i64,
+        requests: mpsc::Sender<LeaseKeepAliveRequest>,
+        responses: tonic::Streaming<LeaseKeepAliveResponse>,
+    },
+    Mutex {
+        session: cairn_recipes::Session,
+        name: String,
+    },
+    LockService {
+        lock: LockClient<Channel>,
+        lease: i64,
+        name: String,
+        _keeper: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// Sets up one worker per client.
+pub async fn prepare(args: &Args, channels: &[Channel]) -> Result<Vec<Worker>, BoxError> {
+    let keys = Arc::new(Keys {
+        key_size: args.key_size,
+        val_size: args.val_size,
+        space: args.key_space_size,
+    });
+    let mut workers = Vec::new();
+    for c in 0..args.clients.max(1) {
+        let ch = channels[c % channels.len()].clone();
+        let kv = KvClient::new(ch.clone());
+        let kind = match &args.workload {
+            Workload::Put => Kind::Put(kv),
+            Workload::Range { consistency } => Kind::Range(kv, consistency == "s"),
+            Workload::TxnPut => Kind::TxnPut(kv),
+            Workload::TxnMixed => Kind::TxnMixed(kv),
+            Workload::Watch { watchers } => watch(kv, channels, c, *watchers).await?,
+            Workload::WatchLatency => watch(kv, channels, c, 1).await?,
+            Workload::LeaseKeepalive => keep_alive(ch).await?,
+            Workload::Lock {
+                service: false,
+                name,
+            } => {
+                let client = cairn_client::Client::connect(
+                    args.endpoints.clone(),
+                    cairn_client::ClientOptions::default(),
+                )
+                .await?;
+                Kind::Mutex {
+                    session: cairn_recipes::Session::new(&client, 30).await?,
+                    name: name.clone(),
+                }
+            }
+            Workload::Lock {
+                service: true,
+                name,
+            } => lock_service(ch, name).await?,
+        };
+        workers.push(Worker {
+            keys: keys.clone(),
+            kind,
+        });
+    }
+    Ok(workers)
+}
+
+impl Worker {
+    /// One operation; its latency (one per watcher for watch workloads).
+    pub async fn step(&mut self) -> Result<Vec<Duration>, BoxError> {
+        let started = Instant::now();
+        let keys = &self.keys;
+        match &mut self.kind {
+            Kind::Put(kv) => {
+                kv.put(put(keys.key(), keys.value())).await?;
+            }
+            Kind::Range(kv, serializable) => {
+                kv.range(RangeRequest {
+                    key: keys.key(),
+                    serializable: *serializable,
+                    ..Default::default()
+                })
+                .await?;
+            }
+            Kind::TxnPut(kv) => {
+                kv.txn(TxnRequest {
+                    success: vec![put_op(keys.key(), keys.value())],
+                    ..Default::default()
+                })
+                .await?;
+            }
+            Kind::TxnMixed(kv) => {
+                let key = keys.key();
+                let read = kv
+                    .range(RangeRequest {
+                        key: key.clone(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                let rev = read.kvs.first().map_or(0, |kv| kv.mod_revision);
+                kv.txn(TxnRequest {
+                    compare: vec![Compare {
+                        key: key.clone(),
+                        result: CompareResult::Equal as i32,
+                        target: CompareTarget::Mod as i32,
+                        target_union: Some(TargetUnion::ModRevision(rev)),
+                        ..Default::default()
+                    }],
+                    success: vec![put_op(key, keys.value())],
+                    ..Default::default()
+                })
+                .await?;
+            }
+            Kind::Watch {
+                kv,
+                watchers,
+                seen,
+                epoch,
+            } => {
+                // The value carries the send time, so every watcher measures its own delay.
+                let sent = epoch.elapsed().as_nanos() as u64;
+                let resp = kv
+                    .put(put(b"bench-watch".to_vec(), sent.to_be_bytes().to_vec()))
+                    .await?
+                    .into_inner();
+                let rev = resp.header.map_or(0, |h| h.revision);
+                let mut out = Vec::with_capacity(*watchers);
+                while out.len() < *watchers {
+                    let (r, latency) = seen.recv().await.ok_or("watch streams ended")?;
+                    if r == rev {
+                        out.push(latency);
+                    }
+                }
+                return Ok(out);
+            }
+            Kind::KeepAlive {
+                id,
+                requests,
+                responses,
+            } => {
+                requests.send(LeaseKeepAliveRequest { id: *id }).await?;
+                responses.next().await.ok_or("keep-alive stream ended")??;
+            }
+            Kind::Mutex { session, name } => {
+                let guard = cairn_recipes::Mutex::new(session, name).lock().await?;
+                guard.unlock().await?;
+            }
+            Kind::LockService {
+                lock, lease, name, ..
+            } => {
+                let held = lock
+                    .lock(LockRequest {
+                        name: name.clone().into_bytes(),
+                        lease: *lease,
+                    })
+                    .await?
+                    .into_inner();
+                lock.unlock(UnlockRequest { key: held.key }).await?;
+            }
+        }
+        Ok(vec![started.elapsed()])
+    }
+}
+
+fn put(key: Vec<u8>, value: Vec<u8>) -> PutRequest {
+    PutRequest {
+        key,
+        value,
+        ..Default::default()
+    }
+}
+
+fn put_op(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
+    RequestOp {
+        request: Some(OpRequest::RequestPut(put(key, value))),
+    }
+}
+
+/// Opens the watchers (one stream each, spread over the connections) for client `c`; only
+/// client 0 gets watchers, the others would only add puts nobody waits for.
+async fn watch(
+    kv: KvClient<Channel>,
+    channels: &[Channel],
+    c: usize,
+    watchers: usize,
+) -> Result<Kind, BoxError> {
+    let (tx, seen) = mpsc::unbounded_channel();
+    let epoch = Instant::now();
+    let n = if c == 0 { watchers } else { 0 };
+    for w in 0..n {
+        let mut client = WatchClient::new(channels[w % channels.len()].clone());
+        let (req_tx, req_rx) = mpsc::channel(1);
+        req_tx
+            .send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: b"bench-watch".to_vec(),
+                    ..Default::default()
+                })),
+            })
+            .await?;
+        let mut stream = client
+            .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+            .await?
+            .into_inner();
+        // The created response first: the watcher is in place before the first put.
+        stream.next().await.ok_or("watch stream ended")??;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _keep = req_tx;
+            while let Some(Ok(resp)) = stream.next().await {
+                let now = epoch.elapsed();
+                for ev in resp.events {
+                    let Some(kv) = ev.kv else { continue };
+                    let Ok(sent) = <[u8; 8]>::try_from(kv.value.as_slice()) else {
+                        continue;
+                    };
+                    let sent = Duration::from_nanos(u64::from_be_bytes(sent));
+                    let _ = tx.send((kv.mod_revision, now.saturating_sub(sent)));
+                }
+            }
+        });
+    }
+    Ok(Kind::Watch {
+        kv,
+        watchers: n,
+        seen,
+        epoch,
+    })
+}
+
+async fn keep_alive(ch: Channel) -> Result<Kind, BoxError> {
+    let mut lease = LeaseClient::new(ch);
+    let id = lease
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await?
+        .into_inner()
+        .id;
+    let (requests, rx) = mpsc::channel(1);
+    // etcd answers the call only once the first request is in.
+    requests.send(LeaseKeepAliveRequest { id }).await?;
+    let mut responses = lease
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    responses.next().await.ok_or("keep-alive stream ended")??;
+    Ok(Kind::KeepAlive {
+        id,
+        requests,
+        responses,
+    })
+}
+
+/// A lease kept alive in the background, as `etcdctl lock` keeps its session.
+async fn lock_service(ch: Channel, name: &str) -> Result<Kind, BoxError> {
+    let mut lease = LeaseClient::new(ch.clone());
+    let id = lease
+        .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
+        .await?
+        .into_inner()
+        .id;
+    let (tx, rx) = mpsc::channel(1);
+    // etcd answers the call only once the first request is in.
+    tx.send(LeaseKeepAliveRequest { id }).await?;
+    let mut responses = lease
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let keeper = tokio::spawn(async move {
+        loop {
+            if !matches!(responses.next().await, Some(Ok(_))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Kind::LockService {
+        lock: LockClient::new(ch),
+        lease: id,
+        name: name.to_string(),
+        _keeper: keeper,
+    })
+}

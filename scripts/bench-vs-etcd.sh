@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Head-to-head: the same cairn-bench workloads against etcd 3.4 and Cairn, started with the
+# same flags on loopback on this machine, in one run; prints the Cairn/etcd ratio per
+# workload and writes the table into docs/benchmarks.md.
+#
+#   scripts/bench-vs-etcd.sh            # 1 member, then 3 members
+#   SIZES="1" SCALE=0.2 scripts/bench-vs-etcd.sh   # quicker: 1 member, a fifth of the requests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+SIZES="${SIZES:-1 3}"
+SCALE="${SCALE:-1}"
+OUT="${OUT:-docs/benchmarks.md}"
+
+if ! command -v etcd >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
+cargo build --release --quiet --bin cairn --bin cairn-bench
+BENCH=target/release/cairn-bench
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 30000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}
+
+n_of() { awk -v n="$1" -v s="$SCALE" 'BEGIN { v = int(n * s); print (v < 1 ? 1 : v) }'; }
+
+# start_cluster <etcd|cairn> <members>: starts the members, sets ENDPOINTS and SERVER_PIDS.
+start_cluster() {
+  local kind="$1" n="$2" i cluster="" peers=() clients=()
+  for ((i = 0; i < n; i++)); do
+    peers+=("$(free_port)"); clients+=("$(free_port)")
+    cluster+="${cluster:+,}m$i=http://127.0.0.1:${peers[$i]}"
+  done
+  SERVER_PIDS=(); ENDPOINTS=""
+  for ((i = 0; i < n; i++)); do
+    local bin=etcd; [ "$kind" = cairn ] && bin=target/release/cairn
+    "$bin" --name "m$i" --data-dir "$WORK/$kind-$n-$i" \
+      --listen-client-urls "http://127.0.0.1:${clients[$i]}" \
+      --advertise-client-urls "http://127.0.0.1:${clients[$i]}" \
+      --listen-peer-urls "http://127.0.0.1:${peers[$i]}" \
+      --initial-advertise-peer-urls "http://127.0.0.1:${peers[$i]}" \
+      --initial-cluster "$cluster" --initial-cluster-state new \
+      --initial-cluster-token "bench-$kind-$n" \
+      --heartbeat-interval 100 --election-timeout 1000 \
+      >"$WORK/$kind-$n-$i.log" 2>&1 &
+    SERVER_PIDS+=("$!"); PIDS+=("$!")
+    ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:${clients[$i]}"
+  done
+  # Ready when a write goes through.
+  for _ in $(seq 1 100); do
+    if "$BENCH" --endpoints "${ENDPOINTS%%,*}" --total 1 --json put >/dev/null 2>&1; then return; fi
+    sleep 0.2
+  done
+  echo "$kind ($n members) did not start; see $WORK" >&2; exit 1
+}
+
+stop_cluster() { for p in "${SERVER_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
+
+# Workloads: label | cairn-bench arguments. Throughput is compared, except for watch
+# workloads, where the p99 put-to-event latency is (lower is better).
+WORKLOADS=(
+  "put, 1 client|--clients 1 --total $(n_of 2000) --key-space-size 100000 put"
+  "put, 64 clients|--clients 64 --conns 8 --total $(n_of 20000) --key-space-size 100000 put"
+  "put, 256 clients|--clients 256 --conns 16 --total $(n_of 40000) --key-space-size 100000 put"
+  "range linearizable, 64 clients|--clients 64 --conns 8 --total $(n_of 40000) range --consistency l"
+  "range serializable, 64 clients|--clients 64 --conns 8 --total $(n_of 40000) range --consistency s"
+  "txn-put, 64 clients|--clients 64 --conns 8 --total $(n_of 20000) --key-space-size 100000 txn-put"
+  "txn-mixed, 16 clients|--clients 16 --conns 4 --total $(n_of 10000) --key-space-size 1000 txn-mixed"
+  "watch latency, 1 watcher|--total $(n_of 1000) watch-latency"
+  "watch latency, 1000 watchers|--conns 8 --total $(n_of 200) watch --watchers 1000"
+  "lease keep-alive, 16 clients|--clients 16 --conns 4 --total $(n_of 20000) lease-keepalive"
+  "lock (recipe Mutex vs etcd Lock service), 8 clients|--clients 8 --duration $(n_of 10) lock"
+  "lock service, 8 clients|--clients 8 --duration $(n_of 10) lock --service"
+)
+
+field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
+rss_kb() { awk '/VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+ROWS=()
+for n in $SIZES; do
+  declare -A RESULT=()
+  for kind in etcd cairn; do
+    start_cluster "$kind" "$n"
+    for w in "${WORKLOADS[@]}"; do
+      label="${w%%|*}"; args="${w#*|}"
+      # The recipe Mutex runs only on the client side of Cairn; against etcd the lock row
+      # measures etcd's own Lock service, the way its users take a lock.
+      if [ "$kind" = etcd ] && [[ "$args" == *" lock" ]]; then args="$args --service"; fi
+      echo "[$n member(s)] $kind: $label" >&2
+      # shellcheck disable=SC2086
+      RESULT["$kind|$label"]="$("$BENCH" --endpoints "$ENDPOINTS" --json $args)"
+    done
+    rss=0; for p in "${SERVER_PIDS[@]}"; do r=$(rss_kb "$p"); [ "$r" -gt "$rss" ] && rss=$r; done
+    RESULT["$kind|rss"]=$rss
+    RESULT["$kind|disk"]=$(du -sk "$WORK/$kind-$n-0" | cut -f1)
+    stop_cluster
+  done
+  for w in "${WORKLOADS[@]}"; do
+    label="${w%%|*}"; e="${RESULT["etcd|$label"]}"; c="${RESULT["cairn|$label"]}"
+    if [[ "$label" == watch* ]]; then
+      ev=$(field "$e" p99_ms); cv=$(field "$c" p99_ms); unit="p99 ms"
+      ratio=$(awk -v a="$cv" -v b="$ev" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+    else
+      ev=$(field "$e" throughput); cv=$(field "$c" throughput); unit="ops/s"
+      ratio=$(awk -v a="$cv" -v b="$ev" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+    fi
+    ROWS+=("| $n | $label | $unit | $ev | $cv | $ratio |")
+  done
+  ROWS+=("| $n | peak RSS of a member | MiB | $((RESULT["etcd|rss"] / 1024)) | $((RESULT["cairn|rss"] / 1024)) | $(awk -v a="${RESULT["cairn|rss"]}" -v b="${RESULT["etcd|rss"]}" 'BEGIN { printf "%.2f", a / b }') |")
+  ROWS+=("| $n | data dir of a member | MiB | $((RESULT["etcd|disk"] / 1024)) | $((RESULT["cairn|disk"] / 1024)) | $(awk -v a="${RESULT["cairn|disk"]}" -v b="${RESULT["etcd|disk"]}" 'BEGIN { printf "%.2f", a / b }') |")
+  unset RESULT
+done
+
+TABLE="| members | workload | unit | etcd 3.4 | Cairn | Cairn / etcd |
+| --- | --- | --- | --- | --- | --- |
+$(printf '%s\n' "${ROWS[@]}")"
+echo "$TABLE"
+
+MACHINE="$(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(free -g | awk '/Mem:/ { print $2 }') GiB, $(uname -sr)"
+{
+  echo "# Benchmarks"
+  echo
+  echo "Produced by \`scripts/bench-vs-etcd.sh\` (SCALE=$SCALE) on $(date -u +%Y-%m-%d): $MACHINE;"
+  echo "$(etcd --version | head -1) and Cairn $(git rev-parse --short HEAD), same flags, loopback, one run."
+  echo "Ratios above 1 favour Cairn for throughput; for watch rows the ratio is of p99 latency,"
+  echo "where below 1 favours Cairn. Absolute numbers on shared machines are noise; the ratios"
+  echo "within one run are what to read."
+  echo
+  echo "$TABLE"
+} >"$OUT"
+echo "written to $OUT" >&2
