@@ -19,7 +19,14 @@ cargo build --release --quiet --bin cairn --bin cairn-bench
 BENCH=target/release/cairn-bench
 WORK="$(mktemp -d)"
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+  local rc=$?
+  for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  if [ "$rc" -ne 0 ]; then
+    for f in "$WORK"/*.log; do echo "== $f" >&2; tail -n 20 "$f" >&2; done
+  fi
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 free_port() {
@@ -54,15 +61,20 @@ start_cluster() {
     SERVER_PIDS+=("$!"); PIDS+=("$!")
     ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:${clients[$i]}"
   done
-  # Ready when a write goes through.
-  for _ in $(seq 1 100); do
-    if "$BENCH" --endpoints "${ENDPOINTS%%,*}" --total 1 --json put >/dev/null 2>&1; then return; fi
-    sleep 0.2
+  # Ready when a write goes through every member.
+  local ep
+  for ep in ${ENDPOINTS//,/ }; do
+    for _ in $(seq 1 100); do
+      if "$BENCH" --endpoints "$ep" --total 1 --json put >/dev/null 2>&1; then continue 2; fi
+      sleep 0.2
+    done
+    echo "$kind ($n members): $ep did not start" >&2; exit 1
   done
-  echo "$kind ($n members) did not start; see $WORK" >&2; exit 1
 }
 
-stop_cluster() { for p in "${SERVER_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
+stop_cluster() {
+  for p in "${SERVER_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+}
 
 # Workloads: label | cairn-bench arguments. Throughput is compared, except for watch
 # workloads, where the p99 put-to-event latency is (lower is better).

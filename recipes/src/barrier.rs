@@ -47,7 +47,7 @@ impl Barrier {
 
     /// Lowers the barrier: every waiter proceeds.
     pub async fn release(&self) -> Result<(), Error> {
-        self.client.delete(self.key.as_str(), None).await?;
+        crate::idempotent(&self.client, [Op::delete(self.key.as_str(), None)]).await?;
         Ok(())
     }
 
@@ -155,7 +155,7 @@ impl<'s> DoubleBarrier<'s> {
             return Err(Error::TooManyParticipants);
         }
         if joined.kvs.len() as i64 >= self.count {
-            client.put(self.ready.as_str(), "", None).await?;
+            crate::idempotent(client, [Op::put(self.ready.as_str(), "", None)]).await?;
             cleanup.disarm();
             return Ok(());
         }
@@ -217,7 +217,7 @@ impl<'s> DoubleBarrier<'s> {
                 highest.key.clone()
             } else {
                 if left.kvs.iter().any(|kv| kv.key == me) {
-                    client.delete(self.me.as_str(), None).await?;
+                    crate::idempotent(client, [Op::delete(self.me.as_str(), None)]).await?;
                 }
                 lowest.key.clone()
             };

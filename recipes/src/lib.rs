@@ -108,6 +108,16 @@ async fn guarded_txn(
     }
 }
 
+/// Writes that are safe to apply twice (deleting a key, writing the same value again),
+/// retried like [`guarded_txn`] across elections and lost answers.
+async fn idempotent(
+    client: &cairn_client::Client,
+    ops: impl IntoIterator<Item = cairn_client::Op>,
+) -> Result<(), Error> {
+    guarded_txn(client, cairn_client::Txn::new().and_then(ops)).await?;
+    Ok(())
+}
+
 /// Creates a fresh key `<prefix><time in ns, hex>` holding `value` and returns its creation
 /// revision. Created only if absent, so a retry after a lost answer finds its own key
 /// (same value) instead of writing a second one; a different value there is another

@@ -123,7 +123,7 @@ impl Queue {
                 ]);
             if self.claim(txn, &receipt).await? {
                 // The item is ours; the receipt has done its work.
-                self.client.delete(receipt.as_str(), None).await?;
+                crate::idempotent(&self.client, [Op::delete(receipt.as_str(), None)]).await?;
                 return Ok((Some(kv.value), rev));
             }
             // Another consumer was first: try the next item.

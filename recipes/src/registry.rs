@@ -79,8 +79,7 @@ impl ServiceRegistry {
     /// Removes an instance now (rather than at its lease's expiry).
     pub async fn deregister(&self, service: &str, instance: &str) -> Result<(), Error> {
         let key = format!("{}{instance}", self.prefix(service));
-        self.client.delete(key, None).await?;
-        Ok(())
+        crate::idempotent(&self.client, [cairn_client::Op::delete(key, None)]).await
     }
 
     /// The registered instances of `service`, by id.

@@ -118,14 +118,16 @@ impl Topic {
             let cutoff = crate::now_nanos().saturating_sub(max_age.as_nanos());
             let end = format!("{}{cutoff:032x}", self.messages);
             // Keys sort by publish time, so everything older is one key range.
-            let r = self
-                .client
-                .delete(
-                    self.messages.as_str(),
-                    Some(cairn_client::DeleteOptions::new().with_range(end)),
-                )
-                .await?;
-            trimmed += r.deleted as u64;
+            let old = Op::delete(
+                self.messages.as_str(),
+                Some(cairn_client::DeleteOptions::new().with_range(end)),
+            );
+            let r = crate::guarded_txn(&self.client, Txn::new().and_then([old])).await?;
+            if let Some(cairn_client::TxnOpResponse::ResponseDeleteRange(d)) =
+                r.responses.into_iter().next().and_then(|r| r.response)
+            {
+                trimmed += d.deleted as u64;
+            }
         }
         if let Some(max) = self.retention.max_messages {
             let all = self

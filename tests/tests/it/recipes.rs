@@ -394,3 +394,99 @@ async fn the_lock_and_election_services_speak_etcds_api() {
     assert_eq!(none.message(), "election: no leader");
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mutex_across_three_members_has_one_holder_at_a_time() {
+    let cluster = crate::cluster_harness::Cluster::start(3, &[]).await;
+    let inside = Arc::new(AtomicBool::new(false));
+    let tokens = Arc::new(StdMutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        // Each contender talks to one member: the lock is decided by the replicated log,
+        // not by any one member.
+        let addr = cluster.members[i % 3].process.addr.to_string();
+        let (inside, tokens) = (inside.clone(), tokens.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = Client::connect([addr], ClientOptions::default())
+                .await
+                .expect("connect");
+            let session = Session::new(&c, 10).await.expect("session");
+            let mutex = Mutex::new(&session, "locks/shared");
+            for _ in 0..8 {
+                let guard = mutex.lock().await.expect("lock");
+                assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+                tokens.lock().expect("tokens").push(guard.fencing_token());
+                tokio::task::yield_now().await;
+                inside.store(false, Ordering::SeqCst);
+                guard.unlock().await.expect("unlock");
+            }
+            session.close().await.expect("close");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("contender");
+    }
+    let tokens = tokens.lock().expect("tokens").clone();
+    assert_eq!(tokens.len(), 48);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens strictly increase: {tokens:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queue_items_go_to_exactly_one_consumer_across_a_leader_kill() {
+    let mut cluster = crate::cluster_harness::Cluster::start(3, &[]).await;
+    let endpoints: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.process.addr.to_string())
+        .collect();
+    let connect = || Client::connect(endpoints.clone(), ClientOptions::default());
+    let producer = Queue::new(connect().await.expect("connect"), "queues/work");
+    let total = 120;
+    let taken = Arc::new(StdMutex::new(Vec::new()));
+    let mut consumers = Vec::new();
+    for _ in 0..4 {
+        let q = Queue::new(connect().await.expect("connect"), "queues/work");
+        let taken = taken.clone();
+        consumers.push(tokio::spawn(async move {
+            loop {
+                let item = q.dequeue().await.expect("dequeue");
+                if item == b"stop" {
+                    return;
+                }
+                taken.lock().expect("taken").push(item);
+            }
+        }));
+    }
+    for i in 0..total {
+        if i == total / 2 {
+            // Mid-stream, the leader dies: takes in flight get "leader changed" or lose
+            // their answers; the receipts decide who got what.
+            let leader = cluster.leader().await;
+            cluster.members[leader].process.kill9();
+            cluster.members[leader].process.restart().await;
+        }
+        producer
+            .enqueue(format!("item-{i:04}"))
+            .await
+            .expect("enqueue");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while taken.lock().expect("taken").len() < total {
+        assert!(Instant::now() < deadline, "items were not all consumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..4 {
+        producer.enqueue("stop").await.expect("enqueue");
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    let mut items = taken.lock().expect("taken").clone();
+    assert_eq!(items.len(), total, "as many items taken as enqueued");
+    items.sort();
+    items.dedup();
+    assert_eq!(items.len(), total, "every item exactly once");
+}
