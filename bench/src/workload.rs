@@ -342,10 +342,21 @@ async fn watch(
     })
 }
 
-async fn keep_alive(ch: Channel) -> Result<Kind, BoxError> {
+/// A lease and its keep-alive stream, with the first keep-alive answered.
+async fn lease_stream(
+    ch: Channel,
+    ttl: i64,
+) -> Result<
+    (
+        i64,
+        mpsc::Sender<LeaseKeepAliveRequest>,
+        tonic::Streaming<LeaseKeepAliveResponse>,
+    ),
+    BoxError,
+> {
     let mut lease = LeaseClient::new(ch);
     let id = lease
-        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .lease_grant(LeaseGrantRequest { ttl, id: 0 })
         .await?
         .into_inner()
         .id;
@@ -357,6 +368,11 @@ async fn keep_alive(ch: Channel) -> Result<Kind, BoxError> {
         .await?
         .into_inner();
     responses.next().await.ok_or("keep-alive stream ended")??;
+    Ok((id, requests, responses))
+}
+
+async fn keep_alive(ch: Channel) -> Result<Kind, BoxError> {
+    let (id, requests, responses) = lease_stream(ch, 60).await?;
     Ok(Kind::KeepAlive {
         id,
         requests,
@@ -366,26 +382,14 @@ async fn keep_alive(ch: Channel) -> Result<Kind, BoxError> {
 
 /// A lease kept alive in the background, as `etcdctl lock` keeps its session.
 async fn lock_service(ch: Channel, name: &str) -> Result<Kind, BoxError> {
-    let mut lease = LeaseClient::new(ch.clone());
-    let id = lease
-        .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
-        .await?
-        .into_inner()
-        .id;
-    let (tx, rx) = mpsc::channel(1);
-    // etcd answers the call only once the first request is in.
-    tx.send(LeaseKeepAliveRequest { id }).await?;
-    let mut responses = lease
-        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let (id, tx, mut responses) = lease_stream(ch.clone(), 30).await?;
     let keeper = tokio::spawn(async move {
         loop {
-            if !matches!(responses.next().await, Some(Ok(_))) {
-                return;
-            }
             tokio::time::sleep(Duration::from_secs(10)).await;
             if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                return;
+            }
+            if !matches!(responses.next().await, Some(Ok(_))) {
                 return;
             }
         }

@@ -3,8 +3,7 @@
 //! starts (`enter`) and lets none finish until all have (`leave`).
 
 use cairn_client::{
-    Client, Compare, EventType, GetOptions, Op, PutOptions, SortOrder, SortTarget, Txn,
-    WatchOptions,
+    Client, Compare, GetOptions, Op, PutOptions, SortOrder, SortTarget, Txn, WatchOptions,
 };
 use futures::StreamExt;
 
@@ -63,25 +62,7 @@ async fn wait_deleted(client: &Client, key: &str) -> Result<(), Error> {
     if r.kvs.is_empty() {
         return Ok(());
     }
-    let at = r.header.map_or(0, |h| h.revision);
-    let mut watch = client.watch(
-        key,
-        Some(
-            WatchOptions::new()
-                .with_start_revision(at + 1)
-                .without_puts(),
-        ),
-    );
-    while let Some(batch) = watch.next().await {
-        if batch?
-            .events
-            .iter()
-            .any(|e| e.r#type == EventType::Delete as i32)
-        {
-            return Ok(());
-        }
-    }
-    Ok(())
+    crate::deletion(client, key, r.header.map_or(0, |h| h.revision)).await
 }
 
 /// See the module docs. Participants are keys `<name>/waiters/<lease hex>` under their
@@ -135,16 +116,7 @@ impl<'s> DoubleBarrier<'s> {
         // Dropping `enter` half-way takes the participant out again.
         let rev = created.header.map_or(0, |h| h.revision);
         let mut cleanup = Cleanup::new(client, me, rev, created.succeeded);
-        let joined = client
-            .get(
-                self.waiters.as_str(),
-                Some(
-                    GetOptions::new()
-                        .with_prefix()
-                        .with_sort(SortTarget::Create, SortOrder::Ascend),
-                ),
-            )
-            .await?;
+        let joined = self.participants().await?;
         let position = joined.kvs.iter().position(|kv| kv.key == me.as_bytes());
         let Some(position) = position else {
             return Err(Error::SessionExpired);
@@ -184,21 +156,24 @@ impl<'s> DoubleBarrier<'s> {
         Ok(())
     }
 
+    /// The participants' keys in arrival order.
+    async fn participants(&self) -> Result<cairn_client::RangeResponse, Error> {
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend);
+        Ok(self
+            .session
+            .client()
+            .get(self.waiters.as_str(), Some(options))
+            .await?)
+    }
+
     /// Leaves, and waits until every participant has left.
     pub async fn leave(&self) -> Result<(), Error> {
         let client = self.session.client();
         let me = self.me.as_bytes();
         loop {
-            let left = client
-                .get(
-                    self.waiters.as_str(),
-                    Some(
-                        GetOptions::new()
-                            .with_prefix()
-                            .with_sort(SortTarget::Create, SortOrder::Ascend),
-                    ),
-                )
-                .await?;
+            let left = self.participants().await?;
             let (Some(lowest), Some(highest)) = (left.kvs.first(), left.kvs.last()) else {
                 return Ok(());
             };

@@ -202,31 +202,31 @@ async fn wait_predecessors(
     own: &str,
     rev: i64,
 ) -> Result<(), Error> {
+    while let Some((key, at)) = newest_before(client, prefix, own, rev).await? {
+        deletion(client, key, at).await?;
+    }
+    Ok(())
+}
+
+/// Waits for the deletion of `key` after revision `at` (returns at once if the watch ends).
+async fn deletion(
+    client: &cairn_client::Client,
+    key: impl Into<Vec<u8>>,
+    at: i64,
+) -> Result<(), Error> {
     use cairn_client::{EventType, WatchOptions};
     use futures::StreamExt;
-    while let Some((key, at)) = newest_before(client, prefix, own, rev).await? {
-        let mut watch = client.watch(
-            key,
-            Some(
-                WatchOptions::new()
-                    .with_start_revision(at + 1)
-                    .without_puts(),
-            ),
-        );
-        loop {
-            match watch.next().await {
-                Some(Ok(batch))
-                    if batch
-                        .events
-                        .iter()
-                        .any(|e| e.r#type == EventType::Delete as i32) =>
-                {
-                    break
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => break,
-            }
+    let options = WatchOptions::new()
+        .with_start_revision(at + 1)
+        .without_puts();
+    let mut watch = client.watch(key, Some(options));
+    while let Some(batch) = watch.next().await {
+        if batch?
+            .events
+            .iter()
+            .any(|e| e.r#type == EventType::Delete as i32)
+        {
+            break;
         }
     }
     Ok(())

@@ -12,13 +12,13 @@ use futures::StreamExt;
 
 use crate::harness::Embedded;
 
-async fn client(m: &Embedded) -> Client {
+pub(crate) async fn client(m: &Embedded) -> Client {
     Client::connect([m.addr.to_string()], ClientOptions::default())
         .await
         .expect("connect")
 }
 
-async fn keys_under(c: &Client, prefix: &str) -> i64 {
+pub(crate) async fn keys_under(c: &Client, prefix: &str) -> i64 {
     c.get(
         prefix,
         Some(GetOptions::new().with_prefix().with_count_only()),
@@ -31,36 +31,11 @@ async fn keys_under(c: &Client, prefix: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mutex_never_has_two_holders_and_fencing_tokens_increase() {
     let m = Embedded::start().await;
-    let inside = Arc::new(AtomicBool::new(false));
-    let tokens = Arc::new(StdMutex::new(Vec::new()));
-    let mut tasks = Vec::new();
+    let mut clients = Vec::new();
     for _ in 0..8 {
-        let c = client(&m).await;
-        let inside = inside.clone();
-        let tokens = tokens.clone();
-        tasks.push(tokio::spawn(async move {
-            let session = Session::new(&c, 10).await.expect("session");
-            let mutex = Mutex::new(&session, "locks/counter");
-            for _ in 0..10 {
-                let guard = mutex.lock().await.expect("lock");
-                assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
-                tokens.lock().expect("tokens").push(guard.fencing_token());
-                tokio::task::yield_now().await;
-                inside.store(false, Ordering::SeqCst);
-                guard.unlock().await.expect("unlock");
-            }
-            session.close().await.expect("close");
-        }));
+        clients.push(client(&m).await);
     }
-    for t in tasks {
-        t.await.expect("contender");
-    }
-    let tokens = tokens.lock().expect("tokens").clone();
-    assert_eq!(tokens.len(), 80);
-    assert!(
-        tokens.windows(2).all(|w| w[0] < w[1]),
-        "fencing tokens strictly increase: {tokens:?}"
-    );
+    contend(clients, "locks/counter", 10).await;
     assert_eq!(keys_under(&client(&m).await, "locks/counter/").await, 0);
     m.stop().await;
 }
@@ -187,44 +162,18 @@ async fn eight_consumers_take_every_queue_item_exactly_once() {
     let m = Embedded::start().await;
     let total = 200;
     let producer = Queue::new(client(&m).await, "queues/jobs");
-    let taken = Arc::new(StdMutex::new(Vec::new()));
     let mut consumers = Vec::new();
     for _ in 0..8 {
-        let q = Queue::new(client(&m).await, "queues/jobs");
-        let taken = taken.clone();
-        consumers.push(tokio::spawn(async move {
-            loop {
-                let item = q.dequeue().await.expect("dequeue");
-                if item == b"stop" {
-                    return;
-                }
-                taken.lock().expect("taken").push(item);
-            }
-        }));
+        consumers.push(Queue::new(client(&m).await, "queues/jobs"));
     }
+    let consuming = Consumers::spawn(consumers);
     for i in 0..total {
         producer
             .enqueue(format!("job-{i:04}"))
             .await
             .expect("enqueue");
     }
-    // Wait until everything is consumed, then stop each consumer.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while taken.lock().expect("taken").len() < total {
-        assert!(Instant::now() < deadline, "items were not all consumed");
-        tokio::task::yield_now().await;
-    }
-    for _ in 0..8 {
-        producer.enqueue("stop").await.expect("enqueue");
-    }
-    for c in consumers {
-        c.await.expect("consumer");
-    }
-    let mut items = taken.lock().expect("taken").clone();
-    assert_eq!(items.len(), total, "as many items taken as enqueued");
-    items.sort();
-    items.dedup();
-    assert_eq!(items.len(), total, "every item exactly once");
+    consuming.each_item_once(&producer, total).await;
     assert_eq!(
         keys_under(&client(&m).await, "queues/jobs.taken/").await,
         0,
@@ -398,21 +347,33 @@ async fn the_lock_and_election_services_speak_etcds_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mutex_across_three_members_has_one_holder_at_a_time() {
     let cluster = crate::cluster_harness::Cluster::start(3, &[]).await;
+    // Each contender talks to one member: the lock is decided by the replicated log, not
+    // by any one member.
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let addr = cluster.members[i % 3].process.addr.to_string();
+        clients.push(
+            Client::connect([addr], ClientOptions::default())
+                .await
+                .expect("connect"),
+        );
+    }
+    contend(clients, "locks/shared", 8).await;
+}
+
+/// Each client takes and releases the mutex `name` `rounds` times concurrently with the
+/// others: never two holders at once, and fencing tokens strictly increase.
+async fn contend(clients: Vec<Client>, name: &'static str, rounds: usize) {
     let inside = Arc::new(AtomicBool::new(false));
     let tokens = Arc::new(StdMutex::new(Vec::new()));
+    let contenders = clients.len();
     let mut tasks = Vec::new();
-    for i in 0..6 {
-        // Each contender talks to one member: the lock is decided by the replicated log,
-        // not by any one member.
-        let addr = cluster.members[i % 3].process.addr.to_string();
+    for c in clients {
         let (inside, tokens) = (inside.clone(), tokens.clone());
         tasks.push(tokio::spawn(async move {
-            let c = Client::connect([addr], ClientOptions::default())
-                .await
-                .expect("connect");
             let session = Session::new(&c, 10).await.expect("session");
-            let mutex = Mutex::new(&session, "locks/shared");
-            for _ in 0..8 {
+            let mutex = Mutex::new(&session, name);
+            for _ in 0..rounds {
                 let guard = mutex.lock().await.expect("lock");
                 assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
                 tokens.lock().expect("tokens").push(guard.fencing_token());
@@ -427,7 +388,7 @@ async fn a_mutex_across_three_members_has_one_holder_at_a_time() {
         t.await.expect("contender");
     }
     let tokens = tokens.lock().expect("tokens").clone();
-    assert_eq!(tokens.len(), 48);
+    assert_eq!(tokens.len(), contenders * rounds);
     assert!(
         tokens.windows(2).all(|w| w[0] < w[1]),
         "fencing tokens strictly increase: {tokens:?}"
@@ -445,21 +406,11 @@ async fn queue_items_go_to_exactly_one_consumer_across_a_leader_kill() {
     let connect = || Client::connect(endpoints.clone(), ClientOptions::default());
     let producer = Queue::new(connect().await.expect("connect"), "queues/work");
     let total = 120;
-    let taken = Arc::new(StdMutex::new(Vec::new()));
     let mut consumers = Vec::new();
     for _ in 0..4 {
-        let q = Queue::new(connect().await.expect("connect"), "queues/work");
-        let taken = taken.clone();
-        consumers.push(tokio::spawn(async move {
-            loop {
-                let item = q.dequeue().await.expect("dequeue");
-                if item == b"stop" {
-                    return;
-                }
-                taken.lock().expect("taken").push(item);
-            }
-        }));
+        consumers.push(Queue::new(connect().await.expect("connect"), "queues/work"));
     }
+    let consuming = Consumers::spawn(consumers);
     for i in 0..total {
         if i == total / 2 {
             // Mid-stream, the leader dies: takes in flight get "leader changed" or lose
@@ -473,20 +424,54 @@ async fn queue_items_go_to_exactly_one_consumer_across_a_leader_kill() {
             .await
             .expect("enqueue");
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while taken.lock().expect("taken").len() < total {
-        assert!(Instant::now() < deadline, "items were not all consumed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    consuming.each_item_once(&producer, total).await;
+}
+
+/// Consumers taking items until each gets "stop".
+struct Consumers {
+    taken: Arc<StdMutex<Vec<Vec<u8>>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Consumers {
+    fn spawn(queues: Vec<Queue>) -> Consumers {
+        let taken = Arc::new(StdMutex::new(Vec::new()));
+        let tasks = queues
+            .into_iter()
+            .map(|q| {
+                let taken = taken.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let item = q.dequeue().await.expect("dequeue");
+                        if item == b"stop" {
+                            return;
+                        }
+                        taken.lock().expect("taken").push(item);
+                    }
+                })
+            })
+            .collect();
+        Consumers { taken, tasks }
     }
-    for _ in 0..4 {
-        producer.enqueue("stop").await.expect("enqueue");
+
+    /// Waits until `total` items are taken, stops the consumers, and checks that every
+    /// item was taken exactly once.
+    async fn each_item_once(self, producer: &Queue, total: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.taken.lock().expect("taken").len() < total {
+            assert!(Instant::now() < deadline, "items were not all consumed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..self.tasks.len() {
+            producer.enqueue("stop").await.expect("enqueue");
+        }
+        for c in self.tasks {
+            c.await.expect("consumer");
+        }
+        let mut items = self.taken.lock().expect("taken").clone();
+        assert_eq!(items.len(), total, "as many items taken as enqueued");
+        items.sort();
+        items.dedup();
+        assert_eq!(items.len(), total, "every item exactly once");
     }
-    for c in consumers {
-        c.await.expect("consumer");
-    }
-    let mut items = taken.lock().expect("taken").clone();
-    assert_eq!(items.len(), total, "as many items taken as enqueued");
-    items.sort();
-    items.dedup();
-    assert_eq!(items.len(), total, "every item exactly once");
 }

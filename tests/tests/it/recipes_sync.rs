@@ -5,26 +5,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use cairn_client::{Client, ClientOptions, GetOptions};
 use cairn_recipes::{Barrier, Counter, DoubleBarrier, Error, RwMutex, Semaphore, Session};
 
 use crate::harness::Embedded;
-
-async fn client(m: &Embedded) -> Client {
-    Client::connect([m.addr.to_string()], ClientOptions::default())
-        .await
-        .expect("connect")
-}
-
-async fn keys_under(c: &Client, prefix: &str) -> i64 {
-    c.get(
-        prefix,
-        Some(GetOptions::new().with_prefix().with_count_only()),
-    )
-    .await
-    .expect("count")
-    .count
-}
+use crate::recipes::{client, keys_under};
 
 /// Long enough for a wrongly granted lock or a wrongly opened barrier to show; the check
 /// that follows can only fail if the recipe is wrong, never because the machine is slow.

@@ -9,12 +9,7 @@ use futures::StreamExt;
 
 use crate::cluster_harness::Cluster;
 use crate::harness::Embedded;
-
-async fn client(m: &Embedded) -> Client {
-    Client::connect([m.addr.to_string()], ClientOptions::default())
-        .await
-        .expect("connect")
-}
+use crate::recipes::client;
 
 /// The next `n` payloads of a subscription, checking offsets strictly increase.
 async fn take(sub: &mut Subscription, n: usize, last: &mut i64) -> Vec<String> {
