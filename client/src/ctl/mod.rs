@@ -1,6 +1,7 @@
 //! `cairnctl`: the command line for Cairn (and etcd), with etcdctl's commands, flags and
 //! output (`-w simple` and `-w json`), built on this crate. The binary calls `ctl::main`.
 
+mod concurrency;
 mod json;
 mod txn;
 
@@ -163,6 +164,25 @@ enum Cmd {
         #[arg(value_parser = hex_id)]
         target: i64,
     },
+    /// Acquires a named lock: `lock NAME [-- COMMAND ARGS...]`.
+    Lock {
+        /// Seconds the session's lease lives without keep-alives.
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
+        /// The lock name, then an optional command to run while holding it.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Campaigns in a named election (`elect NAME PROPOSAL`) or observes it (`elect -l NAME`).
+    Elect {
+        /// Observe the election: print every leader.
+        #[arg(short = 'l', long)]
+        listen: bool,
+        /// Seconds the session's lease lives without keep-alives (etcdctl's session default).
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -238,7 +258,22 @@ enum EndpointCmd {
     },
 }
 
-type Fail = Box<dyn std::error::Error>;
+type Fail = Box<dyn std::error::Error + Send + Sync>;
+
+/// A command given the wrong arguments: etcdctl exits with 128 for these.
+#[derive(Debug)]
+struct BadArgs(String);
+
+impl std::fmt::Display for BadArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadArgs {}
+
+/// etcdctl's exit code for bad arguments.
+const EXIT_BAD_ARGS: i32 = 128;
 
 fn show(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -532,6 +567,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Lease { cmd } => lease(&client, cmd, json).await?,
         Cmd::Member { cmd } => member(&client, cmd, json).await?,
         Cmd::Endpoint { cmd } => endpoint(&client, &cli.endpoints, cmd, json).await?,
+        Cmd::Lock { ttl, args } => concurrency::lock(&client, args, ttl, json).await?,
+        Cmd::Elect { listen, ttl, args } => {
+            concurrency::elect(&client, args, listen, ttl, json).await?
+        }
         Cmd::MoveLeader { target } => {
             let mut leader = 0;
             for ep in client.endpoints() {
@@ -865,7 +904,22 @@ async fn endpoint(
 
 /// Runs `cairnctl` with the process's arguments; returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                // etcdctl: an unknown command is a plain error, wrong arguments are 128.
+                ErrorKind::InvalidSubcommand => 1,
+                _ => EXIT_BAD_ARGS,
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -881,7 +935,11 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("Error: {e}");
-            1
+            if e.is::<BadArgs>() {
+                EXIT_BAD_ARGS
+            } else {
+                1
+            }
         }
     }
 }

@@ -97,20 +97,20 @@ impl Tool {
         )
     }
 
-    /// Runs `watch` until it printed `lines` lines.
-    fn watch(&self, args: &[&str], lines: usize) -> String {
+    /// Runs a command that does not end by itself (watch, elect) until it printed `lines`
+    /// lines.
+    fn first_lines(&self, args: &[&str], lines: usize) -> String {
         let mut cmd = Command::new(&self.bin);
         if self.etcdctl {
             cmd.env("ETCDCTL_API", "3");
         }
         let mut child = cmd
             .arg(format!("--endpoints={}", self.endpoint))
-            .arg("watch")
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("run watch");
+            .expect("run the tool");
         let stdout = child.stdout.take().expect("stdout");
         let mut out = String::new();
         for line in BufReader::new(stdout).lines().take(lines) {
@@ -119,6 +119,18 @@ impl Tool {
         }
         let _ = child.kill();
         let _ = child.wait();
+        out
+    }
+
+    /// Commands that hold until interrupted: a watch replaying history from a revision and
+    /// then a live event; a campaign that prints the leader once elected, and an observer.
+    fn held(&self) -> String {
+        let mut out = self.first_lines(&["watch", "foo", "--rev=4", "--prev-kv"], 6);
+        out += &self.first_lines(&["watch", "foo", "--rev=4", "-w", "json"], 1);
+        // The campaign's lease (60 s, etcdctl's session default) outlives the killed
+        // process, so the observer still sees it as leader.
+        out += &self.first_lines(&["elect", "jobs", "node-1"], 2);
+        out += &self.first_lines(&["elect", "-l", "jobs"], 2);
         out
     }
 
@@ -194,6 +206,20 @@ impl Tool {
         run(&["lease", "timetolive", &id], None);
         run(&["lease", "revoke", &id], None);
         run(&["get", "leased"], None);
+        run(
+            &[
+                "lock",
+                "nightly",
+                "--",
+                "sh",
+                "-c",
+                "echo held $ETCD_LOCK_KEY",
+            ],
+            None,
+        );
+        run(&["lock", "nightly", "--", "sh", "-c", "exit 3"], None);
+        run(&["lock"], None);
+        run(&["elect", "jobs"], None);
         run(&["member", "list"], None);
         run(&["member", "list", "-w", "json"], None);
         run(&["endpoint", "health"], None);
@@ -229,10 +255,8 @@ async fn cairnctl_prints_what_etcdctl_prints() {
         let want = reference.session();
         let got = ours.session();
         // Watch: replay history from a revision, then a live event.
-        let want_watch = reference.watch(&["foo", "--rev=4", "--prev-kv"], 6)
-            + &reference.watch(&["foo", "--rev=4", "-w", "json"], 1);
-        let got_watch = ours.watch(&["foo", "--rev=4", "--prev-kv"], 6)
-            + &ours.watch(&["foo", "--rev=4", "-w", "json"], 1);
+        let want_watch = reference.held();
+        let got_watch = ours.held();
         (want + &want_watch, got + &got_watch)
     })
     .await
