@@ -8,7 +8,7 @@ use cairn_api::v3lockpb::lock_client::LockClient;
 use cairn_api::v3lockpb::LockRequest;
 use futures::StreamExt;
 
-use super::{json, print_get, BadArgs, Fail};
+use super::{bad_args, json, print_get, Fail};
 use crate::{Client, Error, LeaseKeeper};
 
 /// A lease for the command's session, kept alive until dropped.
@@ -57,10 +57,9 @@ pub(super) async fn lock(
     json_out: bool,
 ) -> Result<(), Fail> {
     let Some((name, mut command)) = args.split_first() else {
-        return Err(BadArgs(
-            "lock takes a lock name argument and an optional command to execute".into(),
-        )
-        .into());
+        return Err(bad_args(
+            "lock takes a lock name argument and an optional command to execute",
+        ));
     };
     // `lock NAME -- CMD ...`: the separator is not part of the command.
     if command.first().is_some_and(|c| c == "--") {
@@ -161,10 +160,9 @@ pub(super) async fn elect(
             release(client, lease, keeper).await;
             outcome
         }
-        ([_], false) => Err(BadArgs("no proposal argument but -l not set".into()).into()),
-        _ => Err(BadArgs(
-            "elect takes one election name argument and an optional proposal argument".into(),
-        )
-        .into()),
+        ([_], false) => Err(bad_args("no proposal argument but -l not set")),
+        _ => Err(bad_args(
+            "elect takes one election name argument and an optional proposal argument",
+        )),
     }
 }

@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod json;
+mod table;
 mod txn;
 
 use std::io::Read;
@@ -260,20 +261,33 @@ enum EndpointCmd {
 
 type Fail = Box<dyn std::error::Error + Send + Sync>;
 
-/// A command given the wrong arguments: etcdctl exits with 128 for these.
+/// An error with etcdctl's exit code for it (anything else exits with 1).
 #[derive(Debug)]
-struct BadArgs(String);
+struct Exit {
+    code: i32,
+    message: String,
+}
 
-impl std::fmt::Display for BadArgs {
+impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
-impl std::error::Error for BadArgs {}
+impl std::error::Error for Exit {}
 
 /// etcdctl's exit code for bad arguments.
 const EXIT_BAD_ARGS: i32 = 128;
+/// etcdctl's exit code for an unsupported feature (an output format a command lacks).
+const EXIT_BAD_FEATURE: i32 = 4;
+
+/// A command given the wrong arguments.
+fn bad_args(message: &str) -> Fail {
+    Box::new(Exit {
+        code: EXIT_BAD_ARGS,
+        message: message.to_string(),
+    })
+}
 
 fn show(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -284,6 +298,17 @@ fn print_kv(kv: &KeyValue, value_only: bool) {
         println!("{}", show(&kv.key));
     }
     println!("{}", show(&kv.value));
+}
+
+/// A listing: etcdctl's table, or one line of comma-separated fields per row.
+fn print_rows(headers: &[&str], rows: &[Vec<String>], table: bool) {
+    if table {
+        println!("{}", table::render(headers, rows));
+    } else {
+        for r in rows {
+            println!("{}", r.join(", "));
+        }
+    }
 }
 
 fn print_get(r: &RangeResponse, value_only: bool) {
@@ -363,6 +388,20 @@ fn url(ep: &str) -> String {
 
 async fn run(cli: Cli) -> Result<(), Fail> {
     let json = cli.write_out == "json";
+    let table = cli.write_out == "table";
+    // As etcdctl: only listings of members and endpoints have a table form.
+    let tabular = matches!(
+        cli.cmd,
+        Cmd::Member {
+            cmd: MemberCmd::List
+        } | Cmd::Endpoint { .. }
+    );
+    if table && !tabular {
+        return Err(Box::new(Exit {
+            code: EXIT_BAD_FEATURE,
+            message: "table not supported as output format".into(),
+        }));
+    }
     let opts = ClientOptions {
         connect_timeout: cli.dial_timeout,
         request_timeout: cli.command_timeout,
@@ -565,8 +604,8 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             println!("compacted revision {revision}");
         }
         Cmd::Lease { cmd } => lease(&client, cmd, json).await?,
-        Cmd::Member { cmd } => member(&client, cmd, json).await?,
-        Cmd::Endpoint { cmd } => endpoint(&client, &cli.endpoints, cmd, json).await?,
+        Cmd::Member { cmd } => member(&client, cmd, json, table).await?,
+        Cmd::Endpoint { cmd } => endpoint(&client, &cli.endpoints, cmd, json, table).await?,
         Cmd::Lock { ttl, args } => concurrency::lock(&client, args, ttl, json).await?,
         Cmd::Elect { listen, ttl, args } => {
             concurrency::elect(&client, args, listen, ttl, json).await?
@@ -706,7 +745,7 @@ async fn lease(client: &Client, cmd: LeaseCmd, json: bool) -> Result<(), Fail> {
     Ok(())
 }
 
-async fn member(client: &Client, cmd: MemberCmd, json: bool) -> Result<(), Fail> {
+async fn member(client: &Client, cmd: MemberCmd, json: bool, table: bool) -> Result<(), Fail> {
     let cluster_id = |h: &Option<cairn_api::etcdserverpb::ResponseHeader>| {
         h.as_ref().map_or(0, |h| h.cluster_id)
     };
@@ -717,21 +756,34 @@ async fn member(client: &Client, cmd: MemberCmd, json: bool) -> Result<(), Fail>
                 println!("{}", json::members(r.header.as_ref(), &r.members));
                 return Ok(());
             }
-            for m in &r.members {
-                let status = if m.name.is_empty() {
-                    "unstarted"
-                } else {
-                    "started"
-                };
-                println!(
-                    "{:x}, {status}, {}, {}, {}, {}",
-                    m.id,
-                    m.name,
-                    m.peer_ur_ls.join(","),
-                    m.client_ur_ls.join(","),
-                    m.is_learner
-                );
-            }
+            let rows: Vec<Vec<String>> = r
+                .members
+                .iter()
+                .map(|m| {
+                    let status = if m.name.is_empty() {
+                        "unstarted"
+                    } else {
+                        "started"
+                    };
+                    vec![
+                        format!("{:x}", m.id),
+                        status.into(),
+                        m.name.clone(),
+                        m.peer_ur_ls.join(","),
+                        m.client_ur_ls.join(","),
+                        m.is_learner.to_string(),
+                    ]
+                })
+                .collect();
+            const HEADERS: [&str; 6] = [
+                "ID",
+                "STATUS",
+                "NAME",
+                "PEER ADDRS",
+                "CLIENT ADDRS",
+                "IS LEARNER",
+            ];
+            print_rows(&HEADERS, &rows, table);
         }
         MemberCmd::Add {
             name,
@@ -820,6 +872,7 @@ async fn endpoint(
     given: &[String],
     cmd: EndpointCmd,
     json: bool,
+    table: bool,
 ) -> Result<(), Fail> {
     match cmd {
         EndpointCmd::Status { cluster } => {
@@ -838,28 +891,40 @@ async fn endpoint(
                     "{{\"Endpoint\":\"{ep}\",\"Status\":{}}}",
                     json::status(&s)
                 ));
-                rows.push(format!(
-                    "{ep}, {id:x}, {}, {}, {}, {}, {}, {}, {}, {}",
-                    s.version,
+                rows.push(vec![
+                    ep.clone(),
+                    format!("{id:x}"),
+                    s.version.clone(),
                     human_bytes(s.db_size),
-                    s.leader == id,
-                    s.is_learner,
-                    s.raft_term,
-                    s.raft_index,
-                    s.raft_applied_index,
-                    s.errors.join(", ")
-                ));
+                    (s.leader == id).to_string(),
+                    s.is_learner.to_string(),
+                    s.raft_term.to_string(),
+                    s.raft_index.to_string(),
+                    s.raft_applied_index.to_string(),
+                    s.errors.join(", "),
+                ]);
             }
             if json {
                 println!("[{}]", items.join(","));
             } else {
-                for r in rows {
-                    println!("{r}");
-                }
+                const HEADERS: [&str; 10] = [
+                    "ENDPOINT",
+                    "ID",
+                    "VERSION",
+                    "DB SIZE",
+                    "IS LEADER",
+                    "IS LEARNER",
+                    "RAFT TERM",
+                    "RAFT INDEX",
+                    "RAFT APPLIED INDEX",
+                    "ERRORS",
+                ];
+                print_rows(&HEADERS, &rows, table);
             }
         }
         EndpointCmd::Health { cluster } => {
             let mut items = Vec::new();
+            let mut rows = Vec::new();
             let mut unhealthy = false;
             for ep in targets(client, given, cluster).await? {
                 let one = Client::connect([url(&ep)], ClientOptions::default()).await;
@@ -874,7 +939,13 @@ async fn endpoint(
                         items.push(format!(
                             "{{\"endpoint\":\"{ep}\",\"health\":true,\"took\":\"{took:?}\"}}"
                         ));
-                        if !json {
+                        rows.push(vec![
+                            ep.clone(),
+                            "true".into(),
+                            format!("{took:?}"),
+                            "".into(),
+                        ]);
+                        if !json && !table {
                             println!(
                                 "{ep} is healthy: successfully committed proposal: took = {took:?}"
                             );
@@ -885,7 +956,13 @@ async fn endpoint(
                         items.push(format!(
                             "{{\"endpoint\":\"{ep}\",\"health\":false,\"took\":\"{took:?}\",\"error\":\"{e}\"}}"
                         ));
-                        if !json {
+                        rows.push(vec![
+                            ep.clone(),
+                            "false".into(),
+                            format!("{took:?}"),
+                            e.to_string(),
+                        ]);
+                        if !json && !table {
                             eprintln!("{ep} is unhealthy: failed to commit proposal: {e}");
                         }
                     }
@@ -893,6 +970,8 @@ async fn endpoint(
             }
             if json {
                 println!("[{}]", items.join(","));
+            } else if table {
+                print_rows(&["ENDPOINT", "HEALTH", "TOOK", "ERROR"], &rows, true);
             }
             if unhealthy {
                 return Err("unhealthy cluster".into());
@@ -935,11 +1014,7 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("Error: {e}");
-            if e.is::<BadArgs>() {
-                EXIT_BAD_ARGS
-            } else {
-                1
-            }
+            e.downcast_ref::<Exit>().map_or(1, |x| x.code)
         }
     }
 }

@@ -222,6 +222,9 @@ impl Tool {
         run(&["elect", "jobs"], None);
         run(&["member", "list"], None);
         run(&["member", "list", "-w", "json"], None);
+        run(&["member", "list", "-w", "table"], None);
+        run(&["endpoint", "status", "-w", "table"], None);
+        run(&["get", "foo", "-w", "table"], None);
         run(&["endpoint", "health"], None);
         run(&["endpoint", "status"], None);
         run(&["endpoint", "status", "-w", "json"], None);
