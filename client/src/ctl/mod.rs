@@ -537,9 +537,30 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 print_del(&r);
             }
         }
-        Cmd::Txn { interactive: _ } => {
+        Cmd::Txn { interactive } => {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
+            if interactive {
+                // etcdctl's prompts, each before its section (ended by an empty line).
+                for prompt in [
+                    "compares:",
+                    "success requests (get, put, del):",
+                    "failure requests (get, put, del):",
+                ] {
+                    println!("{prompt}");
+                    loop {
+                        let mut line = String::new();
+                        if std::io::stdin().read_line(&mut line)? == 0 {
+                            break;
+                        }
+                        text.push_str(&line);
+                        if line.trim().is_empty() {
+                            break;
+                        }
+                    }
+                }
+            } else {
+                std::io::stdin().read_to_string(&mut text)?;
+            }
             let t = txn::parse(&text)?;
             let r = client.txn(t).await?;
             if json {

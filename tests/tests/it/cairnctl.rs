@@ -186,6 +186,10 @@ impl Tool {
             &["txn", "-w", "json"],
             Some("mod(\"foo\") > \"100\"\n\nput foo x\n\nget foo\ndel nothing\n\n"),
         );
+        run(
+            &["txn", "-i"],
+            Some("value(\"foo\") = \"x\"\n\nput foo y\n\nget foo\n\n"),
+        );
         run(&["compaction", "3"], None);
         run(&["get", "foo", "--rev=2"], None);
         let granted = run(&["lease", "grant", "100"], None);
