@@ -68,6 +68,22 @@ macro_rules! range_options {
                 self.range = $crate::kv::KeyRange::End(end.into());
                 self
             }
+            /// The range as etcdctl's flags give it: an end key, overridden by `--prefix`,
+            /// overridden by `--from-key`.
+            #[cfg(feature = "cli")]
+            pub(crate) fn with_range_flags(
+                self,
+                end: Option<impl Into<Vec<u8>>>,
+                prefix: bool,
+                from_key: bool,
+            ) -> Self {
+                match (end, prefix, from_key) {
+                    (_, _, true) => self.with_from_key(),
+                    (_, true, false) => self.with_prefix(),
+                    (Some(end), false, false) => self.with_range(end),
+                    (None, false, false) => self,
+                }
+            }
         }
     };
 }

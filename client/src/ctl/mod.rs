@@ -289,6 +289,14 @@ fn bad_args(message: &str) -> Fail {
     })
 }
 
+/// A flag value or output format the command does not support.
+fn bad_feature(message: &str) -> Fail {
+    Box::new(Exit {
+        code: EXIT_BAD_FEATURE,
+        message: message.to_string(),
+    })
+}
+
 fn show(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -397,10 +405,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         } | Cmd::Endpoint { .. }
     );
     if table && !tabular {
-        return Err(Box::new(Exit {
-            code: EXIT_BAD_FEATURE,
-            message: "table not supported as output format".into(),
-        }));
+        return Err(bad_feature("table not supported as output format"));
     }
     let opts = ClientOptions {
         connect_timeout: cli.dial_timeout,
@@ -431,9 +436,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 o = o.with_ignore_lease();
             }
             if value.is_none() && !ignore_value {
-                return Err(
-                    "put command needs 1 argument and input from stdin or 2 arguments".into(),
-                );
+                return Err(bad_args(
+                    "put command needs 1 argument and input from stdin or 2 arguments",
+                ));
             }
             let r = client.put(key, value.unwrap_or_default(), Some(o)).await?;
             if json {
@@ -456,16 +461,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             print_value_only,
             consistency,
         } => {
-            let mut o = GetOptions::new().with_limit(limit).with_revision(rev);
-            if let Some(end) = range_end {
-                o = o.with_range(end);
-            }
-            if prefix {
-                o = o.with_prefix();
-            }
-            if from_key {
-                o = o.with_from_key();
-            }
+            let mut o = GetOptions::new()
+                .with_limit(limit)
+                .with_revision(rev)
+                .with_range_flags(range_end, prefix, from_key);
             if keys_only {
                 o = o.with_keys_only();
             }
@@ -475,7 +474,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             match consistency.as_str() {
                 "l" => {}
                 "s" => o = o.with_serializable(),
-                c => return Err(format!("unknown consistency flag {c:?}").into()),
+                c => return Err(bad_feature(&format!("unknown consistency flag {c:?}"))),
             }
             let target = match sort_by.as_deref().map(str::to_ascii_uppercase).as_deref() {
                 None if order.is_some() => Some(SortTarget::Key),
@@ -485,13 +484,19 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 Some("MODIFY") => Some(SortTarget::Mod),
                 Some("VALUE") => Some(SortTarget::Value),
                 Some("VERSION") => Some(SortTarget::Version),
-                Some(t) => return Err(format!("bad sort target {t:?}").into()),
+                Some(_) => {
+                    let given = sort_by.as_deref().unwrap_or_default();
+                    return Err(bad_feature(&format!("bad sort target {given}")));
+                }
             };
             let ord = match order.as_deref().map(str::to_ascii_uppercase).as_deref() {
                 None => SortOrder::None,
                 Some("ASCEND") => SortOrder::Ascend,
                 Some("DESCEND") => SortOrder::Descend,
-                Some(x) => return Err(format!("bad sort order {x:?}").into()),
+                Some(_) => {
+                    let given = order.as_deref().unwrap_or_default();
+                    return Err(bad_feature(&format!("bad sort order {given}")));
+                }
             };
             if let Some(t) = target {
                 let ord = if ord == SortOrder::None {
@@ -517,16 +522,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             from_key,
             prev_kv,
         } => {
-            let mut o = DeleteOptions::new();
-            if let Some(end) = range_end {
-                o = o.with_range(end);
-            }
-            if prefix {
-                o = o.with_prefix();
-            }
-            if from_key {
-                o = o.with_from_key();
-            }
+            let mut o = DeleteOptions::new().with_range_flags(range_end, prefix, from_key);
             if prev_kv {
                 o = o.with_prev_kv();
             }
@@ -576,13 +572,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             rev,
             prev_kv,
         } => {
-            let mut o = WatchOptions::new().with_start_revision(rev);
-            if let Some(end) = range_end {
-                o = o.with_range(end);
-            }
-            if prefix {
-                o = o.with_prefix();
-            }
+            let mut o = WatchOptions::new()
+                .with_start_revision(rev)
+                .with_range_flags(range_end, prefix, false);
             if prev_kv {
                 o = o.with_prev_kv();
             }

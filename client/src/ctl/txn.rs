@@ -120,16 +120,11 @@ fn op(line: &str) -> Result<Op, String> {
         }
         "get" => {
             let key = pos.first().ok_or_else(bad)?;
-            let mut o = GetOptions::new();
-            if let Some(end) = pos.get(1) {
-                o = o.with_range(end.as_str());
-            }
-            if flag("--prefix") {
-                o = o.with_prefix();
-            }
-            if flag("--from-key") {
-                o = o.with_from_key();
-            }
+            let mut o = GetOptions::new().with_range_flags(
+                pos.get(1).map(|e| e.as_str()),
+                flag("--prefix"),
+                flag("--from-key"),
+            );
             if flag("--keys-only") {
                 o = o.with_keys_only();
             }
@@ -137,16 +132,11 @@ fn op(line: &str) -> Result<Op, String> {
         }
         "del" | "delete" => {
             let key = pos.first().ok_or_else(bad)?;
-            let mut o = DeleteOptions::new();
-            if let Some(end) = pos.get(1) {
-                o = o.with_range(end.as_str());
-            }
-            if flag("--prefix") {
-                o = o.with_prefix();
-            }
-            if flag("--from-key") {
-                o = o.with_from_key();
-            }
+            let mut o = DeleteOptions::new().with_range_flags(
+                pos.get(1).map(|e| e.as_str()),
+                flag("--prefix"),
+                flag("--from-key"),
+            );
             if flag("--prev-kv") {
                 o = o.with_prev_kv();
             }

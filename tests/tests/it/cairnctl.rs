@@ -176,6 +176,10 @@ impl Tool {
             None,
         );
         run(&["put", "x", "--ignore-value"], None);
+        run(&["put", "x"], None);
+        run(&["get", "foo", "--consistency=x"], None);
+        run(&["get", "foo", "--sort-by=foo"], None);
+        run(&["get", "foo", "--order=up"], None);
         run(&["del", "a/1", "--prev-kv"], None);
         run(&["del", "a/", "--prefix", "-w", "json"], None);
         run(
