@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::{Connector, TlsOptions};
 use tonic::Status;
 
 use crate::Error;
@@ -36,6 +38,9 @@ pub struct ClientOptions {
     pub keep_alive_timeout: Duration,
     /// Attempts after the first before a call gives up.
     pub max_retries: usize,
+    /// Certificates to trust and present. With it, endpoints given without a scheme are
+    /// dialed with TLS; `https://` endpoints without it trust the system's roots.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -46,6 +51,7 @@ impl Default for ClientOptions {
             keep_alive_interval: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(5),
             max_retries: 8,
+            tls: None,
         }
     }
 }
@@ -73,6 +79,8 @@ pub(crate) struct Inner {
     pub(crate) endpoints: Vec<(String, Channel)>,
     current: AtomicUsize,
     pub(crate) options: ClientOptions,
+    /// Dials every endpoint, and member URLs learnt later.
+    pub(crate) connector: Connector,
 }
 
 /// A client of a Cairn (or etcd) cluster. Cheap to clone; clones share connections.
@@ -95,12 +103,38 @@ pub struct Client {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// `host:port` or `http://host:port` → a URL.
-fn normalize(endpoint: &str) -> String {
-    if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
+/// `host:port` or `http(s)://host:port` → a URL; without a scheme, `https` when TLS is
+/// configured (as etcdctl).
+fn normalize(endpoint: &str, tls: bool) -> String {
+    match (endpoint.contains("://"), tls) {
+        (true, _) => endpoint.to_string(),
+        (false, true) => format!("https://{endpoint}"),
+        (false, false) => format!("http://{endpoint}"),
+    }
+}
+
+impl ClientOptions {
+    /// An endpoint for `url` with these timeouts and keep-alives.
+    pub(crate) fn endpoint(&self, url: &str) -> Result<Endpoint, Error> {
+        Ok(Endpoint::from_shared(url.to_string())
+            .map_err(|_| Error::InvalidEndpoint(url.to_string()))?
+            .connect_timeout(self.connect_timeout)
+            .http2_keep_alive_interval(self.keep_alive_interval)
+            .keep_alive_timeout(self.keep_alive_timeout)
+            .keep_alive_while_idle(true))
+    }
+
+    /// The connector for these endpoints: TLS as configured, or with the system's roots
+    /// when an `https://` endpoint comes without TLS options.
+    fn connector(&self, urls: &[String]) -> Result<Connector, Error> {
+        let tls = match &self.tls {
+            Some(tls) => Some(tls.client_config()?),
+            None if urls.iter().any(|u| u.starts_with("https://")) => {
+                Some(TlsOptions::new().client_config()?)
+            }
+            None => None,
+        };
+        Ok(Connector::new(tls))
     }
 }
 
@@ -111,16 +145,14 @@ impl Client {
         endpoints: impl IntoIterator<Item = E>,
         options: ClientOptions,
     ) -> Result<Client, Error> {
+        let urls: Vec<String> = endpoints
+            .into_iter()
+            .map(|e| normalize(e.as_ref(), options.tls.is_some()))
+            .collect();
+        let connector = options.connector(&urls)?;
         let mut channels = Vec::new();
-        for e in endpoints {
-            let url = normalize(e.as_ref());
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|_| Error::InvalidEndpoint(url.clone()))?
-                .connect_timeout(options.connect_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(options.keep_alive_interval)
-                .keep_alive_timeout(options.keep_alive_timeout)
-                .keep_alive_while_idle(true);
+        for url in urls {
+            let endpoint = options.endpoint(&url)?;
             channels.push((url, endpoint));
         }
         if channels.is_empty() {
@@ -129,7 +161,7 @@ impl Client {
         let mut first_up = None;
         let mut last_error = None;
         for (i, (_, endpoint)) in channels.iter().enumerate() {
-            match endpoint.connect().await {
+            match endpoint.connect_with_connector(connector.clone()).await {
                 Ok(_) => {
                     first_up = Some(i);
                     break;
@@ -142,15 +174,24 @@ impl Client {
         };
         let endpoints = channels
             .into_iter()
-            .map(|(url, endpoint)| (url, endpoint.connect_lazy()))
+            .map(|(url, endpoint)| {
+                let channel = endpoint.connect_with_connector_lazy(connector.clone());
+                (url, channel)
+            })
             .collect();
         Ok(Client {
             inner: Arc::new(Inner {
                 endpoints,
                 current: AtomicUsize::new(first_up),
                 options,
+                connector,
             }),
         })
+    }
+
+    /// `endpoint` as a URL, with the scheme this client dials it with when it has none.
+    pub(crate) fn url_of(&self, endpoint: &str) -> String {
+        normalize(endpoint, self.inner.options.tls.is_some())
     }
 
     /// The endpoint URLs, in the order given.

@@ -6,7 +6,6 @@ use cairn_api::etcdserverpb::{
     MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
     MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
 };
-use tonic::transport::Endpoint;
 
 use crate::client::{request, Retry};
 use crate::{Client, Error};
@@ -96,10 +95,10 @@ impl Client {
         let channel = match self.inner.endpoints.iter().find(|(u, _)| u == endpoint) {
             Some((_, ch)) => ch.clone(),
             None => {
-                Endpoint::from_shared(endpoint.to_string())
-                    .map_err(|_| Error::InvalidEndpoint(endpoint.to_string()))?
-                    .connect_timeout(self.inner.options.connect_timeout)
-                    .connect()
+                self.inner
+                    .options
+                    .endpoint(endpoint)?
+                    .connect_with_connector(self.inner.connector.clone())
                     .await?
             }
         };

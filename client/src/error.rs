@@ -20,6 +20,9 @@ pub enum Error {
     /// No endpoint was given.
     #[error("no endpoints")]
     NoEndpoints,
+    /// A certificate or key could not be read or used.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The requested revision was compacted; `compact_revision` is the oldest readable one
     /// when the server said (watches), else 0.
     #[error("etcdserver: mvcc: required revision has been compacted")]
@@ -105,6 +108,7 @@ impl Error {
             | Error::DuplicateKey
             | Error::RequestTooLarge
             | Error::InvalidEndpoint(_)
+            | Error::Tls(_)
             | Error::NoEndpoints => Code::InvalidArgument,
             Error::NoLeader
             | Error::LeaderChanged

@@ -38,6 +38,8 @@ mod error;
 mod kv;
 mod lease;
 mod namespace;
+/// Transport security (TLS) for clients and for members dialing each other.
+pub mod tls;
 mod txn;
 mod watch;
 
@@ -53,5 +55,6 @@ pub use error::Error;
 pub use kv::{prefix_end, DeleteOptions, GetOptions, PutOptions};
 pub use lease::LeaseKeeper;
 pub use namespace::Namespace;
+pub use tls::TlsOptions;
 pub use txn::{Compare, NumberCompare, Op, Txn, ValueCompare};
 pub use watch::{Watch, WatchBatch, WatchOptions};

@@ -111,6 +111,39 @@ pub struct Config {
     )]
     pub snapshot_count: u64,
 
+    /// Certificate (PEM) served on `https://` client URLs.
+    #[arg(long = "cert-file", env = "CAIRN_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of `--cert-file`.
+    #[arg(long = "key-file", env = "CAIRN_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) that client certificates must chain to.
+    #[arg(long = "trusted-ca-file", env = "CAIRN_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Refuse clients without a certificate signed by `--trusted-ca-file`.
+    #[arg(long = "client-cert-auth", env = "CAIRN_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+
+    /// Certificate (PEM) for `https://` peer URLs: served to members that dial this one and
+    /// presented when dialing them.
+    #[arg(long = "peer-cert-file", env = "CAIRN_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of `--peer-cert-file`.
+    #[arg(long = "peer-key-file", env = "CAIRN_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) other members' certificates must chain to (both ways).
+    #[arg(long = "peer-trusted-ca-file", env = "CAIRN_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Refuse peers without a certificate signed by `--peer-trusted-ca-file`.
+    #[arg(long = "peer-client-cert-auth", env = "CAIRN_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
+
     /// Serve the test-only Peer.Fault call, which cuts raft traffic with chosen members.
     #[arg(
         long = "experimental-fault-injection",

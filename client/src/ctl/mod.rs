@@ -50,8 +50,60 @@ struct Cli {
     /// Timeout of short-running commands.
     #[arg(long = "command-timeout", global = true, env = "CAIRNCTL_COMMAND_TIMEOUT", default_value = "5s", value_parser = seconds)]
     command_timeout: Duration,
+    /// Verify certificates of TLS-enabled servers using this CA bundle.
+    #[arg(
+        long = "cacert",
+        id = "tls_cacert",
+        global = true,
+        env = "CAIRNCTL_CACERT"
+    )]
+    cacert: Option<std::path::PathBuf>,
+    /// Identify secure client using this TLS certificate file.
+    #[arg(long = "cert", id = "tls_cert", global = true, env = "CAIRNCTL_CERT")]
+    cert: Option<std::path::PathBuf>,
+    /// Identify secure client using this TLS key file.
+    #[arg(long = "key", id = "tls_key", global = true, env = "CAIRNCTL_KEY")]
+    key: Option<std::path::PathBuf>,
+    /// Skip server certificate verification (the connection is encrypted, the server is
+    /// not authenticated: for tests only).
+    #[arg(
+        long = "insecure-skip-tls-verify",
+        global = true,
+        env = "CAIRNCTL_INSECURE_SKIP_TLS_VERIFY"
+    )]
+    insecure_skip_tls_verify: bool,
+    /// Disable transport security for client connections (`=false` dials with TLS even
+    /// without certificate flags).
+    #[arg(long = "insecure-transport", global = true, env = "CAIRNCTL_INSECURE_TRANSPORT", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    insecure_transport: bool,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+impl Cli {
+    /// The TLS options the flags ask for: none unless a certificate flag is given or
+    /// `--insecure-transport=false` (etcdctl's rule); `https://` endpoints get TLS anyway,
+    /// verified unless `--insecure-skip-tls-verify`.
+    fn tls(&self) -> Result<Option<crate::TlsOptions>, crate::Error> {
+        let any_file = self.cacert.is_some() || self.cert.is_some() || self.key.is_some();
+        let https = self.endpoints.iter().any(|e| e.starts_with("https://"));
+        if !any_file && self.insecure_transport && !(https && self.insecure_skip_tls_verify) {
+            return Ok(None);
+        }
+        let mut tls = crate::TlsOptions::new();
+        if let Some(ca) = &self.cacert {
+            tls = tls.ca_file(ca)?;
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => tls = tls.identity_files(cert, key)?,
+            (None, None) => {}
+            (Some(_), None) => return Err(crate::Error::Tls("--cert given without --key".into())),
+            (None, Some(_)) => return Err(crate::Error::Tls("--key given without --cert".into())),
+        }
+        Ok(Some(
+            tls.insecure_skip_verify(self.insecure_skip_tls_verify),
+        ))
+    }
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -386,14 +438,6 @@ async fn targets(client: &Client, given: &[String], cluster: bool) -> Result<Vec
     Ok(eps)
 }
 
-fn url(ep: &str) -> String {
-    if ep.contains("://") {
-        ep.to_string()
-    } else {
-        format!("http://{ep}")
-    }
-}
-
 async fn run(cli: Cli) -> Result<(), Fail> {
     let json = cli.write_out == "json";
     let table = cli.write_out == "table";
@@ -407,9 +451,11 @@ async fn run(cli: Cli) -> Result<(), Fail> {
     if table && !tabular {
         return Err(bad_feature("table not supported as output format"));
     }
+    let tls = cli.tls().map_err(|e| bad_args(&e.to_string()))?;
     let opts = ClientOptions {
         connect_timeout: cli.dial_timeout,
         request_timeout: cli.command_timeout,
+        tls,
         ..Default::default()
     };
     let client = Client::connect(&cli.endpoints, opts).await?;
@@ -892,7 +938,7 @@ async fn endpoint(
             let mut rows = Vec::new();
             let mut items = Vec::new();
             for ep in targets(client, given, cluster).await? {
-                let s = match client.status(&url(&ep)).await {
+                let s = match client.status(&client.url_of(&ep)).await {
                     Ok(s) => s,
                     Err(e) => {
                         eprintln!("Failed to get the status of endpoint {ep} ({e})");
@@ -940,7 +986,7 @@ async fn endpoint(
             let mut rows = Vec::new();
             let mut unhealthy = false;
             for ep in targets(client, given, cluster).await? {
-                let one = Client::connect([url(&ep)], ClientOptions::default()).await;
+                let one = Client::connect([client.url_of(&ep)], client.inner.options.clone()).await;
                 let started = Instant::now();
                 let result = match one {
                     Ok(c) => c.get("health", None).await.map(|_| ()),
@@ -958,8 +1004,9 @@ async fn endpoint(
                             format!("{took:?}"),
                             "".into(),
                         ]);
+                        // As etcdctl, the simple form goes to stderr, healthy or not.
                         if !json && !table {
-                            println!(
+                            eprintln!(
                                 "{ep} is healthy: successfully committed proposal: took = {took:?}"
                             );
                         }

@@ -12,6 +12,7 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use cairn_api::cairnpb::{peer_client::PeerClient, RaftEnvelope, SnapshotChunk};
+use cairn_client::tls::Connector;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Message, MessageType};
 use tokio::sync::{mpsc, watch};
@@ -30,6 +31,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 pub struct Transport {
+    /// Dials peer URLs (with the peer certificate for `https://` ones).
+    connector: Connector,
     local_id: u64,
     membership: Arc<Membership>,
     store: Arc<Store>,
@@ -49,6 +52,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Transport {
     pub fn new(
+        connector: Connector,
         local_id: u64,
         membership: Arc<Membership>,
         store: Arc<Store>,
@@ -57,6 +61,7 @@ impl Transport {
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Transport> {
         Arc::new(Transport {
+            connector,
             local_id,
             membership,
             store,
@@ -125,22 +130,30 @@ impl Transport {
         }
         let endpoint = Endpoint::from_shared(url.clone())
             .ok()?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        let c = PeerClient::new(endpoint.connect_lazy());
+            .connect_timeout(CONNECT_TIMEOUT);
+        let c = PeerClient::new(endpoint.connect_with_connector_lazy(self.connector.clone()));
         clients.insert(id, (url, c.clone()));
         Some(c)
     }
 
     async fn connect(&self, id: u64) -> Option<PeerClient<Channel>> {
         let url = self.peer_url(id)?;
-        let endpoint = Endpoint::from_shared(url)
+        let endpoint = Endpoint::from_shared(url.clone())
             .ok()?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        endpoint.connect().await.ok().map(PeerClient::new)
+        match endpoint
+            .connect_with_connector(self.connector.clone())
+            .await
+        {
+            Ok(channel) => Some(PeerClient::new(channel)),
+            Err(e) => {
+                // A refused certificate shows here (the peer logs its side).
+                tracing::debug!(peer = format!("{id:x}"), %url, error = ?e, "cannot reach peer");
+                None
+            }
+        }
     }
 
     /// Streams queued messages to one peer, reconnecting with backoff while it is down.

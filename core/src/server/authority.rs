@@ -14,7 +14,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 const PREFACE_LEN: usize = 24;
 const FRAME_HEADER: usize = 9;
@@ -49,6 +48,11 @@ impl<S> AuthorityFix<S> {
             out: Vec::new(),
             out_pos: 0,
         }
+    }
+
+    /// The connection underneath.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
     }
 
     /// Moves what can be decided from `pending` to `out`.
@@ -308,14 +312,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-impl Connected for AuthorityFix<tokio::net::TcpStream> {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.inner.connect_info()
     }
 }
 

@@ -26,6 +26,7 @@ use crate::node::Node;
 #[derive(Clone)]
 pub struct SelfClient {
     url: Arc<OnceLock<String>>,
+    tls: Option<cairn_client::TlsOptions>,
     client: Arc<OnceCell<Client>>,
     node: Arc<Node>,
     /// Waiting calls and observe streams end when the server stops (graceful shutdown
@@ -37,10 +38,12 @@ impl SelfClient {
     pub fn new(
         node: Arc<Node>,
         url: Arc<OnceLock<String>>,
+        tls: Option<cairn_client::TlsOptions>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> SelfClient {
         SelfClient {
             url,
+            tls,
             client: Arc::new(OnceCell::new()),
             node,
             shutdown,
@@ -66,7 +69,11 @@ impl SelfClient {
                     .url
                     .get()
                     .ok_or_else(|| Status::unavailable("member not serving yet"))?;
-                Client::connect([url.as_str()], ClientOptions::default())
+                let options = ClientOptions {
+                    tls: self.tls.clone(),
+                    ..ClientOptions::default()
+                };
+                Client::connect([url.as_str()], options)
                     .await
                     .map_err(status)
             })

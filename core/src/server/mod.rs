@@ -9,6 +9,7 @@ mod lease;
 mod lock;
 mod maintenance;
 mod peer;
+mod tls;
 mod validate;
 mod watch;
 
@@ -27,11 +28,9 @@ use cairn_api::etcdserverpb::{
 };
 use cairn_api::v3electionpb::election_server::ElectionServer;
 use cairn_api::v3lockpb::lock_server::LockServer;
-use futures::StreamExt;
 use protobuf::Message as _;
 use raft::eraftpb::ConfState;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 
 use crate::apply::Applier;
 use crate::config::Config;
@@ -75,6 +74,8 @@ pub enum StartError {
     Storage(#[from] Error),
     #[error("{0}")]
     Thread(std::io::Error),
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// A running member. Dropping it without [`Server::stop`] leaves the threads running until
@@ -89,12 +90,11 @@ pub struct Server {
     threads: Vec<thread::JoinHandle<()>>,
 }
 
-/// `http://host:port` → a socket address (host names are resolved).
+/// `http(s)://host:port` → a socket address (host names are resolved).
 async fn resolve(url: &str) -> Result<SocketAddr, StartError> {
     let bad = |why: &str| StartError::Url(url.to_string(), why.to_string());
     let rest = match url.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some(("https", _)) => return Err(bad("TLS is not supported yet; use http://")),
+        Some(("http" | "https", rest)) => rest,
         Some((scheme, _)) => return Err(bad(&format!("unsupported scheme {scheme}"))),
         None => return Err(bad("expected scheme://host:port")),
     };
@@ -108,6 +108,7 @@ async fn resolve(url: &str) -> Result<SocketAddr, StartError> {
 impl Server {
     /// Starts a member as configured; returns once it is serving clients.
     pub async fn start(cfg: Config) -> Result<Server, StartError> {
+        let tls = tls::Tls::load(&cfg)?;
         let data_dir = cfg.data_dir();
         let member_dir = data_dir.join("member");
         let db_dir = member_dir.join("db");
@@ -119,7 +120,7 @@ impl Server {
         let min_ttl = (cfg.election_timeout * 3 / 2).div_ceil(1000) as i64;
         let lessor = Arc::new(Lessor::new(min_ttl));
         let store = Arc::new(Store::open(&db, lessor.clone())?);
-        let (local_id, cluster) = identify(&cfg, &db, &store).await?;
+        let (local_id, cluster) = identify(&cfg, &db, &store, &tls.peer_dial).await?;
         let membership = Arc::new(Membership::new(local_id, cluster));
         let hub = WatchHub::start(store.clone()).map_err(StartError::Thread)?;
         let (applied_index, applied_term) = store.applied();
@@ -138,6 +139,7 @@ impl Server {
         let (command_tx, command_rx) = mpsc::channel();
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let transport = Transport::new(
+            tls.peer_dial.clone(),
             local_id,
             membership.clone(),
             store.clone(),
@@ -220,7 +222,14 @@ impl Server {
         );
         let mut peer_addrs = Vec::new();
         for url in &cfg.listen_peer_urls {
-            let (local, task) = serve(url, peer_router.clone(), None, shutdown_rx.clone()).await?;
+            let (local, task) = serve(
+                url,
+                peer_router.clone(),
+                tls.peer.clone(),
+                None,
+                shutdown_rx.clone(),
+            )
+            .await?;
             peer_addrs.push(local);
             serving.push(task);
             tracing::info!(%local, "serving peer traffic");
@@ -237,7 +246,12 @@ impl Server {
 
         let limit = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let own_url = Arc::new(std::sync::OnceLock::new());
-        let recipes = lock::SelfClient::new(node.clone(), own_url.clone(), shutdown_rx.clone());
+        let recipes = lock::SelfClient::new(
+            node.clone(),
+            own_url.clone(),
+            tls.own_client.clone(),
+            shutdown_rx.clone(),
+        );
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
             .add_service(
@@ -277,18 +291,28 @@ impl Server {
             shutdown_rx.clone(),
         )));
         let mut client_addrs = Vec::new();
+        let mut own_https = None;
         for url in &cfg.listen_client_urls {
             let (local, task) = serve(
                 url,
                 router.clone(),
+                tls.client.clone(),
                 Some(published.clone()),
                 shutdown_rx.clone(),
             )
             .await?;
             client_addrs.push(local);
-            let _ = own_url.set(format!("http://{local}"));
+            if url.starts_with("http://") {
+                // A plain URL needs no certificate of the member's own: the first one wins.
+                let _ = own_url.set(format!("http://{local}"));
+            } else {
+                own_https.get_or_insert(format!("https://{local}"));
+            }
             serving.push(task);
             tracing::info!(%local, "serving client requests");
+        }
+        if let Some(url) = own_https {
+            let _ = own_url.set(url);
         }
         tracing::info!(
             name = cfg.name,
@@ -352,10 +376,12 @@ impl Server {
     }
 }
 
-/// Binds `url` and serves `router` on it (once `ready`, if given) until shutdown.
+/// Binds `url` and serves `router` on it (once `ready`, if given; through TLS with `tls`)
+/// until shutdown.
 async fn serve(
     url: &str,
     router: tonic::transport::server::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     ready: Option<tokio::sync::watch::Receiver<bool>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
@@ -366,9 +392,8 @@ async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| StartError::Listen(url.to_string(), e))?;
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .map(|conn| conn.map(authority::AuthorityFix::new));
+    let tls = tls.filter(|_| url.starts_with("https://"));
+    let incoming = tls::incoming(listener, tls, stop.clone());
     let task = tokio::spawn(async move {
         if let Some(mut ready) = ready {
             tokio::select! {
@@ -394,6 +419,7 @@ async fn identify(
     cfg: &Config,
     db: &fjall::Database,
     store: &Store,
+    connector: &cairn_client::tls::Connector,
 ) -> Result<(u64, ClusterState), StartError> {
     let stored_id = RaftStorage::stored_member_id(db)?;
     if let (Some(id), Some(state)) = (stored_id, store.members()?) {
@@ -407,7 +433,7 @@ async fn identify(
         return Ok((id, state));
     }
     if cfg.initial_cluster_state == "existing" {
-        let state = fetch_members(cfg).await?;
+        let state = fetch_members(cfg, connector).await?;
         let id = membership::find_self(&state, cfg)?;
         RaftStorage::store_member_id(db, id)?;
         return Ok((id, state));
@@ -426,7 +452,10 @@ async fn identify(
 }
 
 /// Asks the other members listed in `--initial-cluster` for the member list.
-async fn fetch_members(cfg: &Config) -> Result<ClusterState, MembershipError> {
+async fn fetch_members(
+    cfg: &Config,
+    connector: &cairn_client::tls::Connector,
+) -> Result<ClusterState, MembershipError> {
     let mut last_error = String::from("no other member listed in --initial-cluster");
     for (_, urls) in membership::parse_initial_cluster(&cfg.initial_cluster())? {
         for url in urls {
@@ -441,7 +470,8 @@ async fn fetch_members(cfg: &Config) -> Result<ClusterState, MembershipError> {
                 }
             };
             let result = async {
-                let mut client = PeerClient::new(endpoint.connect().await?);
+                let channel = endpoint.connect_with_connector(connector.clone()).await?;
+                let mut client = PeerClient::new(channel);
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                     client.members(MembersRequest {}).await?.into_inner(),
                 )

@@ -185,12 +185,15 @@ impl Process {
         )
     }
 
-    /// A member of `program` (Cairn or etcd, which take the same flags) on client `port`.
+    /// A member of `program` (Cairn or etcd, which take the same flags) on client `port`
+    /// (`http://`, unless `args` name the client URLs).
     pub fn member(program: PathBuf, port: u16, mut args: Vec<String>) -> Process {
         let dir = tempfile::tempdir().expect("temp dir");
         args.push(format!("--data-dir={}", dir.path().join("data").display()));
-        args.push(format!("--listen-client-urls=http://127.0.0.1:{port}"));
-        args.push(format!("--advertise-client-urls=http://127.0.0.1:{port}"));
+        if !args.iter().any(|a| a.starts_with("--listen-client-urls")) {
+            args.push(format!("--listen-client-urls=http://127.0.0.1:{port}"));
+            args.push(format!("--advertise-client-urls=http://127.0.0.1:{port}"));
+        }
         Process {
             child: Some(Self::spawn(&program, &args)),
             program,

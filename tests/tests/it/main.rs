@@ -15,6 +15,7 @@ mod ops;
 mod range;
 mod recipes;
 mod recipes_sync;
+mod tls;
 mod topic;
 mod txn;
 mod watch;
