@@ -190,6 +190,7 @@ impl Client {
     }
 
     /// `endpoint` as a URL, with the scheme this client dials it with when it has none.
+    #[cfg(feature = "cli")]
     pub(crate) fn url_of(&self, endpoint: &str) -> String {
         normalize(endpoint, self.inner.options.tls.is_some())
     }

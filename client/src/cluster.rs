@@ -1,11 +1,14 @@
 //! Cluster membership and maintenance calls.
 
 use cairn_api::etcdserverpb::{
-    cluster_client::ClusterClient, maintenance_client::MaintenanceClient, MemberAddRequest,
-    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
-    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
-    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+    cluster_client::ClusterClient, maintenance_client::MaintenanceClient, DefragmentRequest,
+    DefragmentResponse, HashKvRequest, HashKvResponse, MemberAddRequest, MemberAddResponse,
+    MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberPromoteResponse,
+    MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
 };
+use tonic::transport::Channel;
 
 use crate::client::{request, Retry};
 use crate::{Client, Error};
@@ -92,6 +95,17 @@ impl Client {
     /// The status of the member behind `endpoint` (one of [`Client::endpoints`], or any
     /// other client URL).
     pub async fn status(&self, endpoint: &str) -> Result<StatusResponse, Error> {
+        let t = self.inner.options.request_timeout;
+        Ok(self
+            .maintenance(endpoint)
+            .await?
+            .status(request(StatusRequest {}, t))
+            .await?
+            .into_inner())
+    }
+
+    /// A Maintenance client for the member behind `endpoint`.
+    async fn maintenance(&self, endpoint: &str) -> Result<MaintenanceClient<Channel>, Error> {
         let channel = match self.inner.endpoints.iter().find(|(u, _)| u == endpoint) {
             Some((_, ch)) => ch.clone(),
             None => {
@@ -102,9 +116,43 @@ impl Client {
                     .await?
             }
         };
+        Ok(MaintenanceClient::new(channel).max_decoding_message_size(usize::MAX))
+    }
+
+    /// Rewrites the storage of the member behind `endpoint` to return the space compaction
+    /// freed (may take a while on a large store; not limited by the request timeout).
+    pub async fn defragment(&self, endpoint: &str) -> Result<DefragmentResponse, Error> {
+        Ok(self
+            .maintenance(endpoint)
+            .await?
+            .defragment(DefragmentRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// A digest of the key history up to `revision` (0: the current one) on the member
+    /// behind `endpoint`; members that applied the same log agree on it.
+    pub async fn hash_kv(&self, endpoint: &str, revision: i64) -> Result<HashKvResponse, Error> {
         let t = self.inner.options.request_timeout;
-        Ok(MaintenanceClient::new(channel)
-            .status(request(StatusRequest {}, t))
+        Ok(self
+            .maintenance(endpoint)
+            .await?
+            .hash_kv(request(HashKvRequest { revision }, t))
+            .await?
+            .into_inner())
+    }
+
+    /// A backup of the member behind `endpoint`, as a stream of chunks (each says how many
+    /// bytes are still to come). Write the blobs in order to get the file
+    /// [`crate::backup`] describes.
+    pub async fn snapshot(
+        &self,
+        endpoint: &str,
+    ) -> Result<tonic::Streaming<SnapshotResponse>, Error> {
+        Ok(self
+            .maintenance(endpoint)
+            .await?
+            .snapshot(SnapshotRequest {})
             .await?
             .into_inner())
     }

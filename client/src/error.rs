@@ -20,6 +20,9 @@ pub enum Error {
     /// No endpoint was given.
     #[error("no endpoints")]
     NoEndpoints,
+    /// A backup file is damaged, incomplete or not a backup.
+    #[error("{0}")]
+    Corrupt(String),
     /// A certificate or key could not be read or used.
     #[error("tls: {0}")]
     Tls(String),
@@ -110,6 +113,7 @@ impl Error {
             | Error::InvalidEndpoint(_)
             | Error::Tls(_)
             | Error::NoEndpoints => Code::InvalidArgument,
+            Error::Corrupt(_) => Code::DataLoss,
             Error::NoLeader
             | Error::LeaderChanged
             | Error::Timeout

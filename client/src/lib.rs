@@ -29,6 +29,8 @@
 
 #![warn(missing_docs)]
 
+/// The backup file format of `Maintenance.Snapshot`.
+pub mod backup;
 mod client;
 mod cluster;
 /// The `cairnctl` command line (feature `cli`).

@@ -3,21 +3,23 @@
 
 mod concurrency;
 mod json;
+mod ops;
+
+pub use ops::{Restore, RestoreArgs};
 mod table;
 mod txn;
+mod watch;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
 
 use crate::{
-    Client, ClientOptions, DeleteOptions, EventType, GetOptions, KeyValue, PutOptions, SortOrder,
-    SortTarget, WatchOptions,
+    Client, ClientOptions, DeleteOptions, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
 };
 use cairn_api::etcdserverpb::{
     response_op::Response, DeleteRangeResponse, PutResponse, RangeResponse, TxnResponse,
 };
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
 
 #[derive(Parser)]
 #[command(
@@ -182,14 +184,8 @@ enum Cmd {
     },
     /// Watches events stream on keys or prefixes.
     Watch {
-        key: String,
-        range_end: Option<String>,
-        #[arg(long)]
-        prefix: bool,
-        #[arg(long, default_value_t = 0)]
-        rev: i64,
-        #[arg(long = "prev-kv")]
-        prev_kv: bool,
+        #[command(flatten)]
+        args: watch::WatchArgs,
     },
     /// Compacts the event history.
     Compaction {
@@ -211,6 +207,17 @@ enum Cmd {
     Endpoint {
         #[command(subcommand)]
         cmd: EndpointCmd,
+    },
+    /// Manages backups: save one from a member, check one, restore one into a data dir.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: ops::SnapshotCmd,
+    },
+    /// Defragments the storage of the members with given endpoints.
+    Defrag {
+        /// Use all endpoints from the cluster member list.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Transfers leadership to another member.
     MoveLeader {
@@ -308,6 +315,14 @@ enum EndpointCmd {
     Health {
         #[arg(long)]
         cluster: bool,
+    },
+    /// Prints the KV history hash of each endpoint.
+    Hashkv {
+        #[arg(long)]
+        cluster: bool,
+        /// The revision to hash at (0: the current one).
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
     },
 }
 
@@ -438,7 +453,7 @@ async fn targets(client: &Client, given: &[String], cluster: bool) -> Result<Vec
     Ok(eps)
 }
 
-async fn run(cli: Cli) -> Result<(), Fail> {
+async fn run(cli: Cli, restore: Option<Restore>) -> Result<(), Fail> {
     let json = cli.write_out == "json";
     let table = cli.write_out == "table";
     // As etcdctl: only listings of members and endpoints have a table form.
@@ -447,6 +462,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Member {
             cmd: MemberCmd::List
         } | Cmd::Endpoint { .. }
+            | Cmd::Snapshot {
+                cmd: ops::SnapshotCmd::Status { .. }
+            }
     );
     if table && !tabular {
         return Err(bad_feature("table not supported as output format"));
@@ -458,6 +476,11 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         tls,
         ..Default::default()
     };
+    if let Cmd::Snapshot { cmd } = &cli.cmd {
+        if let Some(done) = ops::snapshot_local(cmd, restore, json, table) {
+            return done;
+        }
+    }
     let client = Client::connect(&cli.endpoints, opts).await?;
     match cli.cmd {
         Cmd::Put {
@@ -611,53 +634,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 print_txn(&r);
             }
         }
-        Cmd::Watch {
-            key,
-            range_end,
-            prefix,
-            rev,
-            prev_kv,
-        } => {
-            let mut o = WatchOptions::new()
-                .with_start_revision(rev)
-                .with_range_flags(range_end, prefix, false);
-            if prev_kv {
-                o = o.with_prev_kv();
-            }
-            let mut watch = client.watch(key, Some(o));
-            loop {
-                let batch = tokio::select! {
-                    b = watch.next() => b,
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
-                };
-                let Some(batch) = batch else { return Ok(()) };
-                let batch = batch?;
-                if json {
-                    let events: Vec<String> = batch.events.iter().map(json::event).collect();
-                    // clientv3's WatchResponse, which has no json tags.
-                    println!(
-                        "{{\"Header\":{},\"Events\":[{}],\"CompactRevision\":0,\"Canceled\":false,\"Created\":false}}",
-                        json::header(&batch.header.unwrap_or_default()),
-                        events.join(",")
-                    );
-                    continue;
-                }
-                for e in &batch.events {
-                    let kind = if e.r#type == EventType::Delete as i32 {
-                        "DELETE"
-                    } else {
-                        "PUT"
-                    };
-                    println!("{kind}");
-                    if let Some(p) = &e.prev_kv {
-                        print_kv(p, false);
-                    }
-                    if let Some(kv) = &e.kv {
-                        print_kv(kv, false);
-                    }
-                }
-            }
-        }
+        Cmd::Watch { args } => watch::watch(&client, args, json).await?,
         Cmd::Compaction { revision, physical } => {
             client.compact(revision, physical).await?;
             println!("compacted revision {revision}");
@@ -668,6 +645,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Lock { ttl, args } => concurrency::lock(&client, args, ttl, json).await?,
         Cmd::Elect { listen, ttl, args } => {
             concurrency::elect(&client, args, listen, ttl, json).await?
+        }
+        Cmd::Snapshot { cmd } => ops::snapshot_remote(&client, &cli.endpoints, cmd).await?,
+        Cmd::Defrag { cluster } => {
+            ops::defrag(&client, targets(&client, &cli.endpoints, cluster).await?).await?
         }
         Cmd::MoveLeader { target } => {
             let mut leader = 0;
@@ -981,6 +962,10 @@ async fn endpoint(
                 print_rows(&HEADERS, &rows, table);
             }
         }
+        EndpointCmd::Hashkv { cluster, rev } => {
+            let eps = targets(client, given, cluster).await?;
+            ops::hashkv(client, eps, rev, json, table).await?
+        }
         EndpointCmd::Health { cluster } => {
             let mut items = Vec::new();
             let mut rows = Vec::new();
@@ -1041,8 +1026,15 @@ async fn endpoint(
     Ok(())
 }
 
-/// Runs `cairnctl` with the process's arguments; returns the exit code.
+/// Runs `cairnctl` with the process's arguments; returns the exit code. `snapshot restore`
+/// is unavailable; the `cairnctl` binary uses [`main_with`].
 pub fn main() -> i32 {
+    main_with(None)
+}
+
+/// Runs `cairnctl` with the process's arguments and a way to restore backups into a data
+/// directory (the server crate's); returns the exit code.
+pub fn main_with(restore: Option<Restore>) -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -1070,10 +1062,16 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, restore)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("Error: {e}");
+            // An exit without a message was reported where it happened.
+            if !e
+                .downcast_ref::<Exit>()
+                .is_some_and(|x| x.message.is_empty())
+            {
+                eprintln!("Error: {e}");
+            }
             e.downcast_ref::<Exit>().map_or(1, |x| x.code)
         }
     }

@@ -214,6 +214,11 @@ fn load_state(
     })
 }
 
+/// The leading 32 bits of a digest.
+fn leading_u32(digest: &[u8]) -> u32 {
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
 impl Store {
     /// Opens the fjall database of a member's data directory.
     pub fn open_database(dir: &Path) -> Result<Database, Error> {
@@ -356,6 +361,72 @@ impl Store {
     /// On-disk size of the database in bytes.
     pub fn db_size(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
+    }
+
+    /// Whether a meta record belongs in a backup: the revision counters do; the raft
+    /// position, configuration and membership belong to the cluster it came from.
+    pub fn is_portable_meta(key: &[u8]) -> bool {
+        key == META_CURRENT_REV || key == META_COMPACT_REV
+    }
+
+    /// etcd's HashKV: a digest of the key history at revisions up to `rev` (0: the
+    /// current one) that compaction kept, with the compacted and current revisions. Every
+    /// member that applied the same log gets the same digest.
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), Error> {
+        let (snap, compact_rev, current_rev) = {
+            let s = self.read_state();
+            (self.db.snapshot(), s.compact_rev, s.current_rev)
+        };
+        let rev = if rev <= 0 { current_rev } else { rev };
+        if rev < compact_rev {
+            return Err(Error::Compacted);
+        }
+        if rev > current_rev {
+            return Err(Error::FutureRev);
+        }
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+        let end = Revision::new(rev.saturating_add(1), 0).to_key(false);
+        for item in snap.range(&self.kv, ..end) {
+            let (k, v) = item.into_inner()?;
+            sha.update(&(k.len() as u32).to_be_bytes());
+            sha.update(&k);
+            sha.update(&(v.len() as u32).to_be_bytes());
+            sha.update(&v);
+        }
+        Ok((leading_u32(sha.finish().as_ref()), compact_rev, current_rev))
+    }
+
+    /// etcd's Hash: a digest of everything a backup holds (key history, leases, revision
+    /// counters), with the current revision.
+    pub fn hash(&self) -> Result<(u32, i64), Error> {
+        let current_rev = self.current_rev();
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+        self.dump(|space, k, v| {
+            if space != Space::Meta || Store::is_portable_meta(k) {
+                sha.update(&[space as u8]);
+                sha.update(&(k.len() as u32).to_be_bytes());
+                sha.update(k);
+                sha.update(&(v.len() as u32).to_be_bytes());
+                sha.update(v);
+            }
+            Ok(())
+        })?;
+        Ok((leading_u32(sha.finish().as_ref()), current_rev))
+    }
+
+    /// Rewrites every keyspace of the database (the store's and the raft log's) without
+    /// what compaction and log truncation deleted, so their space is returned to the file
+    /// system (etcd's defragmentation); flushes memtables first so old journals can go.
+    pub fn defragment(&self) -> Result<(), Error> {
+        let before = self.db_size();
+        for name in self.db.list_keyspace_names() {
+            let ks = self.db.keyspace(&name, KeyspaceCreateOptions::default)?;
+            ks.rotate_memtable_and_wait()?;
+            ks.major_compact()?;
+        }
+        self.db.persist(PersistMode::SyncAll)?;
+        tracing::info!(before, after = self.db_size(), "defragmented");
+        Ok(())
     }
 
     /// Committed changes with revisions in `from..=to`, in revision order, as (revision,

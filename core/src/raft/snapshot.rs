@@ -8,7 +8,9 @@
 //! not completely on disk.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
+
+use cairn_client::backup::{decode_records, encode_record};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -20,14 +22,6 @@ pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Where the snapshot at `index`/`term` is kept.
 pub fn snap_path(dir: &Path, term: u64, index: u64) -> PathBuf {
     dir.join(format!("{term:016x}-{index:016x}.snap"))
-}
-
-fn put_record(buf: &mut Vec<u8>, space: Space, k: &[u8], v: &[u8]) {
-    buf.push(space as u8);
-    buf.extend_from_slice(&(k.len() as u32).to_be_bytes());
-    buf.extend_from_slice(k);
-    buf.extend_from_slice(&(v.len() as u32).to_be_bytes());
-    buf.extend_from_slice(v);
 }
 
 /// What a dump produced: the applied index and term it is at.
@@ -43,7 +37,7 @@ pub fn dump(store: &Store, mut send: impl FnMut(Vec<u8>) -> bool) -> Result<Dump
     let mut sha = sha1_smol::Sha1::new();
     let mut buf = Vec::with_capacity(CHUNK_BYTES + 4096);
     let (index, term) = store.dump(|space, k, v| {
-        put_record(&mut buf, space, k, v);
+        encode_record(&mut buf, space as u8, k, v);
         if buf.len() >= CHUNK_BYTES {
             sha.update(&buf);
             if !send(std::mem::take(&mut buf)) {
@@ -103,28 +97,11 @@ impl Receiver {
 /// Reads the records of a snapshot file back.
 pub fn read_records(path: &Path) -> Result<impl Iterator<Item = Result<Record, Error>>, Error> {
     let f = File::open(path).map_err(|e| Error::Storage(format!("snapshot file: {e}")))?;
-    let mut r = BufReader::new(f);
-    let corrupt = || Error::Corrupt("truncated snapshot file".into());
-    Ok(std::iter::from_fn(move || {
-        let mut tag = [0u8; 1];
-        match r.read(&mut tag) {
-            Ok(0) => return None,
-            Ok(_) => {}
-            Err(e) => return Some(Err(Error::Storage(e.to_string()))),
-        }
-        let mut field = || -> Result<Vec<u8>, Error> {
-            let mut len = [0u8; 4];
-            r.read_exact(&mut len).map_err(|_| corrupt())?;
-            let mut v = vec![0u8; u32::from_be_bytes(len) as usize];
-            r.read_exact(&mut v).map_err(|_| corrupt())?;
-            Ok(v)
-        };
-        Some((|| {
-            let space = Space::from_tag(tag[0]).ok_or_else(corrupt)?;
-            let k = field()?;
-            let v = field()?;
-            Ok((space, k, v))
-        })())
+    Ok(decode_records(BufReader::new(f)).map(|r| {
+        let (tag, k, v) = r.map_err(|e| Error::Corrupt(format!("snapshot file: {e}")))?;
+        let space = Space::from_tag(tag)
+            .ok_or_else(|| Error::Corrupt(format!("snapshot file: space {tag}")))?;
+        Ok((space, k, v))
     }))
 }
 
@@ -148,8 +125,8 @@ mod tests {
     fn records_round_trip_and_a_bad_digest_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut buf = Vec::new();
-        put_record(&mut buf, Space::Kv, b"k", b"v");
-        put_record(&mut buf, Space::Lease, b"", &[1, 2, 3]);
+        encode_record(&mut buf, Space::Kv as u8, b"k", b"v");
+        encode_record(&mut buf, Space::Lease as u8, b"", &[1, 2, 3]);
         let mut rx = Receiver::create(dir.path()).unwrap();
         rx.write(&buf).unwrap();
         let digest = {

@@ -1,5 +1,6 @@
 //! The Maintenance and Cluster services: member status, alarms and the member list.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -7,12 +8,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cairn_api::cairnpb::internal_request::Request as Internal;
 use cairn_api::etcdserverpb::{
     alarm_request::AlarmAction, cluster_server::Cluster, maintenance_server::Maintenance,
-    AlarmRequest, AlarmResponse, Member, MemberAddRequest, MemberAddResponse, MemberListRequest,
-    MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
-    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest,
-    MoveLeaderResponse, StatusRequest, StatusResponse,
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, Member, MemberAddRequest, MemberAddResponse,
+    MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberPromoteResponse,
+    MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+    MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse,
+    StatusRequest, StatusResponse,
 };
 use raft::eraftpb::ConfChangeType;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use crate::apply::Applied;
@@ -26,14 +31,61 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The etcd API version Cairn implements; clients gate features on it.
 pub const ETCD_API_VERSION: &str = "3.4.0";
 
+/// Bytes of backup per Snapshot message.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+
 pub struct MaintenanceService {
     node: Arc<Node>,
+    /// Where backups are written before they are streamed.
+    backup_dir: PathBuf,
 }
 
 impl MaintenanceService {
-    pub fn new(node: Arc<Node>) -> Self {
-        MaintenanceService { node }
+    pub fn new(node: Arc<Node>, backup_dir: PathBuf) -> Self {
+        MaintenanceService { node, backup_dir }
     }
+}
+
+/// Streams a backup file in chunks with the bytes still to come, as etcd does; the file is
+/// removed once sent (or once the client goes away).
+fn stream_backup(
+    file: crate::backup::BackupFile,
+    header: ResponseHeader,
+) -> ReceiverStream<Result<SnapshotResponse, Status>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let send = |m| tx.blocking_send(m).is_ok();
+        let mut f = match std::fs::File::open(&file.path) {
+            Ok(f) => f,
+            Err(e) => {
+                send(Err(Status::internal(format!("backup file: {e}"))));
+                return;
+            }
+        };
+        let mut sent = 0u64;
+        loop {
+            let mut blob = vec![0u8; SNAPSHOT_CHUNK];
+            let n = match std::io::Read::read(&mut f, &mut blob) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) => {
+                    send(Err(Status::internal(format!("backup file: {e}"))));
+                    return;
+                }
+            };
+            blob.truncate(n);
+            sent += n as u64;
+            let m = SnapshotResponse {
+                header: Some(header),
+                remaining_bytes: file.size.saturating_sub(sent),
+                blob,
+            };
+            if !send(Ok(m)) {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 #[tonic::async_trait]
@@ -87,6 +139,65 @@ impl Maintenance for MaintenanceService {
         }
         Ok(Response::new(MoveLeaderResponse {
             header: Some(node.header(0)),
+        }))
+    }
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<BoxStream<SnapshotResponse>>, Status> {
+        let store = self.node.store.clone();
+        let dir = self.backup_dir.clone();
+        let file = tokio::task::spawn_blocking(move || crate::backup::write(&store, &dir))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        tracing::info!(bytes = file.size, "streaming a backup");
+        let stream = stream_backup(file, self.node.header(0));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        let store = self.node.store.clone();
+        tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.node.header(0)),
+        }))
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let store = self.node.store.clone();
+        let (hash, rev) = tokio::task::spawn_blocking(move || store.hash())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        let mut header = self.node.header(0);
+        header.revision = rev;
+        Ok(Response::new(HashResponse {
+            header: Some(header),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        let store = self.node.store.clone();
+        let (hash, compact_revision, current) =
+            tokio::task::spawn_blocking(move || store.hash_kv(rev))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+        let mut header = self.node.header(0);
+        header.revision = current;
+        Ok(Response::new(HashKvResponse {
+            header: Some(header),
+            hash,
+            compact_revision,
         }))
     }
 

@@ -213,7 +213,7 @@ impl Server {
             PeerServer::new(peer::PeerService::new(
                 node.clone(),
                 command_tx,
-                snap_dir,
+                snap_dir.clone(),
                 cfg.fault_injection,
                 shutdown_rx.clone(),
             ))
@@ -260,8 +260,11 @@ impl Server {
                     .max_encoding_message_size(usize::MAX),
             )
             .add_service(
-                MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))
-                    .max_decoding_message_size(limit),
+                MaintenanceServer::new(maintenance::MaintenanceService::new(
+                    node.clone(),
+                    member_dir.join("backup"),
+                ))
+                .max_decoding_message_size(limit),
             )
             .add_service(
                 ClusterServer::new(maintenance::ClusterService::new(node.clone()))

@@ -20,10 +20,12 @@ use cluster_harness::{wait_holds, Cluster, ELECTION_MS};
 use harness::kv;
 
 /// Leader kills per test. Raft's randomized elections occasionally split the vote (two
-/// followers campaign within a round trip of each other), and a split costs one more
+/// followers campaign within a round trip of each other: seen in about 3 of 100 kills, the
+/// two followers turning pre-candidate within a millisecond), and a split costs one more
 /// election timeout; so the two-timeout bound is asserted on the median of the kills, and
-/// every kill must still resume within four timeouts.
-const KILLS: usize = 3;
+/// every kill must still resume within four timeouts. Five kills make a median spoiled by
+/// splits (three of five) about a one-in-3,000 event; three kills were one in a few hundred.
+const KILLS: usize = 5;
 
 /// What the writers share: who runs, when to stop, and every acknowledged write with when
 /// it was sent and when it was acknowledged.

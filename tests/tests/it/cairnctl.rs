@@ -100,6 +100,11 @@ impl Tool {
     /// Runs a command that does not end by itself (watch, elect) until it printed `lines`
     /// lines.
     fn first_lines(&self, args: &[&str], lines: usize) -> String {
+        self.first_lines_after(args, "", lines)
+    }
+
+    /// The same with `input` on standard input, which stays open until the tool is killed.
+    fn first_lines_after(&self, args: &[&str], input: &str, lines: usize) -> String {
         let mut cmd = Command::new(&self.bin);
         if self.etcdctl {
             cmd.env("ETCDCTL_API", "3");
@@ -107,10 +112,13 @@ impl Tool {
         let mut child = cmd
             .arg(format!("--endpoints={}", self.endpoint))
             .args(args)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("run the tool");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write stdin");
         let stdout = child.stdout.take().expect("stdout");
         let mut out = String::new();
         for line in BufReader::new(stdout).lines().take(lines) {
@@ -119,6 +127,7 @@ impl Tool {
         }
         let _ = child.kill();
         let _ = child.wait();
+        drop(stdin);
         out
     }
 
@@ -127,6 +136,23 @@ impl Tool {
     fn held(&self) -> String {
         let mut out = self.first_lines(&["watch", "foo", "--rev=4", "--prev-kv"], 6);
         out += &self.first_lines(&["watch", "foo", "--rev=4", "-w", "json"], 1);
+        out += &self.first_lines_after(
+            &["watch", "-i", "--prev-kv"],
+            "nonsense\nwatch foo --rev=4\n",
+            6,
+        );
+        out += &self.first_lines(
+            &[
+                "watch",
+                "foo",
+                "--rev=4",
+                "--",
+                "sh",
+                "-c",
+                "echo $ETCD_WATCH_KEY $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_VALUE",
+            ],
+            4,
+        );
         // The campaign's lease (60 s, etcdctl's session default) outlives the killed
         // process, so the observer still sees it as leader.
         out += &self.first_lines(&["elect", "jobs", "node-1"], 2);
@@ -236,6 +262,8 @@ impl Tool {
         run(&["endpoint", "health"], None);
         run(&["endpoint", "status"], None);
         run(&["endpoint", "status", "-w", "json"], None);
+        // Last: it changes the database size `endpoint status` shows.
+        run(&["defrag"], None);
         out
     }
 }

@@ -187,8 +187,20 @@ impl Process {
 
     /// A member of `program` (Cairn or etcd, which take the same flags) on client `port`
     /// (`http://`, unless `args` name the client URLs).
-    pub fn member(program: PathBuf, port: u16, mut args: Vec<String>) -> Process {
+    pub fn member(program: PathBuf, port: u16, args: Vec<String>) -> Process {
+        Self::member_with(program, port, args, |_| {})
+    }
+
+    /// The same, after `prepare` has been given the data directory (e.g. to restore a
+    /// backup into it).
+    pub fn member_with(
+        program: PathBuf,
+        port: u16,
+        mut args: Vec<String>,
+        prepare: impl FnOnce(&Path),
+    ) -> Process {
         let dir = tempfile::tempdir().expect("temp dir");
+        prepare(&dir.path().join("data"));
         args.push(format!("--data-dir={}", dir.path().join("data").display()));
         if !args.iter().any(|a| a.starts_with("--listen-client-urls")) {
             args.push(format!("--listen-client-urls=http://127.0.0.1:{port}"));
