@@ -1,12 +1,13 @@
 //! Cluster membership and maintenance calls.
 
 use cairn_api::etcdserverpb::{
-    cluster_client::ClusterClient, maintenance_client::MaintenanceClient, DefragmentRequest,
-    DefragmentResponse, HashKvRequest, HashKvResponse, MemberAddRequest, MemberAddResponse,
-    MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberPromoteResponse,
-    MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
-    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    alarm_request::AlarmAction, cluster_client::ClusterClient,
+    maintenance_client::MaintenanceClient, AlarmMember, AlarmRequest, AlarmResponse,
+    DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, MemberAddRequest,
+    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse,
+    StatusRequest, StatusResponse,
 };
 use tonic::transport::Channel;
 
@@ -117,6 +118,44 @@ impl Client {
             }
         };
         Ok(MaintenanceClient::new(channel).max_decoding_message_size(usize::MAX))
+    }
+
+    /// The raised alarms (NOSPACE when the storage quota was exhausted), cluster-wide.
+    pub async fn alarm_list(&self) -> Result<AlarmResponse, Error> {
+        let req = AlarmRequest {
+            action: AlarmAction::Get as i32,
+            ..Default::default()
+        };
+        self.call(Retry::Always, |ch, t| async move {
+            Ok(MaintenanceClient::new(ch)
+                .alarm(request(req, t))
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Clears every raised alarm (as `etcdctl alarm disarm`); returns those cleared. Writes
+    /// refused for NOSPACE are accepted again (until the quota is exceeded again).
+    pub async fn alarm_disarm(&self) -> Result<Vec<AlarmMember>, Error> {
+        let mut cleared = Vec::new();
+        for alarm in self.alarm_list().await?.alarms {
+            let req = AlarmRequest {
+                action: AlarmAction::Deactivate as i32,
+                member_id: alarm.member_id,
+                alarm: alarm.alarm,
+            };
+            let resp = self
+                .call(Retry::Always, |ch, t| async move {
+                    Ok(MaintenanceClient::new(ch)
+                        .alarm(request(req, t))
+                        .await?
+                        .into_inner())
+                })
+                .await?;
+            cleared.extend(resp.alarms);
+        }
+        Ok(cleared)
     }
 
     /// Rewrites the storage of the member behind `endpoint` to return the space compaction

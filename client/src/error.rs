@@ -57,6 +57,10 @@ pub enum Error {
     #[error("etcdserver: request is too large")]
     /// A request over the server's size limit.
     RequestTooLarge,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    /// The storage quota is exhausted (the NOSPACE alarm): writes that add data are refused
+    /// until space is freed (compact, defragment) and the alarm disarmed.
+    NoSpace,
     #[error("etcdserver: no leader")]
     /// The member has no leader (an election, or it is cut off).
     NoLeader,
@@ -114,6 +118,7 @@ impl Error {
             | Error::Tls(_)
             | Error::NoEndpoints => Code::InvalidArgument,
             Error::Corrupt(_) => Code::DataLoss,
+            Error::NoSpace => Code::ResourceExhausted,
             Error::NoLeader
             | Error::LeaderChanged
             | Error::Timeout
@@ -158,6 +163,7 @@ impl From<Status> for Error {
             "etcdserver: too many operations in txn request" => Error::TooManyOps,
             "etcdserver: duplicate key given in txn request" => Error::DuplicateKey,
             "etcdserver: request is too large" => Error::RequestTooLarge,
+            "etcdserver: mvcc: database space exceeded" => Error::NoSpace,
             "etcdserver: no leader" => Error::NoLeader,
             "etcdserver: not leader" => Error::NotLeader,
             "etcdserver: leader changed" => Error::LeaderChanged,

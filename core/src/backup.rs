@@ -149,8 +149,9 @@ pub fn restore(rc: &RestoreConfig) -> Result<cairn_client::backup::Summary, Rest
     cfg.initial_advertise_peer_urls = rc.initial_advertise_peer_urls.clone();
     let (state, id) = membership::initial_state(&cfg)?;
 
-    let db = Store::open_database(&rc.data_dir.join("member").join("db"))?;
-    let store = Store::open(&db, Arc::new(Lessor::new(1)))?;
+    let db_dir = rc.data_dir.join("member").join("db");
+    let db = Store::open_database(&db_dir)?;
+    let store = Store::open(&db, &db_dir, Arc::new(Lessor::new(1)))?;
     let (records, check) = cairn_client::backup::open(&rc.file)?;
     let records = records.map(|r| {
         let (tag, k, v) = r.map_err(|e| Error::Corrupt(e.to_string()))?;

@@ -93,6 +93,37 @@ pub struct Config {
     #[arg(long = "max-request-bytes", env = "CAIRN_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
     pub max_request_bytes: usize,
 
+    /// Storage quota in bytes of key history and leases; a write that would exceed it
+    /// raises the NOSPACE alarm (0: the default 2 GiB; negative: no quota).
+    #[arg(
+        long = "quota-backend-bytes",
+        env = "CAIRN_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    pub quota_backend_bytes: i64,
+
+    /// `periodic` (keep a duration of history) or `revision` (keep a number of revisions).
+    #[arg(
+        long = "auto-compaction-mode",
+        env = "CAIRN_AUTO_COMPACTION_MODE",
+        default_value = "periodic"
+    )]
+    pub auto_compaction_mode: String,
+
+    /// History to keep: a duration (`1h`, `30m`, or hours as a bare number) in periodic
+    /// mode, a number of revisions in revision mode; 0 turns auto-compaction off.
+    #[arg(
+        long = "auto-compaction-retention",
+        env = "CAIRN_AUTO_COMPACTION_RETENTION",
+        default_value = "0"
+    )]
+    pub auto_compaction_retention: String,
+
+    /// How often revision-mode auto-compaction runs (etcd's fixed 5 minutes; for tests).
+    #[arg(long = "experimental-auto-compaction-revision-interval", env = "CAIRN_EXPERIMENTAL_AUTO_COMPACTION_REVISION_INTERVAL", default_value = "5m", value_parser = parse_duration, hide = true)]
+    pub auto_compaction_revision_interval: Duration,
+
     /// Most operations in one txn.
     #[arg(long = "max-txn-ops", env = "CAIRN_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -176,6 +207,15 @@ impl Config {
             self.listen_client_urls.clone()
         } else {
             self.advertise_client_urls.clone()
+        }
+    }
+
+    /// The storage quota in bytes, if any (etcd's default of 2 GiB for 0).
+    pub fn quota(&self) -> Option<u64> {
+        match self.quota_backend_bytes {
+            q if q < 0 => None,
+            0 => Some(2 * 1024 * 1024 * 1024),
+            q => Some(q as u64),
         }
     }
 

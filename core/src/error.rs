@@ -37,6 +37,9 @@ pub enum Error {
     NotLeader,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    /// The NOSPACE alarm is raised: writes that add data are refused until it is disarmed.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: request timed out")]
@@ -95,6 +98,7 @@ impl Error {
             | Error::TooManyLearners
             | Error::BadLeaderTransferee => Code::FailedPrecondition,
             Error::LeaseTtlTooLarge => Code::OutOfRange,
+            Error::NoSpace => Code::ResourceExhausted,
             Error::NoLeader
             | Error::Timeout
             | Error::Stopped

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_api::cairnpb::{internal_request::Request, ConfChangeContext, InternalRequest};
-use cairn_api::etcdserverpb::{Member, ResponseHeader};
+use cairn_api::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmRequest, AlarmType, Member, ResponseHeader,
+};
 use prost::Message;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use tokio::sync::{oneshot, watch};
@@ -29,6 +31,7 @@ pub struct Node {
     applied: watch::Receiver<u64>,
     max_request_bytes: usize,
     request_timeout: Duration,
+    quota: Option<u64>,
 }
 
 pub struct NodeParts {
@@ -41,6 +44,8 @@ pub struct NodeParts {
     pub applied: watch::Receiver<u64>,
     pub max_request_bytes: usize,
     pub request_timeout: Duration,
+    /// Storage quota (`--quota-backend-bytes`), if any.
+    pub quota: Option<u64>,
 }
 
 impl Node {
@@ -56,6 +61,7 @@ impl Node {
             applied: p.applied,
             max_request_bytes: p.max_request_bytes,
             request_timeout: p.request_timeout,
+            quota: p.quota,
         }
     }
 
@@ -159,6 +165,32 @@ impl Node {
 
     /// [`Node::propose_and_wait`] for requests answered with a response of kind `T`, its
     /// header completed with this member's identity.
+    /// etcd's quota check before a write that adds `cost` bytes: refused while the NOSPACE
+    /// alarm is raised; a write that would go over the quota raises it (through raft, so
+    /// every member refuses such writes from then on) and is refused.
+    pub async fn check_quota(&self, cost: u64) -> Result<(), Error> {
+        let Some(quota) = self.quota else {
+            return Ok(());
+        };
+        if self.store.alarmed(AlarmType::Nospace) {
+            return Err(Error::NoSpace);
+        }
+        let used = self.store.size_in_use();
+        if used + cost <= quota {
+            return Ok(());
+        }
+        tracing::warn!(used, cost, quota, "storage quota exceeded; raising NOSPACE");
+        let alarm = AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: self.membership.local_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        if let Err(e) = self.propose_and_wait(Request::Alarm(alarm)).await {
+            tracing::warn!(error = %e, "raising NOSPACE");
+        }
+        Err(Error::NoSpace)
+    }
+
     pub async fn propose_for<T: Answer>(&self, request: Request) -> Result<T, Error> {
         let applied = self.propose_and_wait(request).await?;
         // Each request kind is answered with its own response kind by the apply loop.

@@ -213,6 +213,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ops::SnapshotCmd,
     },
+    /// Alarm related commands.
+    Alarm {
+        #[command(subcommand)]
+        cmd: ops::AlarmCmd,
+    },
     /// Defragments the storage of the members with given endpoints.
     Defrag {
         /// Use all endpoints from the cluster member list.
@@ -647,6 +652,7 @@ async fn run(cli: Cli, restore: Option<Restore>) -> Result<(), Fail> {
             concurrency::elect(&client, args, listen, ttl, json).await?
         }
         Cmd::Snapshot { cmd } => ops::snapshot_remote(&client, &cli.endpoints, cmd).await?,
+        Cmd::Alarm { cmd } => ops::alarm(&client, cmd, json).await?,
         Cmd::Defrag { cluster } => {
             ops::defrag(&client, targets(&client, &cli.endpoints, cluster).await?).await?
         }

@@ -234,3 +234,46 @@ pub async fn hashkv(
     }
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub enum AlarmCmd {
+    /// Lists all alarms.
+    List,
+    /// Disarms all alarms.
+    Disarm,
+}
+
+/// An alarm as etcdctl prints it (the text form of `AlarmMember`).
+fn alarm_text(a: &cairn_api::etcdserverpb::AlarmMember) -> String {
+    use cairn_api::etcdserverpb::AlarmType;
+    let name = AlarmType::try_from(a.alarm).map_or("UNKNOWN", |t| t.as_str_name());
+    format!("memberID:{} alarm:{name} ", a.member_id)
+}
+
+/// `alarm list` and `alarm disarm`.
+pub async fn alarm(client: &Client, cmd: AlarmCmd, json: bool) -> Result<(), Fail> {
+    let (header, alarms) = match cmd {
+        AlarmCmd::List => {
+            let r = client.alarm_list().await?;
+            (r.header, r.alarms)
+        }
+        AlarmCmd::Disarm => (None, client.alarm_disarm().await?),
+    };
+    if json {
+        let items: Vec<String> = alarms
+            .iter()
+            .map(|a| format!("{{\"memberID\":{},\"alarm\":{}}}", a.member_id, a.alarm))
+            .collect();
+        let header = header.as_ref().map(super::json::header);
+        match header {
+            Some(h) if items.is_empty() => println!("{{\"header\":{h}}}"),
+            Some(h) => println!("{{\"header\":{h},\"alarms\":[{}]}}", items.join(",")),
+            None => println!("{{\"alarms\":[{}]}}", items.join(",")),
+        }
+        return Ok(());
+    }
+    for a in &alarms {
+        println!("{}", alarm_text(a));
+    }
+    Ok(())
+}

@@ -19,8 +19,8 @@ use cairn_api::cairnpb::{
     internal_request::Request, ClusterState, ConfChangeContext, InternalRequest,
 };
 use cairn_api::etcdserverpb::{
-    DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, Member, PutResponse,
-    ResponseHeader, TxnResponse,
+    alarm_request::AlarmAction, AlarmMember, AlarmResponse, AlarmType, DeleteRangeResponse,
+    LeaseGrantResponse, LeaseRevokeResponse, Member, PutResponse, ResponseHeader, TxnResponse,
 };
 use cairn_api::mvccpb::KeyValue;
 use prost::Message;
@@ -62,6 +62,8 @@ pub enum Applied {
     LeaseRevoke(LeaseRevokeResponse),
     /// A membership change took effect; the members after it.
     Members(Vec<Member>),
+    /// An alarm was raised or cleared: the alarms that changed.
+    Alarm(AlarmResponse),
 }
 
 /// A response kind the apply loop produces, carrying a header the gRPC edge completes.
@@ -93,6 +95,7 @@ answer!(
     Txn => TxnResponse,
     LeaseGrant => LeaseGrantResponse,
     LeaseRevoke => LeaseRevokeResponse,
+    Alarm => AlarmResponse,
 );
 
 /// The changes of one revision, in the order they were made.
@@ -286,8 +289,42 @@ fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
-fn apply_request(wb: &mut WriteBatch<'_>, req: Request, changes: &mut Vec<Changes>) -> ApplyResult {
+/// Whether a request adds data, which the NOSPACE alarm refuses (etcd's capped applier:
+/// puts, txns that write, lease grants; deletions, compaction and revocations still go).
+fn adds_data(req: &Request) -> bool {
     match req {
+        Request::Put(_) | Request::LeaseGrant(_) => true,
+        Request::Txn(t) => !kv::is_read_only(t),
+        _ => false,
+    }
+}
+
+fn apply_request(wb: &mut WriteBatch<'_>, req: Request, changes: &mut Vec<Changes>) -> ApplyResult {
+    // Every member refuses the same entries, whichever member raised the alarm.
+    if adds_data(&req) && wb.alarmed(AlarmType::Nospace) {
+        return Err(Error::NoSpace);
+    }
+    match req {
+        Request::Alarm(a) => {
+            let alarm = AlarmMember {
+                member_id: a.member_id,
+                alarm: a.alarm,
+            };
+            let on = a.action == AlarmAction::Activate as i32;
+            let changed = wb.set_alarm(alarm, on);
+            if let Some(a) = &changed {
+                tracing::warn!(
+                    member = format!("{:x}", a.member_id),
+                    alarm = a.alarm,
+                    on,
+                    "alarm"
+                );
+            }
+            Ok(Applied::Alarm(AlarmResponse {
+                header: header(wb.current_rev()),
+                alarms: changed.into_iter().collect(),
+            }))
+        }
         Request::Put(p) => {
             kv::check_lease(wb.lessor(), p.lease)?;
             in_txn(wb, changes, |t| kv::put(t, p), Applied::Put)

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use cairn_api::cairnpb::ClusterState;
+use cairn_api::etcdserverpb::{AlarmMember, AlarmResponse, AlarmType};
 use cairn_api::mvccpb::KeyValue;
 use fjall::Readable;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
@@ -34,6 +35,8 @@ const META_CONF_STATE: &[u8] = b"conf_state";
 const META_MEMBERS: &[u8] = b"members";
 // Keyspace `lease` maps lease id → granted TTL (both big-endian i64).
 const META_CURRENT_REV: &[u8] = b"current_rev";
+/// The raised alarms (an encoded etcdserverpb.AlarmResponse).
+const META_ALARMS: &[u8] = b"alarms";
 const META_COMPACT_REV: &[u8] = b"compact_rev";
 
 /// Options of a raw range read (etcd's `mvcc.RangeOptions`).
@@ -74,6 +77,9 @@ struct State {
     compact_rev: i64,
     applied_index: u64,
     applied_term: u64,
+    /// Bytes of key history and leases (keys plus values), what the storage quota limits.
+    size_in_use: u64,
+    alarms: Vec<AlarmMember>,
 }
 
 /// One record of a snapshot: its keyspace, key and value.
@@ -101,6 +107,8 @@ impl Space {
 /// The MVCC store. See the module docs.
 pub struct Store {
     db: Database,
+    /// The database's directory (for its size on disk).
+    dir: std::path::PathBuf,
     kv: Keyspace,
     meta: Keyspace,
     leases: Keyspace,
@@ -124,13 +132,14 @@ fn read_i64(ks: &Keyspace, key: &[u8]) -> Result<Option<i64>, Error> {
 impl Store {
     /// Opens (or creates) the store in `db`, rebuilds the index from storage and restores
     /// the leases with their attached keys into `lessor`.
-    pub fn open(db: &Database, lessor: Arc<Lessor>) -> Result<Store, Error> {
+    pub fn open(db: &Database, dir: &Path, lessor: Arc<Lessor>) -> Result<Store, Error> {
         let kv = db.keyspace("kv", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let leases = db.keyspace("lease", KeyspaceCreateOptions::default)?;
         let state = load_state(&kv, &meta, &leases, &lessor)?;
         Ok(Store {
             db: db.clone(),
+            dir: dir.to_path_buf(),
             kv,
             meta,
             leases,
@@ -148,8 +157,10 @@ fn load_state(
     leases: &Keyspace,
     lessor: &Lessor,
 ) -> Result<State, Error> {
+    let mut size_in_use = 0u64;
     for item in leases.iter() {
         let (k, v) = item.into_inner()?;
+        size_in_use += (k.len() + v.len()) as u64;
         let id = i64::from_be_bytes(
             k.as_ref()
                 .try_into()
@@ -168,6 +179,7 @@ fn load_state(
     let mut max_rev = 1;
     for item in kv.iter() {
         let (k, v) = item.into_inner()?;
+        size_in_use += (k.len() + v.len()) as u64;
         let (rev, tombstone) =
             Revision::from_key(&k).ok_or_else(|| Error::Corrupt("revision key".into()))?;
         let kv = KeyValue::decode(v.as_ref())?;
@@ -198,6 +210,10 @@ fn load_state(
     let current_rev = read_i64(meta, META_CURRENT_REV)?.unwrap_or(1).max(max_rev);
     let applied_index = read_i64(meta, META_APPLIED)?.unwrap_or(0) as u64;
     let applied_term = read_i64(meta, META_APPLIED_TERM)?.unwrap_or(0) as u64;
+    let alarms = match meta.get(META_ALARMS)? {
+        Some(v) => AlarmResponse::decode(v.as_ref())?.alarms,
+        None => Vec::new(),
+    };
     tracing::info!(
         keys = index.len(),
         current_rev,
@@ -211,6 +227,8 @@ fn load_state(
         compact_rev,
         applied_index,
         applied_term,
+        size_in_use,
+        alarms,
     })
 }
 
@@ -358,9 +376,54 @@ impl Store {
         Ok(())
     }
 
-    /// On-disk size of the database in bytes.
+    /// On-disk size of the database in bytes: the blocks its files occupy (the active
+    /// journal is preallocated sparse, so its nominal length would overstate it).
     pub fn db_size(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    #[cfg(unix)]
+                    Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+                    #[cfg(not(unix))]
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.dir)
+    }
+
+    /// Bytes of key history and leases: what compaction frees and the storage quota limits.
+    pub fn size_in_use(&self) -> u64 {
+        self.read_state().size_in_use
+    }
+
+    /// Bytes of the member's bookkeeping (revisions, raft position, membership, alarms):
+    /// with [`Store::size_in_use`], the whole state machine.
+    pub fn meta_size(&self) -> u64 {
+        self.meta
+            .iter()
+            .filter_map(|item| item.into_inner().ok())
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
+    }
+
+    /// The raised alarms.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.read_state().alarms.clone()
+    }
+
+    /// Whether an alarm of this type is raised on any member.
+    pub fn alarmed(&self, alarm: AlarmType) -> bool {
+        self.read_state()
+            .alarms
+            .iter()
+            .any(|a| a.alarm == alarm as i32)
     }
 
     /// Whether a meta record belongs in a backup: the revision counters do; the raft
@@ -613,7 +676,12 @@ impl<'a> WriteBatch<'a> {
         self.flush()?;
         let removed = self.state.index.compact(rev);
         for (r, tombstone) in &removed {
-            self.batch.remove(&self.store.kv, r.to_key(*tombstone));
+            let key = r.to_key(*tombstone);
+            if let Some(len) = self.store.kv.size_of(&key)? {
+                let freed = (key.len() + len as usize) as u64;
+                self.state.size_in_use = self.state.size_in_use.saturating_sub(freed);
+            }
+            self.batch.remove(&self.store.kv, key);
         }
         self.state.compact_rev = rev;
         self.batch.insert(
@@ -628,6 +696,7 @@ impl<'a> WriteBatch<'a> {
     /// Grants a lease; returns its effective TTL.
     pub fn grant_lease(&mut self, id: i64, ttl: i64) -> Result<i64, Error> {
         let ttl = self.store.lessor.grant(id, ttl)?;
+        self.state.size_in_use += 16;
         self.batch.insert(
             &self.store.leases,
             id.to_be_bytes().to_vec(),
@@ -646,9 +715,35 @@ impl<'a> WriteBatch<'a> {
         }
         let changes = txn.end();
         self.store.lessor.revoke(id)?;
+        self.state.size_in_use = self.state.size_in_use.saturating_sub(16);
         self.batch
             .remove(&self.store.leases, id.to_be_bytes().to_vec());
         Ok(changes)
+    }
+
+    /// Whether an alarm of this type is raised on any member.
+    pub fn alarmed(&self, alarm: AlarmType) -> bool {
+        self.state.alarms.iter().any(|a| a.alarm == alarm as i32)
+    }
+
+    /// Raises (`on`) or clears an alarm; returns it if that changed anything.
+    pub fn set_alarm(&mut self, alarm: AlarmMember, on: bool) -> Option<AlarmMember> {
+        let alarms = &mut self.state.alarms;
+        let present = alarms.iter().position(|a| *a == alarm);
+        match (present, on) {
+            (None, true) => alarms.push(alarm),
+            (Some(i), false) => {
+                alarms.remove(i);
+            }
+            _ => return None,
+        }
+        let encoded = AlarmResponse {
+            header: None,
+            alarms: alarms.clone(),
+        }
+        .encode_to_vec();
+        self.batch.insert(&self.store.meta, META_ALARMS, encoded);
+        Some(alarm)
     }
 
     /// Records a raft configuration change (encoded eraftpb.ConfState) and the membership
@@ -768,6 +863,7 @@ impl WriteTxn<'_, '_> {
             self.wb.state.current_rev = self.begin_rev + 1;
         }
         for (k, v) in self.staged {
+            self.wb.state.size_in_use += (k.len() + v.len()) as u64;
             self.wb.batch.insert(&self.wb.store.kv, k, v);
         }
         for (k, lease) in self.lease_moves {

@@ -52,6 +52,7 @@ impl Kv for KvService {
     async fn put(&self, req: GrpcRequest<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let p = req.into_inner();
         validate::check_put(&p)?;
+        self.node.check_quota(put_cost(&p)).await?;
         Ok(Response::new(
             self.node.propose_for(Internal::Put(p)).await?,
         ))
@@ -84,6 +85,7 @@ impl Kv for KvService {
             self.node.fill_header(&mut resp.header);
             return Ok(Response::new(resp));
         }
+        self.node.check_quota(txn_cost(&t)).await?;
         Ok(Response::new(
             self.node.propose_for(Internal::Txn(t)).await?,
         ))
@@ -106,4 +108,23 @@ impl Kv for KvService {
             ))),
         }
     }
+}
+
+/// Bytes a put adds for the storage quota: key, value and etcd's per-record overhead.
+fn put_cost(p: &PutRequest) -> u64 {
+    const OVERHEAD: u64 = 256;
+    OVERHEAD + (p.key.len() + p.value.len()) as u64
+}
+
+/// The bytes of every put in a txn, in either branch and nested txns (as etcd counts).
+fn txn_cost(t: &TxnRequest) -> u64 {
+    t.success
+        .iter()
+        .chain(t.failure.iter())
+        .map(|op| match &op.request {
+            Some(Request::RequestPut(p)) => put_cost(p),
+            Some(Request::RequestTxn(t)) => txn_cost(t),
+            _ => 0,
+        })
+        .sum()
 }

@@ -115,6 +115,8 @@ impl Lease for LeaseService {
             // The proposer picks the id, so every member grants the same lease.
             g.id = (self.node.next_request_id() & (i64::MAX as u64)) as i64;
         }
+        // etcd's per-lease overhead.
+        self.node.check_quota(64).await?;
         Ok(Response::new(
             self.node.propose_for(Internal::LeaseGrant(g)).await?,
         ))

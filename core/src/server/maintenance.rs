@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cairn_api::cairnpb::internal_request::Request as Internal;
 use cairn_api::etcdserverpb::{
     alarm_request::AlarmAction, cluster_server::Cluster, maintenance_server::Maintenance,
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
-    HashKvResponse, HashRequest, HashResponse, Member, MemberAddRequest, MemberAddResponse,
-    MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberPromoteResponse,
-    MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
-    MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse,
-    StatusRequest, StatusResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, Member, MemberAddRequest,
+    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
 };
 use raft::eraftpb::ConfChangeType;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,6 +30,12 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The etcd API version Cairn implements; clients gate features on it.
 pub const ETCD_API_VERSION: &str = "3.4.0";
+
+/// An alarm as etcd prints it (the text form of `AlarmMember`).
+fn alarm_text(a: &AlarmMember) -> String {
+    let name = AlarmType::try_from(a.alarm).map_or("UNKNOWN", |t| t.as_str_name());
+    format!("memberID:{} alarm:{name} ", a.member_id)
+}
 
 /// Bytes of backup per Snapshot message.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
@@ -96,6 +102,8 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<StatusResponse>, Status> {
         let node = &self.node;
         let db_size = node.store.db_size() as i64;
+        // As etcd: each raised alarm, in its text form.
+        let errors = node.store.alarms().iter().map(alarm_text).collect();
         Ok(Response::new(StatusResponse {
             header: Some(node.header(0)),
             version: ETCD_API_VERSION.to_string(),
@@ -104,8 +112,8 @@ impl Maintenance for MaintenanceService {
             raft_index: node.raft_status.commit_index(),
             raft_term: node.raft_status.term(),
             raft_applied_index: node.applied_index(),
-            errors: vec![],
-            db_size_in_use: db_size,
+            errors,
+            db_size_in_use: (node.store.size_in_use() + node.store.meta_size()) as i64,
             is_learner: node
                 .membership
                 .member(node.membership.local_id)
@@ -202,15 +210,20 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        match AlarmAction::try_from(req.into_inner().action) {
-            // No alarm can be raised yet (storage quotas arrive with the operations work),
-            // so there is none to list or disarm.
-            Ok(AlarmAction::Get | AlarmAction::Deactivate) => Ok(Response::new(AlarmResponse {
+        let req = req.into_inner();
+        match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => Ok(Response::new(AlarmResponse {
                 header: Some(self.node.header(0)),
-                alarms: vec![],
+                alarms: self.node.store.alarms(),
             })),
-            Ok(AlarmAction::Activate) => {
-                Err(Status::unimplemented("raising alarms is not supported yet"))
+            // Raised and cleared through raft, so every member agrees on them.
+            Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
+                if AlarmType::try_from(req.alarm).is_err() {
+                    return Err(Status::invalid_argument("etcdserver: unknown alarm type"));
+                }
+                Ok(Response::new(
+                    self.node.propose_for(Internal::Alarm(req)).await?,
+                ))
             }
             Err(_) => Err(Status::invalid_argument("etcdserver: unknown alarm action")),
         }

@@ -4,6 +4,7 @@
 //! peer URLs and the gRPC services on every client URL until [`Server::stop`].
 
 mod authority;
+mod compactor;
 mod kv;
 mod lease;
 mod lock;
@@ -76,6 +77,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("tls: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Flag(String),
 }
 
 /// A running member. Dropping it without [`Server::stop`] leaves the threads running until
@@ -109,6 +112,9 @@ impl Server {
     /// Starts a member as configured; returns once it is serving clients.
     pub async fn start(cfg: Config) -> Result<Server, StartError> {
         let tls = tls::Tls::load(&cfg)?;
+        let auto_compaction =
+            compactor::parse(&cfg.auto_compaction_mode, &cfg.auto_compaction_retention)
+                .map_err(StartError::Flag)?;
         let data_dir = cfg.data_dir();
         let member_dir = data_dir.join("member");
         let db_dir = member_dir.join("db");
@@ -119,7 +125,7 @@ impl Server {
         // etcd's minimum lease TTL: 1.5 election timeouts, in whole seconds rounded up.
         let min_ttl = (cfg.election_timeout * 3 / 2).div_ceil(1000) as i64;
         let lessor = Arc::new(Lessor::new(min_ttl));
-        let store = Arc::new(Store::open(&db, lessor.clone())?);
+        let store = Arc::new(Store::open(&db, &db_dir, lessor.clone())?);
         let (local_id, cluster) = identify(&cfg, &db, &store, &tls.peer_dial).await?;
         let membership = Arc::new(Membership::new(local_id, cluster));
         let hub = WatchHub::start(store.clone()).map_err(StartError::Thread)?;
@@ -206,6 +212,7 @@ impl Server {
             max_request_bytes: cfg.max_request_bytes,
             // etcd's request timeout: 5 s plus two election timeouts.
             request_timeout: Duration::from_millis(5000 + 2 * cfg.election_timeout),
+            quota: cfg.quota(),
         }));
 
         let mut serving = Vec::new();
@@ -288,6 +295,14 @@ impl Server {
             .add_service(LockServer::new(recipes.clone()).max_decoding_message_size(limit))
             .add_service(ElectionServer::new(recipes).max_decoding_message_size(limit));
 
+        if let Some(retention) = auto_compaction {
+            serving.push(tokio::spawn(compactor::run(
+                node.clone(),
+                retention,
+                cfg.auto_compaction_revision_interval,
+                shutdown_rx.clone(),
+            )));
+        }
         serving.push(tokio::spawn(lease::expiry_loop(
             node.clone(),
             Duration::from_millis(cfg.election_timeout),

@@ -13,6 +13,7 @@ mod etcdctl;
 mod harness;
 mod lease;
 mod ops;
+mod quota;
 mod range;
 mod recipes;
 mod recipes_sync;
