@@ -22,6 +22,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod integrity;
 pub mod lease;
 pub mod membership;
 pub mod mvcc;

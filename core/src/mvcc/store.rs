@@ -532,6 +532,19 @@ impl Store {
         }
     }
 
+    /// Waits (up to `limit`) until the engine has no flush or compaction running, so its
+    /// files stop changing; true if it got there. Only meaningful once writes have stopped.
+    pub fn quiesce(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while self.db.outstanding_flushes() > 0 || self.db.active_compactions() > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
+    }
+
     /// Forces everything written so far to disk (used on clean shutdown).
     pub fn sync(&self) -> Result<(), Error> {
         Ok(self.db.persist(PersistMode::SyncAll)?)

@@ -79,12 +79,15 @@ pub enum StartError {
     Tls(String),
     #[error("{0}")]
     Flag(String),
+    #[error("the data directory is damaged: {0}; refusing to start (restore it from a backup, or remove this member and add it back)")]
+    Damaged(#[from] crate::integrity::Damaged),
 }
 
 /// A running member. Dropping it without [`Server::stop`] leaves the threads running until
 /// the process ends.
 pub struct Server {
     node: Arc<Node>,
+    member_dir: std::path::PathBuf,
     client_addrs: Vec<SocketAddr>,
     peer_addrs: Vec<SocketAddr>,
     removed: tokio::sync::watch::Receiver<bool>,
@@ -119,6 +122,9 @@ impl Server {
         let member_dir = data_dir.join("member");
         let db_dir = member_dir.join("db");
         let snap_dir = member_dir.join("snap");
+        // Before the engine reads anything: a damaged file is named, never served.
+        let checked = crate::integrity::verify(&member_dir)?;
+        tracing::debug!(files = checked, "data directory checked");
         std::fs::create_dir_all(&db_dir)
             .map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
         let db = Store::open_database(&db_dir)?;
@@ -341,6 +347,7 @@ impl Server {
         );
         Ok(Server {
             node,
+            member_dir,
             client_addrs,
             peer_addrs,
             removed: removed_rx,
@@ -377,6 +384,7 @@ impl Server {
             let _ = task.await;
         }
         let store = self.node.store.clone();
+        let member_dir = self.member_dir.clone();
         // The raft loop ends, dropping the apply channel, which ends the apply loop.
         self.node.stop_raft();
         drop(self.node);
@@ -387,6 +395,12 @@ impl Server {
             }
             if let Err(e) = store.sync() {
                 tracing::error!(error = %e, "final sync failed");
+            }
+            // Once the engine's files stop changing, record them for the next start's check.
+            if store.quiesce(Duration::from_secs(10)) {
+                if let Err(e) = crate::integrity::record(&member_dir) {
+                    tracing::warn!(error = %e, "recording the data directory's checksums");
+                }
             }
         })
         .await;

@@ -364,3 +364,65 @@ async fn stock_etcdctl_saves_backups_defragments_and_hashes_against_cairn() {
     let (ok, json, _) = run(&etcdctl, &[&endpoint, "endpoint", "hashkv", "-w", "json"]);
     assert!(ok && json.contains(&format!("\"hash\":{hash}")), "{json}");
 }
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_the_data_dir_stops_the_member_naming_the_file() {
+    let mut m = crate::harness::Embedded::start().await;
+    let c = client(m.addr).await;
+    for i in 0..300 {
+        c.put(format!("k{i:03}"), vec![b'v'; 300], None)
+            .await
+            .expect("put");
+    }
+    // Moves the keys from the journal into tables.
+    c.defragment(&format!("http://{}", m.addr))
+        .await
+        .expect("defrag");
+    let data = m.dir.path().join("data");
+    let config = || {
+        let mut cfg = cairn_core::Config::new();
+        cfg.data_dir = Some(data.clone());
+        cfg.listen_client_urls = vec!["http://127.0.0.1:0".into()];
+        cfg.listen_peer_urls = vec!["http://127.0.0.1:0".into()];
+        cfg
+    };
+    m.server.take().expect("running").stop().await;
+    // An intact directory starts (and is checked) again.
+    let again = cairn_core::Server::start(config()).await.expect("restart");
+    again.stop().await;
+
+    let table = files(&data.join("member/db/keyspaces"))
+        .into_iter()
+        .filter(|p| p.parent().is_some_and(|d| d.ends_with("tables")))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a table file");
+    let mut bytes = std::fs::read(&table).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&table, &bytes).expect("write");
+    let err = match cairn_core::Server::start(config()).await {
+        Ok(s) => {
+            s.stop().await;
+            panic!("a member with a damaged table started");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(&table.display().to_string()) && err.contains("checksum mismatch"),
+        "{err}"
+    );
+}

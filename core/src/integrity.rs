@@ -1,0 +1,259 @@
+//! The data directory's integrity check at start.
+//!
+//! The storage engine checksums what it reads (journal batches, table blocks), but it names
+//! no file when a check fails, and it only reads a block when something asks for it. So at
+//! every clean stop (and after a defragmentation) the member records the SHA-256 and length
+//! of each file that is never modified once written — the tables and version files of the
+//! database and the raft snapshots — in `member/integrity`, itself checksummed; at start,
+//! before opening anything, it checks every recorded file that still exists. A file that
+//! changed or got shorter stops the member with a message naming it, so it never serves
+//! wrong data. Files written after the last record (after a crash) are left to the engine's
+//! own checksums; journals are appended in place, so only the engine checks them.
+//!
+//! The engine may reuse a file name after deleting the file (its table ids restart above the
+//! highest one left), so each record also holds the file's identity (inode and creation
+//! time): a recorded name now held by another file is not judged.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The record, in the member directory.
+const MANIFEST: &str = "integrity";
+
+/// A file that failed the check.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {why}")]
+pub struct Damaged {
+    pub file: PathBuf,
+    pub why: String,
+}
+
+/// Whether `rel` (relative to the member directory) is a file that is never modified once
+/// written: database tables, blob files and versions, raft snapshots.
+fn immutable(rel: &Path) -> bool {
+    let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
+    match parts.as_slice() {
+        ["db", "keyspaces", _, "tables" | "blobs", _] => true,
+        ["db", "keyspaces", _, name] => name
+            .strip_prefix('v')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        ["snap", name] => name.ends_with(".snap"),
+        _ => false,
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            walk(&e.path(), out)?;
+        } else if t.is_file() {
+            out.push(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Which file this is, beyond its name: inode and creation time (0 where unsupported).
+fn identity(path: &Path) -> std::io::Result<String> {
+    let meta = std::fs::metadata(path)?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let ino = 0u64;
+    let born = meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(format!("{ino}.{born}"))
+}
+
+/// SHA-256 (hex) and length of a file's contents.
+fn digest(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = File::open(path)?;
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((hex(sha.finish().as_ref()), len))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Records the immutable files of `member_dir` (atomically: a crash leaves the old record).
+pub fn record(member_dir: &Path) -> std::io::Result<()> {
+    let mut files = Vec::new();
+    walk(member_dir, &mut files)?;
+    let mut body = String::new();
+    for path in files {
+        let Ok(rel) = path.strip_prefix(member_dir) else {
+            continue;
+        };
+        if !immutable(rel) {
+            continue;
+        }
+        match identity(&path).and_then(|id| Ok((id, digest(&path)?))) {
+            Ok((id, (sha, len))) => body.push_str(&format!("{sha} {len} {id} {}\n", rel.display())),
+            // Removed meanwhile (a compaction finished): nothing to record.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let seal = hex(ring::digest::digest(&ring::digest::SHA256, body.as_bytes()).as_ref());
+    let tmp = member_dir.join(format!("{MANIFEST}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(body.as_bytes())?;
+    f.write_all(format!("sealed {seal}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, member_dir.join(MANIFEST))?;
+    File::open(member_dir)?.sync_all()
+}
+
+/// Checks every recorded file that still exists; the first damaged one is the error.
+pub fn verify(member_dir: &Path) -> Result<usize, Damaged> {
+    let manifest = member_dir.join(MANIFEST);
+    let text = match std::fs::read_to_string(&manifest) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => {
+            return Err(Damaged {
+                file: manifest,
+                why: e.to_string(),
+            })
+        }
+    };
+    let damaged_manifest = |why: &str| Damaged {
+        file: manifest.clone(),
+        why: why.to_string(),
+    };
+    let (body, seal) = text
+        .trim_end_matches('\n')
+        .rsplit_once('\n')
+        .map(|(b, s)| (format!("{b}\n"), s))
+        .unwrap_or((String::new(), text.trim_end_matches('\n')));
+    let expected = hex(ring::digest::digest(&ring::digest::SHA256, body.as_bytes()).as_ref());
+    if seal != format!("sealed {expected}") {
+        return Err(damaged_manifest("checksum mismatch"));
+    }
+    let mut checked = 0;
+    for line in body.lines() {
+        let mut parts = line.splitn(4, ' ');
+        let (Some(sha), Some(len), Some(id), Some(rel)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(damaged_manifest("malformed line"));
+        };
+        let len: u64 = len
+            .parse()
+            .map_err(|_| damaged_manifest("malformed length"))?;
+        let path = member_dir.join(rel);
+        match identity(&path) {
+            // Another file under the recorded name: written after the record.
+            Ok(now) if now != id => continue,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Damaged {
+                    file: path,
+                    why: e.to_string(),
+                })
+            }
+        }
+        let (got, got_len) = match digest(&path) {
+            Ok(d) => d,
+            // Compacted away since: the engine no longer refers to it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Damaged {
+                    file: path,
+                    why: e.to_string(),
+                })
+            }
+        };
+        let why = if got_len < len {
+            format!("truncated ({got_len} of {len} bytes)")
+        } else if got_len != len || got != sha {
+            "checksum mismatch (the file changed after it was written)".to_string()
+        } else {
+            checked += 1;
+            continue;
+        };
+        return Err(Damaged { file: path, why });
+    }
+    Ok(checked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_files_written_once_are_recorded() {
+        for rel in [
+            "db/keyspaces/3/tables/12",
+            "db/keyspaces/0/v7",
+            "snap/0000000000000002-0000000000000010.snap",
+        ] {
+            assert!(immutable(Path::new(rel)), "{rel}");
+        }
+        for rel in [
+            "db/0.jnl",
+            "db/keyspaces/0/current",
+            "db/version",
+            "db/lock",
+            "integrity",
+        ] {
+            assert!(!immutable(Path::new(rel)), "{rel}");
+        }
+    }
+
+    #[test]
+    fn a_changed_truncated_or_unsealed_file_is_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let tables = dir.path().join("db/keyspaces/1/tables");
+        std::fs::create_dir_all(&tables).expect("mkdir");
+        let table = tables.join("4");
+        std::fs::write(&table, vec![7u8; 10_000]).expect("write");
+        record(dir.path()).expect("record");
+        assert_eq!(verify(dir.path()).expect("intact"), 1);
+
+        let mut bytes = std::fs::read(&table).expect("read");
+        bytes[5000] ^= 1;
+        std::fs::write(&table, &bytes).expect("write");
+        let err = verify(dir.path()).expect_err("flipped");
+        assert_eq!(err.file, table);
+
+        std::fs::write(&table, &bytes[..100]).expect("write");
+        let err = verify(dir.path()).expect_err("truncated");
+        assert!(err.why.contains("truncated"), "{err}");
+
+        // A table compacted away is not missed, nor judged when its name is reused.
+        std::fs::remove_file(&table).expect("rm");
+        assert_eq!(verify(dir.path()).expect("gone is fine"), 0);
+        let hold = tables.join("held");
+        std::fs::write(&hold, b"keeps the old inode from being reused").expect("write");
+        std::fs::write(&table, vec![9u8; 10_000]).expect("write");
+        assert_eq!(verify(dir.path()).expect("a new file"), 0);
+
+        let manifest = dir.path().join(MANIFEST);
+        let mut text = std::fs::read(&manifest).expect("read");
+        text[3] ^= 1;
+        std::fs::write(&manifest, text).expect("write");
+        assert_eq!(verify(dir.path()).expect_err("manifest").file, manifest);
+    }
+}
