@@ -42,8 +42,13 @@ pub fn write(store: &Store, dir: &Path) -> Result<BackupFile, Error> {
     ));
     // Removes the file on any error below.
     let mut file = BackupFile { path, size: 0 };
+    // A backup holds every key: readable by the member's user only.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut out = Hashing {
-        out: BufWriter::new(File::create(&file.path)?),
+        out: BufWriter::new(options.open(&file.path)?),
         sha: ring::digest::Context::new(&ring::digest::SHA256),
         size: 0,
     };

@@ -150,12 +150,13 @@ pub struct Config {
     #[arg(long = "key-file", env = "CAIRN_KEY_FILE")]
     pub key_file: Option<PathBuf>,
 
-    /// CA certificates (PEM) that client certificates must chain to.
+    /// CA certificates (PEM) client certificates must chain to; as in etcd, giving it
+    /// requires client certificates.
     #[arg(long = "trusted-ca-file", env = "CAIRN_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
 
     /// Refuse clients without a certificate signed by `--trusted-ca-file`.
-    #[arg(long = "client-cert-auth", env = "CAIRN_CLIENT_CERT_AUTH")]
+    #[arg(long = "client-cert-auth", env = "CAIRN_CLIENT_CERT_AUTH", action = clap::ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub client_cert_auth: bool,
 
     /// Certificate (PEM) for `https://` peer URLs: served to members that dial this one and
@@ -167,12 +168,13 @@ pub struct Config {
     #[arg(long = "peer-key-file", env = "CAIRN_PEER_KEY_FILE")]
     pub peer_key_file: Option<PathBuf>,
 
-    /// CA certificates (PEM) other members' certificates must chain to (both ways).
+    /// CA certificates (PEM) other members' certificates must chain to (both ways); as in
+    /// etcd, giving it requires peer certificates.
     #[arg(long = "peer-trusted-ca-file", env = "CAIRN_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
 
     /// Refuse peers without a certificate signed by `--peer-trusted-ca-file`.
-    #[arg(long = "peer-client-cert-auth", env = "CAIRN_PEER_CLIENT_CERT_AUTH")]
+    #[arg(long = "peer-client-cert-auth", env = "CAIRN_PEER_CLIENT_CERT_AUTH", action = clap::ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub peer_client_cert_auth: bool,
 
     /// Serve the test-only Peer.Fault call, which cuts raft traffic with chosen members.
@@ -249,5 +251,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 impl Default for Config {
     fn default() -> Self {
         Config::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_style_boolean_switches_take_an_optional_value() {
+        let cfg = Config::try_parse_from(["cairn", "--client-cert-auth=true"]).expect("parse");
+        assert!(cfg.client_cert_auth);
+        let cfg = Config::try_parse_from(["cairn", "--peer-client-cert-auth"]).expect("parse");
+        assert!(cfg.peer_client_cert_auth);
+        let cfg = Config::try_parse_from(["cairn", "--client-cert-auth=false"]).expect("parse");
+        assert!(!cfg.client_cert_auth);
     }
 }

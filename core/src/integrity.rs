@@ -12,11 +12,19 @@
 //!
 //! The engine may reuse a file name after deleting the file (its table ids restart above the
 //! highest one left), so each record also holds the file's identity (inode and creation
-//! time): a recorded name now held by another file is not judged.
+//! time): a recorded name now held by another file is not judged. A file the engine was
+//! still writing when it was recorded has only grown since: its recorded prefix is checked.
+//! The record is consumed by the check (a later start after a crash finds none, rather than
+//! a stale one), and the digests it confirmed are reused at the next stop for files that
+//! did not change, so a stop hashes only what is new.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+
+/// Files confirmed at start: relative path → (identity, length, SHA-256).
+pub type Known = HashMap<PathBuf, (String, u64, String)>;
 
 /// The record, in the member directory.
 const MANIFEST: &str = "integrity";
@@ -74,14 +82,18 @@ fn identity(path: &Path) -> std::io::Result<String> {
     Ok(format!("{ino}.{born}"))
 }
 
-/// SHA-256 (hex) and length of a file's contents.
-fn digest(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = File::open(path)?;
+/// SHA-256 (hex) and length of a file's contents, or of its first `limit` bytes.
+fn digest(path: &Path, limit: Option<u64>) -> std::io::Result<(String, u64)> {
+    let f = File::open(path)?;
+    let mut r: Box<dyn Read> = match limit {
+        Some(n) => Box::new(f.take(n)),
+        None => Box::new(f),
+    };
     let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 256 * 1024];
     let mut len = 0u64;
     loop {
-        let n = f.read(&mut buf)?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -95,8 +107,9 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Records the immutable files of `member_dir` (atomically: a crash leaves the old record).
-pub fn record(member_dir: &Path) -> std::io::Result<()> {
+/// Records the immutable files of `member_dir` (atomically: a crash leaves the old record),
+/// reusing the digests in `known` for files whose identity and length did not change.
+pub fn record(member_dir: &Path, known: &Known) -> std::io::Result<()> {
     let mut files = Vec::new();
     walk(member_dir, &mut files)?;
     let mut body = String::new();
@@ -107,7 +120,16 @@ pub fn record(member_dir: &Path) -> std::io::Result<()> {
         if !immutable(rel) {
             continue;
         }
-        match identity(&path).and_then(|id| Ok((id, digest(&path)?))) {
+        let summed = identity(&path).and_then(|id| {
+            let len = std::fs::metadata(&path)?.len();
+            match known.get(rel) {
+                Some((k_id, k_len, sha)) if *k_id == id && *k_len == len => {
+                    Ok((id, (sha.clone(), len)))
+                }
+                _ => Ok((id, digest(&path, None)?)),
+            }
+        });
+        match summed {
             Ok((id, (sha, len))) => body.push_str(&format!("{sha} {len} {id} {}\n", rel.display())),
             // Removed meanwhile (a compaction finished): nothing to record.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -124,12 +146,19 @@ pub fn record(member_dir: &Path) -> std::io::Result<()> {
     File::open(member_dir)?.sync_all()
 }
 
-/// Checks every recorded file that still exists; the first damaged one is the error.
-pub fn verify(member_dir: &Path) -> Result<usize, Damaged> {
+/// Checks every recorded file that still exists; the first damaged one is the error. On
+/// success the record is removed and what it confirmed returned (for [`record`]).
+pub fn verify(member_dir: &Path) -> Result<Known, Damaged> {
+    let known = check(member_dir)?;
+    let _ = std::fs::remove_file(member_dir.join(MANIFEST));
+    Ok(known)
+}
+
+fn check(member_dir: &Path) -> Result<Known, Damaged> {
     let manifest = member_dir.join(MANIFEST);
     let text = match std::fs::read_to_string(&manifest) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Known::new()),
         Err(e) => {
             return Err(Damaged {
                 file: manifest,
@@ -150,7 +179,7 @@ pub fn verify(member_dir: &Path) -> Result<usize, Damaged> {
     if seal != format!("sealed {expected}") {
         return Err(damaged_manifest("checksum mismatch"));
     }
-    let mut checked = 0;
+    let mut known = Known::new();
     for line in body.lines() {
         let mut parts = line.splitn(4, ' ');
         let (Some(sha), Some(len), Some(id), Some(rel)) =
@@ -174,7 +203,8 @@ pub fn verify(member_dir: &Path) -> Result<usize, Damaged> {
                 })
             }
         }
-        let (got, got_len) = match digest(&path) {
+        // More bytes than recorded: still being written then; its recorded prefix must match.
+        let (got, got_len) = match digest(&path, Some(len)) {
             Ok(d) => d,
             // Compacted away since: the engine no longer refers to it.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -187,15 +217,18 @@ pub fn verify(member_dir: &Path) -> Result<usize, Damaged> {
         };
         let why = if got_len < len {
             format!("truncated ({got_len} of {len} bytes)")
-        } else if got_len != len || got != sha {
+        } else if got != sha {
             "checksum mismatch (the file changed after it was written)".to_string()
         } else {
-            checked += 1;
+            let whole = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if whole == len {
+                known.insert(PathBuf::from(rel), (id.to_string(), len, sha.to_string()));
+            }
             continue;
         };
         return Err(Damaged { file: path, why });
     }
-    Ok(checked)
+    Ok(known)
 }
 
 #[cfg(test)]
@@ -229,31 +262,53 @@ mod tests {
         std::fs::create_dir_all(&tables).expect("mkdir");
         let table = tables.join("4");
         std::fs::write(&table, vec![7u8; 10_000]).expect("write");
-        record(dir.path()).expect("record");
-        assert_eq!(verify(dir.path()).expect("intact"), 1);
+        record(dir.path(), &Known::new()).expect("record");
+        let known = check(dir.path()).expect("intact");
+        assert_eq!(known.len(), 1);
+        // Digests confirmed at start are reused, and the record stays the same.
+        let before = std::fs::read(dir.path().join(MANIFEST)).expect("read");
+        record(dir.path(), &known).expect("record");
+        assert_eq!(
+            std::fs::read(dir.path().join(MANIFEST)).expect("read"),
+            before
+        );
+        // A file that grew after it was recorded was still being written: fine.
+        let mut grown = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&table)
+            .expect("open");
+        grown.write_all(b"more").expect("append");
+        drop(grown);
+        assert_eq!(check(dir.path()).expect("grown").len(), 0);
+        std::fs::write(&table, vec![7u8; 10_000]).expect("write");
 
         let mut bytes = std::fs::read(&table).expect("read");
         bytes[5000] ^= 1;
         std::fs::write(&table, &bytes).expect("write");
-        let err = verify(dir.path()).expect_err("flipped");
+        let err = check(dir.path()).expect_err("flipped");
         assert_eq!(err.file, table);
 
         std::fs::write(&table, &bytes[..100]).expect("write");
-        let err = verify(dir.path()).expect_err("truncated");
+        let err = check(dir.path()).expect_err("truncated");
         assert!(err.why.contains("truncated"), "{err}");
 
         // A table compacted away is not missed, nor judged when its name is reused.
         std::fs::remove_file(&table).expect("rm");
-        assert_eq!(verify(dir.path()).expect("gone is fine"), 0);
+        assert_eq!(check(dir.path()).expect("gone is fine").len(), 0);
         let hold = tables.join("held");
         std::fs::write(&hold, b"keeps the old inode from being reused").expect("write");
         std::fs::write(&table, vec![9u8; 10_000]).expect("write");
-        assert_eq!(verify(dir.path()).expect("a new file"), 0);
+        assert_eq!(check(dir.path()).expect("a new file").len(), 0);
 
         let manifest = dir.path().join(MANIFEST);
         let mut text = std::fs::read(&manifest).expect("read");
         text[3] ^= 1;
         std::fs::write(&manifest, text).expect("write");
-        assert_eq!(verify(dir.path()).expect_err("manifest").file, manifest);
+        assert_eq!(check(dir.path()).expect_err("manifest").file, manifest);
+        // A successful check consumes the record.
+        std::fs::remove_file(&manifest).expect("rm");
+        record(dir.path(), &Known::new()).expect("record");
+        verify(dir.path()).expect("intact");
+        assert!(!manifest.exists());
     }
 }

@@ -176,7 +176,8 @@ impl Node {
             return Err(Error::NoSpace);
         }
         let used = self.store.size_in_use();
-        if used + cost <= quota {
+        // As etcd: a write fits only strictly below the quota.
+        if used + cost < quota {
             return Ok(());
         }
         tracing::warn!(used, cost, quota, "storage quota exceeded; raising NOSPACE");

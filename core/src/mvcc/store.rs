@@ -440,13 +440,14 @@ impl Store {
             let s = self.read_state();
             (self.db.snapshot(), s.compact_rev, s.current_rev)
         };
-        let rev = if rev <= 0 { current_rev } else { rev };
-        if rev < compact_rev {
+        // As etcd: the compacted revision itself can no longer be hashed.
+        if rev > 0 && rev <= compact_rev {
             return Err(Error::Compacted);
         }
         if rev > current_rev {
             return Err(Error::FutureRev);
         }
+        let rev = if rev <= 0 { current_rev } else { rev };
         let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
         let end = Revision::new(rev.saturating_add(1), 0).to_key(false);
         for item in snap.range(&self.kv, ..end) {
@@ -462,9 +463,16 @@ impl Store {
     /// etcd's Hash: a digest of everything a backup holds (key history, leases, revision
     /// counters), with the current revision.
     pub fn hash(&self) -> Result<(u32, i64), Error> {
-        let current_rev = self.current_rev();
+        // The revision is read from the same copy as everything hashed.
+        let mut current_rev = 0;
         let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
         self.dump(|space, k, v| {
+            if space == Space::Meta && k == META_CURRENT_REV {
+                let b: [u8; 8] = v
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("current revision".into()))?;
+                current_rev = i64::from_be_bytes(b);
+            }
             if space != Space::Meta || Store::is_portable_meta(k) {
                 sha.update(&[space as u8]);
                 sha.update(&(k.len() as u32).to_be_bytes());
@@ -690,7 +698,8 @@ impl<'a> WriteBatch<'a> {
         let removed = self.state.index.compact(rev);
         for (r, tombstone) in &removed {
             let key = r.to_key(*tombstone);
-            if let Some(len) = self.store.kv.size_of(&key)? {
+            // Only the quota's accounting depends on it: a failed read must not stop apply.
+            if let Ok(Some(len)) = self.store.kv.size_of(&key) {
                 let freed = (key.len() + len as usize) as u64;
                 self.state.size_in_use = self.state.size_in_use.saturating_sub(freed);
             }

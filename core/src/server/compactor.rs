@@ -2,13 +2,13 @@
 //! etcd 3.4's rules):
 //! - `periodic`: the retention is a duration (`1h`, `30m`, or a bare number of hours). The
 //!   revision is sampled every tenth of min(retention, 1 h); every min(retention, 1 h) the
-//!   history is compacted at the revision sampled one retention ago, so about one retention
-//!   of history is kept.
+//!   history is compacted at the newest revision sampled at least one retention ago, so at
+//!   least one retention of history is kept (and at most about one more interval).
 //! - `revision`: the retention is a number of revisions; every 5 minutes the history is
 //!   compacted at the current revision minus the retention.
 //!
 //! Compaction goes through raft like a client's, so every member compacts at the same
-//! revision; only the leader's compactor proposes, and it starts over when leadership moves.
+//! revision; only the leader's compactor proposes.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -74,6 +74,20 @@ async fn compact(node: &Node, rev: i64) -> bool {
     }
 }
 
+/// The revision to compact at in periodic mode: the newest sample at least `period` old, so
+/// at least one retention of history stays readable.
+fn periodic_target(
+    samples: &VecDeque<(Instant, i64)>,
+    now: Instant,
+    period: Duration,
+) -> Option<i64> {
+    samples
+        .iter()
+        .rev()
+        .find(|(at, _)| now.saturating_duration_since(*at) >= period)
+        .map(|(_, rev)| *rev)
+}
+
 /// Runs the compactor until shutdown. `revision_interval` is how often revision mode
 /// compacts (etcd's fixed 5 minutes, shorter in tests).
 pub async fn run(
@@ -89,47 +103,43 @@ pub async fn run(
         }
         Retention::Revision(_) => (revision_interval, revision_interval),
     };
-    // Samples of the current revision, newest last, covering one retention.
-    let keep = match retention {
-        Retention::Periodic(period) => (period.as_nanos() / sample.as_nanos().max(1)) as usize + 1,
-        Retention::Revision(_) => 1,
-    };
-    let mut revs: VecDeque<i64> = VecDeque::new();
+    // (when, revision) samples, oldest first, a little over one retention's worth. Every
+    // member samples, leader or not, so a new leader already knows the revisions of the
+    // past retention and compacts no more than a leader that had led all along.
+    let mut samples: VecDeque<(Instant, i64)> = VecDeque::new();
     let mut last = Instant::now();
     let mut tick = tokio::time::interval(sample.max(Duration::from_millis(1)));
-    let mut was_leader = false;
+    // A stalled runtime must not fire a burst of late samples.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = super::stopped(&mut shutdown) => return,
         }
-        let leader = node.is_leader();
-        if leader && !was_leader {
-            // A new leader starts its own history of samples and its own interval.
-            revs.clear();
-            last = Instant::now();
+        let now = Instant::now();
+        samples.push_back((now, node.store.current_rev()));
+        if let Retention::Periodic(period) = retention {
+            // Keep the newest sample older than the period; drop those before it.
+            while samples
+                .get(1)
+                .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= period)
+            {
+                samples.pop_front();
+            }
         }
-        was_leader = leader;
-        if !leader {
-            continue;
-        }
-        revs.push_back(node.store.current_rev());
-        if revs.len() > keep {
-            revs.pop_front();
-        }
-        if last.elapsed() < every {
+        if !node.is_leader() || now.saturating_duration_since(last) < every {
             continue;
         }
         let target = match retention {
-            Retention::Periodic(_) => revs.front().copied().unwrap_or(0),
-            Retention::Revision(n) => node.store.current_rev() - n,
+            Retention::Periodic(period) => periodic_target(&samples, now, period),
+            Retention::Revision(n) => Some(node.store.current_rev() - n),
         };
-        if target <= node.store.compact_rev() || target <= 0 {
-            last = Instant::now();
+        let Some(target) = target.filter(|t| *t > 0 && *t > node.store.compact_rev()) else {
+            last = now;
             continue;
-        }
+        };
         if compact(&node, target).await {
-            last = Instant::now();
+            last = now;
         }
     }
 }
@@ -137,6 +147,19 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periodic_mode_compacts_at_the_newest_revision_a_retention_old() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let samples: VecDeque<(Instant, i64)> = [(at(0), 10), (at(100), 20), (at(200), 30)]
+            .into_iter()
+            .collect();
+        let period = Duration::from_millis(150);
+        assert_eq!(periodic_target(&samples, at(260), period), Some(20));
+        assert_eq!(periodic_target(&samples, at(120), period), None);
+        assert_eq!(periodic_target(&samples, at(400), period), Some(30));
+    }
 
     #[test]
     fn retention_flags_read_as_etcd_reads_them() {

@@ -44,50 +44,81 @@ pub struct MaintenanceService {
     node: Arc<Node>,
     /// Where backups are written before they are streamed.
     backup_dir: PathBuf,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl MaintenanceService {
-    pub fn new(node: Arc<Node>, backup_dir: PathBuf) -> Self {
-        MaintenanceService { node, backup_dir }
+    pub fn new(
+        node: Arc<Node>,
+        backup_dir: PathBuf,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        MaintenanceService {
+            node,
+            backup_dir,
+            shutdown,
+        }
     }
 }
 
 /// Streams a backup file in chunks with the bytes still to come, as etcd does; the file is
-/// removed once sent (or once the client goes away).
+/// removed once sent, once the client goes away, or when the server stops (a stalled client
+/// holds up neither shutdown nor a blocking thread).
 fn stream_backup(
     file: crate::backup::BackupFile,
     header: ResponseHeader,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> ReceiverStream<Result<SnapshotResponse, Status>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
-        let send = |m| tx.blocking_send(m).is_ok();
+    tokio::spawn(async move {
         let mut f = match std::fs::File::open(&file.path) {
             Ok(f) => f,
             Err(e) => {
-                send(Err(Status::internal(format!("backup file: {e}"))));
+                let _ = tx
+                    .send(Err(Status::internal(format!("backup file: {e}"))))
+                    .await;
                 return;
             }
         };
         let mut sent = 0u64;
         loop {
-            let mut blob = vec![0u8; SNAPSHOT_CHUNK];
-            let n = match std::io::Read::read(&mut f, &mut blob) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) => {
-                    send(Err(Status::internal(format!("backup file: {e}"))));
+            let read = tokio::task::spawn_blocking(move || {
+                let mut blob = vec![0u8; SNAPSHOT_CHUNK];
+                let n = std::io::Read::read(&mut f, &mut blob);
+                (
+                    f,
+                    n.map(|n| {
+                        blob.truncate(n);
+                        blob
+                    }),
+                )
+            })
+            .await;
+            let blob = match read {
+                Ok((back, Ok(blob))) => {
+                    f = back;
+                    blob
+                }
+                Ok((_, Err(e))) => {
+                    let _ = tx
+                        .send(Err(Status::internal(format!("backup file: {e}"))))
+                        .await;
                     return;
                 }
+                Err(_) => return,
             };
-            blob.truncate(n);
-            sent += n as u64;
+            if blob.is_empty() {
+                return;
+            }
+            sent += blob.len() as u64;
             let m = SnapshotResponse {
                 header: Some(header),
                 remaining_bytes: file.size.saturating_sub(sent),
                 blob,
             };
-            if !send(Ok(m)) {
-                return;
+            tokio::select! {
+                r = tx.send(Ok(m)) => if r.is_err() { return },
+                _ = super::stopped(&mut shutdown) => return,
             }
         }
     });
@@ -160,7 +191,7 @@ impl Maintenance for MaintenanceService {
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
         tracing::info!(bytes = file.size, "streaming a backup");
-        let stream = stream_backup(file, self.node.header(0));
+        let stream = stream_backup(file, self.node.header(0), self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -220,6 +251,18 @@ impl Maintenance for MaintenanceService {
             Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
                 if AlarmType::try_from(req.alarm).is_err() {
                     return Err(Status::invalid_argument("etcdserver: unknown alarm type"));
+                }
+                // As etcd: raising NONE, or an alarm for a member not in the cluster, is a
+                // no-op.
+                let activate = req.action == AlarmAction::Activate as i32;
+                if activate
+                    && (req.alarm == AlarmType::None as i32
+                        || self.node.membership.member(req.member_id).is_none())
+                {
+                    return Ok(Response::new(AlarmResponse {
+                        header: Some(self.node.header(0)),
+                        alarms: vec![],
+                    }));
                 }
                 Ok(Response::new(
                     self.node.propose_for(Internal::Alarm(req)).await?,

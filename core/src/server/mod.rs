@@ -88,6 +88,8 @@ pub enum StartError {
 pub struct Server {
     node: Arc<Node>,
     member_dir: std::path::PathBuf,
+    /// Digests of the files checked at start, reused when recording at stop.
+    known: crate::integrity::Known,
     client_addrs: Vec<SocketAddr>,
     peer_addrs: Vec<SocketAddr>,
     removed: tokio::sync::watch::Receiver<bool>,
@@ -122,9 +124,11 @@ impl Server {
         let member_dir = data_dir.join("member");
         let db_dir = member_dir.join("db");
         let snap_dir = member_dir.join("snap");
+        // Backups being streamed when the member last stopped (or crashed) are stale.
+        let _ = std::fs::remove_dir_all(member_dir.join("backup"));
         // Before the engine reads anything: a damaged file is named, never served.
-        let checked = crate::integrity::verify(&member_dir)?;
-        tracing::debug!(files = checked, "data directory checked");
+        let known = crate::integrity::verify(&member_dir)?;
+        tracing::debug!(files = known.len(), "data directory checked");
         std::fs::create_dir_all(&db_dir)
             .map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
         let db = Store::open_database(&db_dir)?;
@@ -276,6 +280,7 @@ impl Server {
                 MaintenanceServer::new(maintenance::MaintenanceService::new(
                     node.clone(),
                     member_dir.join("backup"),
+                    shutdown_rx.clone(),
                 ))
                 .max_decoding_message_size(limit),
             )
@@ -348,6 +353,7 @@ impl Server {
         Ok(Server {
             node,
             member_dir,
+            known,
             client_addrs,
             peer_addrs,
             removed: removed_rx,
@@ -384,7 +390,7 @@ impl Server {
             let _ = task.await;
         }
         let store = self.node.store.clone();
-        let member_dir = self.member_dir.clone();
+        let (member_dir, known) = (self.member_dir.clone(), self.known);
         // The raft loop ends, dropping the apply channel, which ends the apply loop.
         self.node.stop_raft();
         drop(self.node);
@@ -398,7 +404,7 @@ impl Server {
             }
             // Once the engine's files stop changing, record them for the next start's check.
             if store.quiesce(Duration::from_secs(10)) {
-                if let Err(e) = crate::integrity::record(&member_dir) {
+                if let Err(e) = crate::integrity::record(&member_dir, &known) {
                     tracing::warn!(error = %e, "recording the data directory's checksums");
                 }
             }

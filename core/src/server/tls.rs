@@ -97,7 +97,8 @@ fn server_config(files: &Files) -> Result<Option<Arc<ServerConfig>>, StartError>
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| StartError::Tls(e.to_string()))?;
-    let builder = if files.auth.1 {
+    // As etcd: a trusted CA alone already requires certificates signed by it.
+    let builder = if files.auth.1 || files.ca.1.is_some() {
         let (flag, Some(ca_path)) = files.ca else {
             return Err(StartError::Tls(format!(
                 "{} needs {}",

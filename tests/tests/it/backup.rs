@@ -272,6 +272,8 @@ async fn members_agree_on_hashkv_after_a_random_workload_with_compactions() {
         }
     }
     assert!(compacted > 0);
+    // A last write, so every member that reached this revision has applied the compactions.
+    c.put("last", "write", None).await.expect("put");
     let rev = c
         .get("x", None)
         .await

@@ -173,7 +173,7 @@ async fn periodic_auto_compaction_keeps_about_one_retention_of_history() {
     // When each revision was written.
     let mut written: Vec<(Instant, i64)> = Vec::new();
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
+    while start.elapsed() < Duration::from_secs(5) {
         let rev = c
             .put("tick", "tock", None)
             .await
@@ -195,15 +195,17 @@ async fn periodic_auto_compaction_keeps_about_one_retention_of_history() {
         .find(|(_, r)| *r >= compact_rev)
         .map(|(t, _)| *t)
         .expect("compacted revision written");
-    // Nothing younger than the retention (less a sampling step) was compacted away...
+    // Nothing younger than the retention was compacted away (the compacted revision was
+    // sampled at least a retention before the compaction)...
     assert!(
         checked.duration_since(when) >= Duration::from_millis(800),
         "compacted history only {:?} old",
         checked.duration_since(when)
     );
-    // ... and no more than a retention, a compaction interval and some slack is kept.
+    // ... and no more than a retention, a sampling step, a compaction interval and some
+    // slack for a loaded machine is kept.
     assert!(
-        checked.duration_since(when) <= Duration::from_secs(3),
+        checked.duration_since(when) <= Duration::from_secs(4),
         "history of {:?} kept",
         checked.duration_since(when)
     );

@@ -447,3 +447,23 @@ async fn unusable_certificate_files_stop_the_member_with_a_message_naming_them()
     .await;
     assert!(err.contains("--trusted-ca-file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_ca_alone_requires_client_certificates_as_in_etcd() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new(dir.path(), "ca-only");
+    let server = ca.issue("server");
+    let user = ca.issue("user");
+    let mut cfg = cairn_core::Config::new();
+    cfg.data_dir = Some(dir.path().join("data"));
+    cfg.listen_client_urls = vec!["https://127.0.0.1:0".into()];
+    cfg.listen_peer_urls = vec!["http://127.0.0.1:0".into()];
+    cfg.cert_file = Some(server.cert.clone());
+    cfg.key_file = Some(server.key.clone());
+    cfg.trusted_ca_file = Some(ca.ca_file());
+    let member = cairn_core::Server::start(cfg).await.expect("start");
+    let port = member.client_addrs()[0].port();
+    wait_serving(port, &ca.client(Some(&user))).await;
+    assert!(!is_served(port, Some(ca.client(None))).await);
+    member.stop().await;
+}
