@@ -13,6 +13,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["proto"])?;
+    #[cfg(feature = "json")]
+    {
+        // etcd's gateway marshals with the .proto field names and leaves default values out.
+        let mut json = pbjson_build::Builder::new();
+        for file in fds.file.iter().cloned() {
+            json.register_file_descriptor(file);
+        }
+        json.preserve_proto_field_names().build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
+    }
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

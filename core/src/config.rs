@@ -188,6 +188,10 @@ pub struct Config {
     /// Log level filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long = "log-level", env = "CAIRN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
+    #[arg(long = "log-format", env = "CAIRN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 impl Config {

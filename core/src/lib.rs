@@ -25,6 +25,7 @@ pub mod error;
 pub mod integrity;
 pub mod lease;
 pub mod membership;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod raft;

@@ -83,7 +83,18 @@ impl Node {
             return Err(Error::RequestTooLarge);
         }
         let rx = self.waiters.register(id);
-        self.wait_for(id, rx, Command::Propose { id, data }).await
+        let result = self.wait_for(id, rx, Command::Propose { id, data }).await;
+        if let Err(Error::NoLeader | Error::LeaderChanged | Error::Timeout | Error::Stopped) =
+            &result
+        {
+            crate::metrics::METRICS.proposals_failed.inc();
+        }
+        result
+    }
+
+    /// Proposals waiting to be applied.
+    pub fn pending_proposals(&self) -> usize {
+        self.waiters.pending()
     }
 
     /// Sends `cmd` to the raft thread and waits for the answer to request `id`.

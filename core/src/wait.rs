@@ -23,6 +23,11 @@ pub struct Waiters {
 }
 
 impl Waiters {
+    /// Requests waiting for their entry to apply.
+    pub fn pending(&self) -> usize {
+        self.map().len()
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<ApplyResult>>> {
         // The map stays consistent even if a holder panicked: every operation is one call.
         self.map.lock().unwrap_or_else(|p| p.into_inner())

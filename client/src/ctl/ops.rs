@@ -218,9 +218,14 @@ pub async fn hashkv(
                     .as_ref()
                     .map(super::json::header)
                     .unwrap_or_default();
+                // Go's encoding leaves a zero compacted revision out.
+                let compacted = match h.compact_revision {
+                    0 => String::new(),
+                    r => format!(",\"compact_revision\":{r}"),
+                };
                 items.push(format!(
-                    "{{\"Endpoint\":\"{ep}\",\"HashKV\":{{\"header\":{header},\"hash\":{},\"compact_revision\":{}}}}}",
-                    h.hash, h.compact_revision
+                    "{{\"Endpoint\":\"{ep}\",\"HashKV\":{{\"header\":{header},\"hash\":{}{compacted}}}}}",
+                    h.hash
                 ));
                 rows.push(vec![ep, h.hash.to_string()]);
             }
@@ -264,12 +269,15 @@ pub async fn alarm(client: &Client, cmd: AlarmCmd, json: bool) -> Result<(), Fai
             .iter()
             .map(|a| format!("{{\"memberID\":{},\"alarm\":{}}}", a.member_id, a.alarm))
             .collect();
-        let header = header.as_ref().map(super::json::header);
-        match header {
-            Some(h) if items.is_empty() => println!("{{\"header\":{h}}}"),
-            Some(h) => println!("{{\"header\":{h},\"alarms\":[{}]}}", items.join(",")),
-            None => println!("{{\"alarms\":[{}]}}", items.join(",")),
+        // Go's encoding: absent and empty fields are left out.
+        let mut fields = Vec::new();
+        if let Some(h) = &header {
+            fields.push(format!("\"header\":{}", super::json::header(h)));
         }
+        if !items.is_empty() {
+            fields.push(format!("\"alarms\":[{}]", items.join(",")));
+        }
+        println!("{{{}}}", fields.join(","));
         return Ok(());
     }
     for a in &alarms {

@@ -204,7 +204,11 @@ impl Applier {
             }
             answers.push((req.id, result));
         }
+        let started = std::time::Instant::now();
         wb.commit(last, last_term)?;
+        crate::metrics::METRICS
+            .backend_commit
+            .observe(crate::metrics::seconds(started.elapsed()));
         if let Some(state) = members {
             self.membership.replace(state);
         }
@@ -350,6 +354,7 @@ fn apply_request(wb: &mut WriteBatch<'_>, req: Request, changes: &mut Vec<Change
         }
         Request::LeaseGrant(g) => {
             let ttl = wb.grant_lease(g.id, g.ttl)?;
+            crate::metrics::METRICS.leases_granted.inc();
             Ok(Applied::LeaseGrant(LeaseGrantResponse {
                 header: header(wb.current_rev()),
                 id: g.id,
@@ -361,6 +366,7 @@ fn apply_request(wb: &mut WriteBatch<'_>, req: Request, changes: &mut Vec<Change
         Request::MemberAttributes(_) | Request::MemberUpdate(_) => Ok(Applied::Members(vec![])),
         Request::LeaseRevoke(r) => {
             let made = wb.revoke_lease(r.id)?;
+            crate::metrics::METRICS.leases_revoked.inc();
             if !made.is_empty() {
                 changes.push((wb.current_rev(), made));
             }

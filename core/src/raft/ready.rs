@@ -287,6 +287,9 @@ impl ReadyLoop {
             let leader = ss.leader_id;
             let previous = self.status.leader.swap(leader, Ordering::Relaxed);
             if previous != leader {
+                if leader != 0 {
+                    crate::metrics::METRICS.leader_changes.inc();
+                }
                 tracing::info!(
                     leader = format!("{leader:x}"),
                     term = self.node.raft.term,
@@ -330,7 +333,11 @@ impl ReadyLoop {
         }
         batch.commit()?;
         if rd.must_sync() {
+            let started = Instant::now();
             self.db.persist(PersistMode::SyncData)?;
+            crate::metrics::METRICS
+                .wal_fsync
+                .observe(crate::metrics::seconds(started.elapsed()));
         }
         // 5. Acknowledgements of persisted state.
         self.send(rd.take_persisted_messages());

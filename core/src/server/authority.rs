@@ -15,7 +15,10 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const PREFACE_LEN: usize = 24;
+/// What every HTTP/2 connection starts with; anything else (HTTP/1.1 for the JSON gateway)
+/// passes through untouched.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const PREFACE_LEN: usize = PREFACE.len();
 const FRAME_HEADER: usize = 9;
 const TYPE_HEADERS: u8 = 0x1;
 const FLAG_END_HEADERS: u8 = 0x4;
@@ -36,6 +39,8 @@ pub struct AuthorityFix<S> {
     /// Processed bytes not yet handed to the reader.
     out: Vec<u8>,
     out_pos: usize,
+    /// Not HTTP/2: every byte passes through.
+    plain: bool,
 }
 
 impl<S> AuthorityFix<S> {
@@ -47,6 +52,7 @@ impl<S> AuthorityFix<S> {
             pending: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
+            plain: false,
         }
     }
 
@@ -58,6 +64,15 @@ impl<S> AuthorityFix<S> {
     /// Moves what can be decided from `pending` to `out`.
     fn process(&mut self) {
         loop {
+            if !self.plain && self.preface_left > 0 {
+                let at = PREFACE_LEN - self.preface_left;
+                let n = self.preface_left.min(self.pending.len());
+                self.plain = self.pending[..n] != PREFACE[at..at + n];
+            }
+            if self.plain {
+                self.out.append(&mut self.pending);
+                return;
+            }
             if self.preface_left > 0 || self.passthrough_left > 0 {
                 let left = if self.preface_left > 0 {
                     &mut self.preface_left
@@ -362,5 +377,16 @@ mod tests {
             &bytes[..bytes.len() - block.len()]
         );
         assert!(out.ends_with(b"http---h:1"));
+    }
+
+    #[test]
+    fn http1_connections_pass_through_byte_for_byte() {
+        let mut conn = AuthorityFix::new(());
+        let request = b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\n\r\n{\"key\":\"Zm9v\"}".to_vec();
+        conn.pending = request[..10].to_vec();
+        conn.process();
+        conn.pending.extend_from_slice(&request[10..]);
+        conn.process();
+        assert_eq!(conn.out, request);
     }
 }

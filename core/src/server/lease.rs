@@ -230,9 +230,11 @@ pub async fn expiry_loop(
                     .propose_and_wait(Internal::LeaseRevoke(LeaseRevokeRequest { id }))
                     .await
                 {
-                    Ok(_) | Err(Error::LeaseNotFound) => {
+                    Ok(_) => {
+                        crate::metrics::METRICS.leases_expired.inc();
                         tracing::debug!(lease = id, "expired lease revoked")
                     }
+                    Err(Error::LeaseNotFound) => {}
                     Err(e) => {
                         tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; will retry")
                     }

@@ -89,12 +89,9 @@ fn status(e: impl Into<RecipeError>) -> Status {
     match e.into() {
         RecipeError(cairn_recipes::Error::Client(cairn_client::Error::Server(s))) => s,
         RecipeError(cairn_recipes::Error::Client(c)) => Status::new(c.code(), c.to_string()),
-        RecipeError(cairn_recipes::Error::NotLeader) => {
-            Status::failed_precondition("election: not leader")
-        }
-        RecipeError(cairn_recipes::Error::NoLeader) => {
-            Status::failed_precondition("election: no leader")
-        }
+        // etcd's election server returns these as plain errors: code UNKNOWN.
+        RecipeError(cairn_recipes::Error::NotLeader) => Status::unknown("election: not leader"),
+        RecipeError(cairn_recipes::Error::NoLeader) => Status::unknown("election: no leader"),
         RecipeError(other) => Status::unavailable(other.to_string()),
     }
 }

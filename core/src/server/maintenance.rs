@@ -12,8 +12,8 @@ use cairn_api::etcdserverpb::{
     HashKvRequest, HashKvResponse, HashRequest, HashResponse, Member, MemberAddRequest,
     MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
     MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
-    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest,
-    SnapshotResponse, StatusRequest, StatusResponse,
+    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse,
+    StatusRequest, StatusResponse,
 };
 use raft::eraftpb::ConfChangeType;
 use tokio_stream::wrappers::ReceiverStream;
@@ -66,7 +66,6 @@ impl MaintenanceService {
 /// holds up neither shutdown nor a blocking thread).
 fn stream_backup(
     file: crate::backup::BackupFile,
-    header: ResponseHeader,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> ReceiverStream<Result<SnapshotResponse, Status>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -111,8 +110,9 @@ fn stream_backup(
                 return;
             }
             sent += blob.len() as u64;
+            // As etcd's, the chunks carry no header.
             let m = SnapshotResponse {
-                header: Some(header),
+                header: None,
                 remaining_bytes: file.size.saturating_sub(sent),
                 blob,
             };
@@ -191,7 +191,7 @@ impl Maintenance for MaintenanceService {
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
         tracing::info!(bytes = file.size, "streaming a backup");
-        let stream = stream_backup(file, self.node.header(0), self.shutdown.clone());
+        let stream = stream_backup(file, self.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -203,9 +203,8 @@ impl Maintenance for MaintenanceService {
         tokio::task::spawn_blocking(move || store.defragment())
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
-        Ok(Response::new(DefragmentResponse {
-            header: Some(self.node.header(0)),
-        }))
+        // As etcd: no header.
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
@@ -243,8 +242,9 @@ impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let req = req.into_inner();
         match AlarmAction::try_from(req.action) {
+            // As etcd, alarm answers carry no header.
             Ok(AlarmAction::Get) => Ok(Response::new(AlarmResponse {
-                header: Some(self.node.header(0)),
+                header: None,
                 alarms: self.node.store.alarms(),
             })),
             // Raised and cleared through raft, so every member agrees on them.
@@ -260,13 +260,13 @@ impl Maintenance for MaintenanceService {
                         || self.node.membership.member(req.member_id).is_none())
                 {
                     return Ok(Response::new(AlarmResponse {
-                        header: Some(self.node.header(0)),
+                        header: None,
                         alarms: vec![],
                     }));
                 }
-                Ok(Response::new(
-                    self.node.propose_for(Internal::Alarm(req)).await?,
-                ))
+                let mut resp: AlarmResponse = self.node.propose_for(Internal::Alarm(req)).await?;
+                resp.header = None;
+                Ok(Response::new(resp))
             }
             Err(_) => Err(Status::invalid_argument("etcdserver: unknown alarm action")),
         }

@@ -5,6 +5,8 @@
 
 mod authority;
 mod compactor;
+mod gateway;
+mod grpc_metrics;
 mod kv;
 mod lease;
 mod lock;
@@ -269,8 +271,9 @@ impl Server {
             tls.own_client.clone(),
             shutdown_rx.clone(),
         );
-        let router = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
+        // The JSON gateway's routes, with the gRPC services on top (one port for both).
+        let gateway = gateway::Gateway::new(node.clone(), own_url.clone(), tls.own_client.clone());
+        let routes = tonic::service::Routes::from(gateway::router(gateway))
             .add_service(
                 KvServer::new(kv::KvService::new(node.clone(), cfg.max_txn_ops))
                     .max_decoding_message_size(limit)
@@ -305,6 +308,16 @@ impl Server {
             )
             .add_service(LockServer::new(recipes.clone()).max_decoding_message_size(limit))
             .add_service(ElectionServer::new(recipes).max_decoding_message_size(limit));
+        // Every call counted by service, method and code.
+        let routes = tonic::service::Routes::from(
+            routes
+                .into_axum_router()
+                .layer(grpc_metrics::GrpcMetricsLayer),
+        );
+        let router = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
+            .add_routes(routes);
 
         if let Some(retention) = auto_compaction {
             serving.push(tokio::spawn(compactor::run(

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::METRICS;
 use crate::mvcc::{RangeOptions, ReadView};
 use crate::node::Node;
 use crate::watch::{Delivery, WatchHub, WatchSpec, WatcherHandle};
@@ -117,6 +118,7 @@ impl WatchStream {
         progress: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        METRICS.watch_streams.inc();
         let mut ticker = tokio::time::interval(progress);
         ticker.tick().await;
         loop {
@@ -142,6 +144,8 @@ impl WatchStream {
                 break;
             }
         }
+        METRICS.watch_streams.dec();
+        METRICS.watchers.dec_by(self.watchers.len() as i64);
         for w in self.watchers.values() {
             self.hub.cancel(w.handle);
         }
@@ -158,6 +162,7 @@ impl WatchStream {
                 let Some(w) = self.watchers.remove(&c.watch_id) else {
                     return true;
                 };
+                METRICS.watchers.dec();
                 self.hub.cancel(w.handle);
                 self.by_handle.remove(&w.handle);
                 let header = Some(self.node.header(0));
@@ -222,6 +227,7 @@ impl WatchStream {
         // Registered before the created response is queued: events can only follow it.
         let (handle, rev) = self.hub.watch(spec, self.deliver.clone());
         self.by_handle.insert(handle, id);
+        METRICS.watchers.inc();
         self.watchers.insert(
             id,
             WatcherOpts {
@@ -289,7 +295,9 @@ impl WatchStream {
             Delivery::Compacted {
                 compact_revision, ..
             } => {
-                self.watchers.remove(&id);
+                if self.watchers.remove(&id).is_some() {
+                    METRICS.watchers.dec();
+                }
                 self.by_handle.remove(&handle);
                 let mut header = self.node.header(0);
                 header.revision = 0;

@@ -303,6 +303,7 @@ impl Tool {
         run(&["endpoint", "status"], None);
         run(&["endpoint", "status", "-w", "json"], None);
         run(&["alarm", "list"], None);
+        run(&["alarm", "list", "-w", "json"], None);
         run(&["alarm", "disarm"], None);
         // Last: it changes the database size `endpoint status` shows.
         run(&["defrag"], None);

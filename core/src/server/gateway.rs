@@ -1,0 +1,525 @@
+//! etcd's HTTP/JSON gateway on the client URLs, sharing the port with gRPC (HTTP/1.1 and
+//! HTTP/2 are told apart per connection): the same paths and JSON as etcd 3.4's gateway
+//! (`POST /v3/kv/range` …, proto field names, int64 as strings, bytes as base64, enums by
+//! name, default values left out), errors as `{"error", "message", "code"}` with the HTTP
+//! status grpc-gateway gives each gRPC code, streams as one `{"result": …}` object per
+//! line; and `/health` and `/version`.
+//!
+//! As etcd's gateway, it is a client of the member's own gRPC endpoint: every request takes
+//! exactly the path a gRPC client's would, with the same validation and errors.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use cairn_api::etcdserverpb::{
+    cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient, AlarmRequest,
+    CompactionRequest, DefragmentRequest, DeleteRangeRequest, HashRequest, LeaseGrantRequest,
+    LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
+    MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
+    MemberUpdateRequest, MoveLeaderRequest, PutRequest, RangeRequest, SnapshotRequest,
+    StatusRequest, TxnRequest, WatchRequest,
+};
+use cairn_api::v3electionpb::{
+    election_client::ElectionClient, CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest,
+};
+use cairn_api::v3lockpb::{lock_client::LockClient, LockRequest, UnlockRequest};
+use cairn_client::tls::Connector;
+use cairn_client::TlsOptions;
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::maintenance::ETCD_API_VERSION;
+use crate::node::Node;
+
+/// How long `/health` waits for a linearizable read.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The gateway's state: the member, and a channel to its own gRPC endpoint.
+#[derive(Clone)]
+pub struct Gateway {
+    node: Arc<Node>,
+    /// The member's own client URL, set once it listens.
+    url: Arc<OnceLock<String>>,
+    tls: Option<TlsOptions>,
+    channel: Arc<tokio::sync::OnceCell<Channel>>,
+}
+
+impl Gateway {
+    pub fn new(node: Arc<Node>, url: Arc<OnceLock<String>>, tls: Option<TlsOptions>) -> Gateway {
+        Gateway {
+            node,
+            url,
+            tls,
+            channel: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    async fn channel(&self) -> Result<Channel, Status> {
+        self.channel
+            .get_or_try_init(|| async {
+                let url = self
+                    .url
+                    .get()
+                    .ok_or_else(|| Status::unavailable("member not serving yet"))?;
+                let config = match &self.tls {
+                    Some(t) => Some(
+                        t.client_config()
+                            .map_err(|e| Status::internal(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                let endpoint = Endpoint::from_shared(url.clone())
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                Ok::<_, Status>(endpoint.connect_with_connector_lazy(Connector::new(config)))
+            })
+            .await
+            .cloned()
+    }
+
+    /// One JSON request, one gRPC call, one JSON response.
+    async fn unary<Req, Resp, F, Fut>(&self, body: &[u8], call: F) -> Response
+    where
+        Req: DeserializeOwned + Default,
+        Resp: Serialize,
+        F: FnOnce(Channel, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let result = async {
+            let req = parse::<Req>(body)?;
+            let channel = self.channel().await?;
+            call(channel, req).await
+        }
+        .await;
+        match result {
+            Ok(resp) => json(StatusCode::OK, resp.get_ref()),
+            Err(status) => error(&status),
+        }
+    }
+
+    /// A stream of responses, one `{"result": …}` line each; the requests are the JSON
+    /// objects of the body, in order.
+    async fn streaming<Req, Resp, F, Fut, S>(&self, body: &[u8], call: F) -> Response
+    where
+        Req: DeserializeOwned + Default,
+        Resp: Serialize + Send + 'static,
+        F: FnOnce(Channel, Vec<Req>) -> Fut,
+        Fut: Future<Output = Result<(tonic::Response<S>, Box<dyn std::any::Any + Send>), Status>>,
+        S: Stream<Item = Result<Resp, Status>> + Send + 'static,
+    {
+        let result = async {
+            let reqs = parse_all::<Req>(body)?;
+            let channel = self.channel().await?;
+            call(channel, reqs).await
+        }
+        .await;
+        let (stream, guard) = match result {
+            Ok((resp, guard)) => (resp.into_inner(), guard),
+            Err(status) => return error(&status),
+        };
+        let lines = stream.map(move |item| {
+            // Whatever keeps the request side open lives as long as the response.
+            let _ = &guard;
+            let line = match item {
+                Ok(msg) => serde_json::to_vec(&Wrapped { result: &msg }),
+                Err(status) => serde_json::to_vec(&StreamError::from(&status)),
+            };
+            line.map(|mut l| {
+                l.push(b'\n');
+                Bytes::from(l)
+            })
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from_stream(lines))
+            .unwrap_or_else(|_| internal())
+    }
+}
+
+#[derive(Serialize)]
+struct Wrapped<'a, T> {
+    result: &'a T,
+}
+
+/// An error in the middle of a stream, as grpc-gateway reports it.
+#[derive(Serialize)]
+struct StreamError {
+    error: StreamErrorBody,
+}
+
+#[derive(Serialize)]
+struct StreamErrorBody {
+    grpc_code: i32,
+    http_code: u16,
+    message: String,
+    http_status: String,
+}
+
+impl From<&Status> for StreamError {
+    fn from(s: &Status) -> Self {
+        let http = http_status(s.code());
+        StreamError {
+            error: StreamErrorBody {
+                grpc_code: s.code() as i32,
+                http_code: http.as_u16(),
+                message: s.message().to_string(),
+                http_status: http.canonical_reason().unwrap_or("").to_string(),
+            },
+        }
+    }
+}
+
+/// The error body etcd's gateway sends.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+    code: i32,
+}
+
+fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// Every JSON object in the body (a stream's requests); none is one default request.
+fn parse_all<T: DeserializeOwned + Default>(body: &[u8]) -> Result<Vec<T>, Status> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(vec![T::default()]);
+    }
+    serde_json::Deserializer::from_slice(body)
+        .into_iter::<T>()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// A response that cannot be built (a header that does not parse) means a bug here.
+fn internal() -> Response {
+    let mut r = Response::new(Body::from("internal error"));
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(bytes))
+            .unwrap_or_else(|_| internal()),
+        Err(e) => error(&Status::internal(e.to_string())),
+    }
+}
+
+/// grpc-gateway's HTTP status for each gRPC code.
+fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error(status: &Status) -> Response {
+    json(
+        http_status(status.code()),
+        &ErrorBody {
+            error: status.message(),
+            message: status.message(),
+            code: status.code() as i32,
+        },
+    )
+}
+
+/// `POST path` → one unary call of `$client::$method` with a `$req` from the body.
+macro_rules! unary {
+    ($client:ident, $method:ident, $req:ty) => {
+        post(|State(g): State<Gateway>, body: Bytes| async move {
+            g.unary(&body, |ch, req: $req| async move {
+                $client::new(ch)
+                    .max_decoding_message_size(usize::MAX)
+                    .$method(req)
+                    .await
+            })
+            .await
+        })
+    };
+}
+
+/// A call whose responses stream back: `$req`s from the body (kept open when `$open`, as
+/// a watch must be), responses as lines.
+macro_rules! streaming {
+    ($client:ident, $method:ident, $req:ty, bidi, $open:expr) => {
+        post(|State(g): State<Gateway>, body: Bytes| async move {
+            g.streaming(&body, |ch, reqs: Vec<$req>| async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(reqs.len().max(1));
+                for r in reqs {
+                    // The channel has room for every request.
+                    let _ = tx.try_send(r);
+                }
+                // Open: the request side stays open as long as the response streams.
+                let keep = $open.then_some(tx);
+                let resp = $client::new(ch)
+                    .max_decoding_message_size(usize::MAX)
+                    .$method(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?;
+                Ok((resp, Box::new(keep) as Box<dyn std::any::Any + Send>))
+            })
+            .await
+        })
+    };
+    ($client:ident, $method:ident, $req:ty) => {
+        post(|State(g): State<Gateway>, body: Bytes| async move {
+            g.streaming(&body, |ch, mut reqs: Vec<$req>| async move {
+                let req = reqs.drain(..).next().unwrap_or_default();
+                let resp = $client::new(ch)
+                    .max_decoding_message_size(usize::MAX)
+                    .$method(req)
+                    .await?;
+                Ok((resp, Box::new(()) as Box<dyn std::any::Any + Send>))
+            })
+            .await
+        })
+    };
+}
+
+/// `GET /health`: healthy when the member has a leader, no alarm is raised and a
+/// linearizable read completes in time (etcd's checks); 503 otherwise.
+async fn health(State(g): State<Gateway>) -> Response {
+    let node = &g.node;
+    let healthy = node.raft_status.leader() != 0
+        && node.store.alarms().is_empty()
+        && tokio::time::timeout(HEALTH_TIMEOUT, node.wait_linearizable())
+            .await
+            .is_ok_and(|r| r.is_ok());
+    #[derive(Serialize)]
+    struct Health {
+        health: &'static str,
+    }
+    let (status, health) = if healthy {
+        (StatusCode::OK, "true")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "false")
+    };
+    json(status, &Health { health })
+}
+
+/// `GET /metrics`: the process's metrics, the member's state sampled now.
+async fn metrics(State(g): State<Gateway>) -> Response {
+    let (node, m) = (&g.node, &crate::metrics::METRICS);
+    let leader = node.raft_status.leader();
+    m.has_leader.set(i64::from(leader != 0));
+    m.is_leader
+        .set(i64::from(leader == node.membership.local_id));
+    m.proposals_committed
+        .set(node.raft_status.commit_index() as i64);
+    m.proposals_applied.set(node.applied_index() as i64);
+    m.proposals_pending.set(node.pending_proposals() as i64);
+    m.db_size.set(node.store.db_size() as i64);
+    m.db_size_in_use
+        .set((node.store.size_in_use() + node.store.meta_size()) as i64);
+    m.leases.set(node.store.lessor().ids().len() as i64);
+    m.current_revision.set(node.store.current_rev());
+    m.compact_revision.set(node.store.compact_rev());
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+        .body(Body::from(m.encode()))
+        .unwrap_or_else(|_| internal())
+}
+
+/// `GET /version`.
+async fn version() -> Response {
+    #[derive(Serialize)]
+    struct Version {
+        etcdserver: &'static str,
+        etcdcluster: &'static str,
+    }
+    json(
+        StatusCode::OK,
+        &Version {
+            etcdserver: ETCD_API_VERSION,
+            etcdcluster: "3.4.0",
+        },
+    )
+}
+
+/// Anything else: gRPC's UNIMPLEMENTED to a gRPC client (an unknown service or method),
+/// `404 Not Found` to anyone else.
+async fn fallback(headers: HeaderMap) -> Response {
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        let (parts, ()) = Status::unimplemented("").into_http::<()>().into_parts();
+        return Response::from_parts(parts, Body::empty());
+    }
+    let mut r = Response::new(Body::from("Not Found\n"));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
+
+fn kv_routes() -> Router<Gateway> {
+    Router::new()
+        .route("/v3/kv/range", unary!(KvClient, range, RangeRequest))
+        .route("/v3/kv/put", unary!(KvClient, put, PutRequest))
+        .route(
+            "/v3/kv/deleterange",
+            unary!(KvClient, delete_range, DeleteRangeRequest),
+        )
+        .route("/v3/kv/txn", unary!(KvClient, txn, TxnRequest))
+        .route(
+            "/v3/kv/compaction",
+            unary!(KvClient, compact, CompactionRequest),
+        )
+        .route(
+            "/v3/watch",
+            streaming!(WatchClient, watch, WatchRequest, bidi, true),
+        )
+}
+
+fn lease_routes() -> Router<Gateway> {
+    let revoke = || unary!(LeaseClient, lease_revoke, LeaseRevokeRequest);
+    let ttl = || unary!(LeaseClient, lease_time_to_live, LeaseTimeToLiveRequest);
+    let leases = || unary!(LeaseClient, lease_leases, LeaseLeasesRequest);
+    Router::new()
+        .route(
+            "/v3/lease/grant",
+            unary!(LeaseClient, lease_grant, LeaseGrantRequest),
+        )
+        .route("/v3/lease/revoke", revoke())
+        .route("/v3/kv/lease/revoke", revoke())
+        .route("/v3/lease/timetolive", ttl())
+        .route("/v3/kv/lease/timetolive", ttl())
+        .route("/v3/lease/leases", leases())
+        .route("/v3/kv/lease/leases", leases())
+        .route(
+            "/v3/lease/keepalive",
+            streaming!(
+                LeaseClient,
+                lease_keep_alive,
+                LeaseKeepAliveRequest,
+                bidi,
+                false
+            ),
+        )
+}
+
+fn cluster_routes() -> Router<Gateway> {
+    Router::new()
+        .route(
+            "/v3/cluster/member/add",
+            unary!(ClusterClient, member_add, MemberAddRequest),
+        )
+        .route(
+            "/v3/cluster/member/remove",
+            unary!(ClusterClient, member_remove, MemberRemoveRequest),
+        )
+        .route(
+            "/v3/cluster/member/update",
+            unary!(ClusterClient, member_update, MemberUpdateRequest),
+        )
+        .route(
+            "/v3/cluster/member/list",
+            unary!(ClusterClient, member_list, MemberListRequest),
+        )
+        .route(
+            "/v3/cluster/member/promote",
+            unary!(ClusterClient, member_promote, MemberPromoteRequest),
+        )
+        .route(
+            "/v3/maintenance/alarm",
+            unary!(MaintenanceClient, alarm, AlarmRequest),
+        )
+        .route(
+            "/v3/maintenance/status",
+            unary!(MaintenanceClient, status, StatusRequest),
+        )
+        .route(
+            "/v3/maintenance/defragment",
+            unary!(MaintenanceClient, defragment, DefragmentRequest),
+        )
+        .route(
+            "/v3/maintenance/hash",
+            unary!(MaintenanceClient, hash, HashRequest),
+        )
+        .route(
+            "/v3/maintenance/snapshot",
+            streaming!(MaintenanceClient, snapshot, SnapshotRequest),
+        )
+        .route(
+            "/v3/maintenance/transfer-leadership",
+            unary!(MaintenanceClient, move_leader, MoveLeaderRequest),
+        )
+}
+
+fn recipe_routes() -> Router<Gateway> {
+    Router::new()
+        .route("/v3/lock/lock", unary!(LockClient, lock, LockRequest))
+        .route("/v3/lock/unlock", unary!(LockClient, unlock, UnlockRequest))
+        .route(
+            "/v3/election/campaign",
+            unary!(ElectionClient, campaign, CampaignRequest),
+        )
+        .route(
+            "/v3/election/proclaim",
+            unary!(ElectionClient, proclaim, ProclaimRequest),
+        )
+        .route(
+            "/v3/election/leader",
+            unary!(ElectionClient, leader, LeaderRequest),
+        )
+        .route(
+            "/v3/election/resign",
+            unary!(ElectionClient, resign, ResignRequest),
+        )
+        .route(
+            "/v3/election/observe",
+            streaming!(ElectionClient, observe, LeaderRequest),
+        )
+}
+
+/// The gateway's routes; gRPC services are added on top of them.
+pub fn router(gateway: Gateway) -> Router {
+    let routes: Vec<Router<Gateway>> = vec![
+        kv_routes(),
+        lease_routes(),
+        cluster_routes(),
+        recipe_routes(),
+    ];
+    routes
+        .into_iter()
+        .fold(Router::new(), Router::merge)
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .fallback(fallback)
+        .with_state(gateway)
+}
