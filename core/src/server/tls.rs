@@ -128,7 +128,8 @@ fn server_config(files: &Files) -> Result<Option<Arc<ServerConfig>>, StartError>
         )),
         e => tls_error(files.key.0, &key_path, e),
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // HTTP/2 for gRPC; HTTP/1.1 for the JSON gateway and /metrics over https.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some(Arc::new(config)))
 }
 

@@ -307,3 +307,133 @@ async fn metrics_parse_and_move_with_requests() {
         prometheus_parse::Value::Histogram(_)
     ));
 }
+
+/// The string value of `"field":"..."` in a JSON text.
+fn field<'a>(json: &'a str, name: &str) -> &'a str {
+    let pat = format!("\"{name}\":\"");
+    json.split(&pat)
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("{name} in {json}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_gateway_path_answers() {
+    let cairn = Process::cairn().await;
+    let addr = cairn.addr;
+    let post =
+        |path: &'static str, body: String| async move { http(addr, "POST", path, &body).await };
+    let (_, granted) = post("/v3/lease/grant", r#"{"TTL": "60"}"#.into()).await;
+    let lease = field(&granted, "ID").to_string();
+    for (path, body, want) in [
+        ("/v3/maintenance/status", "{}".to_string(), 200),
+        ("/v3/maintenance/hash", "{}".into(), 200),
+        ("/v3/maintenance/alarm", r#"{"action": "GET"}"#.into(), 200),
+        ("/v3/maintenance/defragment", "{}".into(), 200),
+        ("/v3/cluster/member/list", "{}".into(), 200),
+        (
+            "/v3/cluster/member/update",
+            r#"{"ID": "1", "peerURLs": ["http://127.0.0.1:2"]}"#.into(),
+            404,
+        ),
+        ("/v3/cluster/member/promote", r#"{"ID": "1"}"#.into(), 404),
+        (
+            "/v3/maintenance/transfer-leadership",
+            r#"{"targetID": "1"}"#.into(),
+            412,
+        ),
+        (
+            "/v3/kv/lease/timetolive",
+            format!(r#"{{"ID": "{lease}"}}"#),
+            200,
+        ),
+        ("/v3/kv/lease/leases", "{}".into(), 200),
+    ] {
+        let (status, body) = post(path, body).await;
+        assert_eq!(status, want, "{path}: {body}");
+        assert!(body.starts_with('{'), "{path}: {body}");
+    }
+    // Membership: add a learner, then remove it.
+    let (status, added) = post(
+        "/v3/cluster/member/add",
+        r#"{"peerURLs": ["http://127.0.0.1:1"], "isLearner": true}"#.into(),
+    )
+    .await;
+    assert_eq!(status, 200, "{added}");
+    let learner = field(added.split("\"member\":").nth(1).expect("member"), "ID").to_string();
+    let (status, removed) = post(
+        "/v3/cluster/member/remove",
+        format!(r#"{{"ID": "{learner}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{removed}");
+    // Lock and unlock.
+    let (status, locked) = post(
+        "/v3/lock/lock",
+        format!(r#"{{"name": "bG9jaw==", "lease": "{lease}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{locked}");
+    let key = field(&locked, "key").to_string();
+    let (status, unlocked) = post("/v3/lock/unlock", format!(r#"{{"key": "{key}"}}"#)).await;
+    assert_eq!(status, 200, "{unlocked}");
+    // An election: campaign, proclaim, observe, leader, resign.
+    let (status, campaign) = post(
+        "/v3/election/campaign",
+        format!(r#"{{"name": "ZWxlY3Q=", "lease": "{lease}", "value": "djE="}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{campaign}");
+    let leader = campaign
+        .split("\"leader\":")
+        .nth(1)
+        .and_then(|s| s.split('}').next())
+        .map(|s| format!("{s}}}"))
+        .expect("leader key");
+    let (status, proclaimed) = post(
+        "/v3/election/proclaim",
+        format!(r#"{{"leader": {leader}, "value": "djI="}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{proclaimed}");
+    let observed = stream_lines(addr, "/v3/election/observe", r#"{"name": "ZWxlY3Q="}"#, 1).await;
+    assert!(observed[0].contains("\"value\":\"djI=\""), "{observed:?}");
+    let (status, current) = post("/v3/election/leader", r#"{"name": "ZWxlY3Q="}"#.into()).await;
+    assert!(status == 200 && current.contains("djI="), "{current}");
+    let (status, resigned) =
+        post("/v3/election/resign", format!(r#"{{"leader": {leader}}}"#)).await;
+    assert_eq!(status, 200, "{resigned}");
+    // A backup streams as base64 blobs.
+    let blob = stream_lines(addr, "/v3/maintenance/snapshot", "{}", 1).await;
+    assert!(
+        blob[0].starts_with("{\"result\":{\"remaining_bytes\"") || blob[0].contains("\"blob\":"),
+        "{blob:?}"
+    );
+    let (status, _) = post("/v3/lease/revoke", format!(r#"{{"ID": "{lease}"}}"#)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_false_when_the_member_loses_its_leader() {
+    let mut cluster = crate::cluster_harness::Cluster::start(3, &[]).await;
+    let addr = cluster.members[0].process.addr;
+    assert_eq!(
+        http(addr, "GET", "/health", "").await,
+        (200, r#"{"health":"true"}"#.to_string())
+    );
+    cluster.members[1].process.kill9();
+    cluster.members[2].process.kill9();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http(addr, "GET", "/health", "").await;
+        if status == 503 {
+            assert_eq!(body, r#"{"health":"false"}"#);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still healthy: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
