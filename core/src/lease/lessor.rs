@@ -180,6 +180,16 @@ impl Lessor {
         })
     }
 
+    /// How many leases are granted.
+    pub fn len(&self) -> usize {
+        self.leases().map.len()
+    }
+
+    /// Whether no lease is granted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Every lease id, soonest expiry first (as etcd lists them).
     pub fn ids(&self) -> Vec<i64> {
         let l = self.leases();

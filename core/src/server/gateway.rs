@@ -65,26 +65,30 @@ impl Gateway {
         }
     }
 
+    /// The connection unary requests share.
     async fn channel(&self) -> Result<Channel, Status> {
         self.channel
-            .get_or_try_init(|| async {
-                let url = self
-                    .url
-                    .get()
-                    .ok_or_else(|| Status::unavailable("member not serving yet"))?;
-                let config = match &self.tls {
-                    Some(t) => Some(
-                        t.client_config()
-                            .map_err(|e| Status::internal(e.to_string()))?,
-                    ),
-                    None => None,
-                };
-                let endpoint = Endpoint::from_shared(url.clone())
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                Ok::<_, Status>(endpoint.connect_with_connector_lazy(Connector::new(config)))
-            })
+            .get_or_try_init(|| async { self.new_channel() })
             .await
             .cloned()
+    }
+
+    /// A new connection to the member's own gRPC endpoint.
+    fn new_channel(&self) -> Result<Channel, Status> {
+        let url = self
+            .url
+            .get()
+            .ok_or_else(|| Status::unavailable("member not serving yet"))?;
+        let config = match &self.tls {
+            Some(t) => Some(
+                t.client_config()
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let endpoint =
+            Endpoint::from_shared(url.clone()).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(endpoint.connect_with_connector_lazy(Connector::new(config)))
     }
 
     /// One JSON request, one gRPC call, one JSON response.
@@ -119,7 +123,9 @@ impl Gateway {
     {
         let result = async {
             let reqs = parse_all::<Req>(body)?;
-            let channel = self.channel().await?;
+            // A connection of its own: a JSON client that stops reading its stream must not
+            // take the flow-control window the other gateway requests share.
+            let channel = self.new_channel()?;
             call(channel, reqs).await
         }
         .await;
@@ -329,7 +335,24 @@ async fn health(State(g): State<Gateway>) -> Response {
 
 /// `GET /metrics`: the process's metrics, the member's state sampled now.
 async fn metrics(State(g): State<Gateway>) -> Response {
-    let (node, m) = (&g.node, &crate::metrics::METRICS);
+    // Sizes walk the data directory: off the async workers.
+    let text = tokio::task::spawn_blocking(move || sample_and_encode(&g.node)).await;
+    match text {
+        Ok(text) => Response::builder()
+            .status(StatusCode::OK)
+            .header(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Body::from(text))
+            .unwrap_or_else(|_| internal()),
+        Err(_) => internal(),
+    }
+}
+
+/// Samples the member's state into the gauges and encodes every metric.
+fn sample_and_encode(node: &Node) -> String {
+    let m = &crate::metrics::METRICS;
     let leader = node.raft_status.leader();
     m.has_leader.set(i64::from(leader != 0));
     m.is_leader
@@ -341,17 +364,10 @@ async fn metrics(State(g): State<Gateway>) -> Response {
     m.db_size.set(node.store.db_size() as i64);
     m.db_size_in_use
         .set((node.store.size_in_use() + node.store.meta_size()) as i64);
-    m.leases.set(node.store.lessor().ids().len() as i64);
+    m.leases.set(node.store.lessor().len() as i64);
     m.current_revision.set(node.store.current_rev());
     m.compact_revision.set(node.store.compact_rev());
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )
-        .body(Body::from(m.encode()))
-        .unwrap_or_else(|_| internal())
+    m.encode()
 }
 
 /// `GET /version`.
@@ -506,8 +522,9 @@ fn recipe_routes() -> Router<Gateway> {
         )
 }
 
-/// The gateway's routes; gRPC services are added on top of them.
-pub fn router(gateway: Gateway) -> Router {
+/// The gateway's routes; gRPC services are added on top of them. Bodies may be as large
+/// as a gRPC request may (`body_limit`: JSON carries bytes in base64, a third larger).
+pub fn router(gateway: Gateway, body_limit: usize) -> Router {
     let routes: Vec<Router<Gateway>> = vec![
         kv_routes(),
         lease_routes(),
@@ -521,5 +538,6 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .fallback(fallback)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(gateway)
 }

@@ -26,6 +26,52 @@ pub struct GrpcMetrics<S> {
     inner: S,
 }
 
+/// The services and methods the client port serves.
+const SERVED: &[(&str, &[&str])] = &[
+    (
+        "etcdserverpb.KV",
+        &["Range", "Put", "DeleteRange", "Txn", "Compact"],
+    ),
+    ("etcdserverpb.Watch", &["Watch"]),
+    (
+        "etcdserverpb.Lease",
+        &[
+            "LeaseGrant",
+            "LeaseRevoke",
+            "LeaseKeepAlive",
+            "LeaseTimeToLive",
+            "LeaseLeases",
+        ],
+    ),
+    (
+        "etcdserverpb.Cluster",
+        &[
+            "MemberAdd",
+            "MemberRemove",
+            "MemberUpdate",
+            "MemberList",
+            "MemberPromote",
+        ],
+    ),
+    (
+        "etcdserverpb.Maintenance",
+        &[
+            "Alarm",
+            "Status",
+            "Defragment",
+            "Hash",
+            "HashKV",
+            "Snapshot",
+            "MoveLeader",
+        ],
+    ),
+    ("v3lockpb.Lock", &["Lock", "Unlock"]),
+    (
+        "v3electionpb.Election",
+        &["Campaign", "Proclaim", "Leader", "Observe", "Resign"],
+    ),
+];
+
 /// The labels of a gRPC call (`/pkg.Service/Method` with a gRPC content type).
 fn labels<B>(req: &http::Request<B>) -> Option<GrpcLabels> {
     let grpc = req
@@ -37,6 +83,12 @@ fn labels<B>(req: &http::Request<B>) -> Option<GrpcLabels> {
         return None;
     }
     let (service, method) = req.uri().path().trim_start_matches('/').split_once('/')?;
+    // Only the methods this server serves get labels: a path is the caller's choice, and
+    // every new label set would be kept forever.
+    let (_, methods) = SERVED.iter().find(|(s, _)| *s == service)?;
+    if !methods.contains(&method) {
+        return None;
+    }
     let grpc_type = match method {
         "Watch" | "LeaseKeepAlive" => "bidi_stream",
         "Snapshot" | "Observe" => "server_stream",

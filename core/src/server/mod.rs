@@ -273,7 +273,7 @@ impl Server {
         );
         // The JSON gateway's routes, with the gRPC services on top (one port for both).
         let gateway = gateway::Gateway::new(node.clone(), own_url.clone(), tls.own_client.clone());
-        let routes = tonic::service::Routes::from(gateway::router(gateway))
+        let routes = tonic::service::Routes::from(gateway::router(gateway, limit * 4 / 3))
             .add_service(
                 KvServer::new(kv::KvService::new(node.clone(), cfg.max_txn_ops))
                     .max_decoding_message_size(limit)

@@ -78,6 +78,7 @@ impl Watch for WatchService {
             watchers: HashMap::new(),
             by_handle: HashMap::new(),
             next_id: 0,
+            shutdown: self.shutdown.clone(),
         };
         let shutdown = self.shutdown.clone();
         tokio::spawn(stream.run(
@@ -108,6 +109,8 @@ struct WatchStream {
     watchers: HashMap<i64, WatcherOpts>,
     by_handle: HashMap<WatcherHandle, i64>,
     next_id: i64,
+    /// A client that stops reading must not hold up shutdown.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl WatchStream {
@@ -152,7 +155,11 @@ impl WatchStream {
     }
 
     async fn send(&self, resp: WatchResponse) -> bool {
-        self.out.send(Ok(resp)).await.is_ok()
+        let mut stop = self.shutdown.clone();
+        tokio::select! {
+            sent = self.out.send(Ok(resp)) => sent.is_ok(),
+            _ = super::stopped(&mut stop) => false,
+        }
     }
 
     async fn handle(&mut self, req: WatchRequest) -> bool {

@@ -146,7 +146,12 @@ async fn session(addr: SocketAddr) -> Vec<(u16, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_answers_as_etcds_does() {
     let Some(etcd) = Process::etcd().await else {
-        panic!("etcd not installed (apt-get install -y etcd-server)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install etcd for the gateway comparison"
+        );
+        eprintln!("etcd not installed: gateway comparison skipped (apt-get install etcd-server)");
+        return;
     };
     let cairn = Process::cairn().await;
     let want = session(etcd.addr).await;
