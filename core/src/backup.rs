@@ -9,15 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cairn_client::backup::{encode_record, MAGIC};
-use protobuf::Message as _;
-use raft::eraftpb::ConfState;
+use cairn_client::ctl::RestoreArgs;
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::lease::Lessor;
 use crate::membership::{self, MembershipError};
 use crate::mvcc::{Space, Store};
-use crate::raft::RaftStorage;
 
 /// A backup written to a temporary file, removed when dropped.
 pub struct BackupFile {
@@ -105,28 +103,9 @@ impl Hashing {
     }
 }
 
-/// What `snapshot restore` needs: the backup and the new member's flags (etcd's names).
-#[derive(Debug, Clone)]
-pub struct RestoreConfig {
-    pub file: PathBuf,
-    pub data_dir: PathBuf,
-    pub name: String,
-    pub initial_cluster: String,
-    pub initial_cluster_token: String,
-    pub initial_advertise_peer_urls: Vec<String>,
-}
-
 /// `cairnctl snapshot restore`: restores and says what it restored.
-pub fn restore_command(args: &cairn_client::ctl::RestoreArgs) -> Result<(), String> {
-    let rc = RestoreConfig {
-        file: args.file.clone(),
-        data_dir: args.data_dir.clone(),
-        name: args.name.clone(),
-        initial_cluster: args.initial_cluster.clone(),
-        initial_cluster_token: args.initial_cluster_token.clone(),
-        initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
-    };
-    let summary = restore(&rc).map_err(|e| e.to_string())?;
+pub fn restore_command(rc: &RestoreArgs) -> Result<(), String> {
+    let summary = restore(rc).map_err(|e| e.to_string())?;
     eprintln!(
         "restored snapshot {} (revision {}) into {}",
         rc.file.display(),
@@ -139,7 +118,7 @@ pub fn restore_command(args: &cairn_client::ctl::RestoreArgs) -> Result<(), Stri
 /// Builds `data_dir` from a backup so a member started on it with the same flags joins a
 /// new cluster holding the backed-up keys, revisions and leases. Every member of the new
 /// cluster is restored from the same backup with its own name and peer URLs.
-pub fn restore(rc: &RestoreConfig) -> Result<cairn_client::backup::Summary, RestoreError> {
+pub fn restore(rc: &RestoreArgs) -> Result<cairn_client::backup::Summary, RestoreError> {
     let summary = cairn_client::backup::verify(&rc.file)?;
     if std::fs::read_dir(&rc.data_dir).is_ok_and(|mut d| d.next().is_some()) {
         return Err(RestoreError::DataDirExists(
@@ -167,16 +146,8 @@ pub fn restore(rc: &RestoreConfig) -> Result<cairn_client::backup::Summary, Rest
     });
     store.restore(records)?;
     check()?;
-    // The new cluster's raft log starts after index 1, as a new cluster's does.
-    let voters = ConfState {
-        voters: state.members.iter().map(|m| m.id).collect(),
-        ..Default::default()
-    };
-    let encoded = voters
-        .write_to_bytes()
-        .map_err(|e| Error::Storage(e.to_string()))?;
-    store.bootstrap(1, 1, encoded, &state)?;
-    RaftStorage::store_member_id(&db, id)?;
+    // From here on, exactly a new cluster's first member.
+    crate::server::bootstrap_new_member(&db, &store, &state, id)?;
     store.sync()?;
     Ok(summary)
 }

@@ -490,6 +490,19 @@ async fn identify(
         return Ok((id, state));
     }
     let (state, id) = membership::initial_state(cfg)?;
+    bootstrap_new_member(db, store, &state, id)?;
+    Ok((id, state))
+}
+
+/// Makes `store` member `id` of a new cluster `state`: its raft log starts just after index
+/// 1, the bootstrap point, with every listed member a voter. Also how a restored backup
+/// becomes a new cluster's member.
+pub(crate) fn bootstrap_new_member(
+    db: &fjall::Database,
+    store: &Store,
+    state: &ClusterState,
+    id: u64,
+) -> Result<(), Error> {
     let voters = ConfState {
         voters: state.members.iter().map(|m| m.id).collect(),
         ..Default::default()
@@ -497,9 +510,8 @@ async fn identify(
     let encoded = voters
         .write_to_bytes()
         .map_err(|e| Error::Storage(e.to_string()))?;
-    store.bootstrap(1, 1, encoded, &state)?;
-    RaftStorage::store_member_id(db, id)?;
-    Ok((id, state))
+    store.bootstrap(1, 1, encoded, state)?;
+    RaftStorage::store_member_id(db, id)
 }
 
 /// Asks the other members listed in `--initial-cluster` for the member list.

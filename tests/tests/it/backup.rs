@@ -35,6 +35,12 @@ async fn client(addr: std::net::SocketAddr) -> Client {
         .expect("connect")
 }
 
+/// The store's current revision, as a read reports it.
+async fn revision(c: &Client) -> i64 {
+    let got = c.get("x", None).await.expect("get");
+    got.header.expect("header").revision
+}
+
 /// Every key at revision `rev` (0: the newest).
 async fn all_keys(c: &Client, rev: i64) -> Vec<KeyValue> {
     let opts = GetOptions::new().with_from_key().with_revision(rev);
@@ -84,15 +90,7 @@ async fn a_backup_saved_under_write_load_restores_into_a_new_three_member_cluste
             i
         }));
     }
-    while c
-        .get("x", None)
-        .await
-        .expect("get")
-        .header
-        .expect("h")
-        .revision
-        < 300
-    {
+    while revision(&c).await < 300 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let dir = tempfile::tempdir().expect("dir");
@@ -255,13 +253,7 @@ async fn members_agree_on_hashkv_after_a_random_workload_with_compactions() {
                 c.txn(txn).await.expect("txn");
             }
             _ => {
-                let rev = c
-                    .get("x", None)
-                    .await
-                    .expect("get")
-                    .header
-                    .expect("h")
-                    .revision;
+                let rev = revision(&c).await;
                 let target = rev - rng.gen_range(0..5);
                 if target > last_compacted {
                     c.compact(target, false).await.expect("compact");
@@ -274,13 +266,7 @@ async fn members_agree_on_hashkv_after_a_random_workload_with_compactions() {
     assert!(compacted > 0);
     // A last write, so every member that reached this revision has applied the compactions.
     c.put("last", "write", None).await.expect("put");
-    let rev = c
-        .get("x", None)
-        .await
-        .expect("get")
-        .header
-        .expect("h")
-        .revision;
+    let rev = revision(&c).await;
     let mut hashes = Vec::new();
     for u in &urls {
         hashes.push(hash_at(&c, u, rev).await);
@@ -319,13 +305,7 @@ async fn stock_etcdctl_saves_backups_defragments_and_hashes_against_cairn() {
             .await
             .expect("put");
     }
-    let rev = c
-        .get("x", None)
-        .await
-        .expect("get")
-        .header
-        .expect("h")
-        .revision;
+    let rev = revision(&c).await;
     c.compact(rev, true).await.expect("compact");
     let endpoint = format!("--endpoints={}", member.addr);
     let dir = tempfile::tempdir().expect("dir");
