@@ -172,6 +172,11 @@ impl Membership {
         self.read().members.iter().find(|m| m.id == id).cloned()
     }
 
+    /// Whether `id` is a current member (voter or learner).
+    pub fn is_member(&self, id: u64) -> bool {
+        self.read().members.iter().any(|m| m.id == id)
+    }
+
     pub fn is_removed(&self, id: u64) -> bool {
         self.read().removed.contains(&id)
     }

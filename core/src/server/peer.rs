@@ -13,7 +13,7 @@ use cairn_api::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::lease;
@@ -52,9 +52,45 @@ impl PeerService {
         if self.node.transport.is_blocked(m.from) {
             return Ok(());
         }
+        if let Err(why) = self.admissible(&m) {
+            // Raft trusts what it is stepped: a commit index past the log aborts raft-rs,
+            // a stranger's term deposes a leader. Only members' network messages pass.
+            tracing::warn!(
+                from = format!("{:x}", m.from),
+                to = format!("{:x}", m.to),
+                kind = ?m.get_msg_type(),
+                "raft message refused: {why}"
+            );
+            return Err(Status::permission_denied(format!(
+                "raft message refused: {why}"
+            )));
+        }
         self.commands
             .send(Command::Step(m))
             .map_err(|_| Status::from(Error::Stopped))
+    }
+}
+
+impl PeerService {
+    /// Whether a raft message may be stepped: addressed to this member, from another
+    /// current member, and of a kind members send each other (not one raft makes locally,
+    /// such as a campaign trigger).
+    fn admissible(&self, m: &Message) -> Result<(), &'static str> {
+        let membership = &self.node.membership;
+        if m.to != membership.local_id {
+            return Err("addressed to another member");
+        }
+        if m.from == membership.local_id || !membership.is_member(m.from) {
+            return Err("not from a member of this cluster");
+        }
+        match m.get_msg_type() {
+            MessageType::MsgHup
+            | MessageType::MsgBeat
+            | MessageType::MsgUnreachable
+            | MessageType::MsgSnapStatus
+            | MessageType::MsgCheckQuorum => Err("a message raft only makes locally"),
+            _ => Ok(()),
+        }
     }
 }
 

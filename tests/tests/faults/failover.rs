@@ -1,23 +1,14 @@
-//! Leader failover under write load, in a test binary of its own: cargo runs test binaries
-//! one after another, so these timing bounds (writes resume within two election timeouts)
-//! are measured without the rest of the suite competing for the two cores.
-
-#![allow(dead_code)]
-
-#[path = "../it/harness.rs"]
-mod harness;
-
-#[path = "../it/cluster_harness.rs"]
-mod cluster_harness;
+//! Leader failover under write load: writes resume within two election timeouts of a
+//! SIGKILL of the leader, and nothing acknowledged is lost.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::cluster_harness::{wait_holds, Cluster, ELECTION_MS};
+use crate::harness::kv;
 use cairn_api::etcdserverpb::PutRequest;
-use cluster_harness::{wait_holds, Cluster, ELECTION_MS};
-use harness::kv;
 
 /// Leader kills per test. Raft's randomized elections occasionally split the vote (two
 /// followers campaign within a round trip of each other: seen in about 3 of 100 kills, the

@@ -288,6 +288,14 @@ impl Process {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the running process, as `kill -s` does.
+    #[allow(dead_code)] // the fault suite's pauses; the `it` binary does not pause members
+    pub fn signal(&self, signal: &str) {
+        if let Some(c) = &self.child {
+            signal_pid(c.id(), signal);
+        }
+    }
+
     /// Starts the same program again on the same data directory and ports.
     pub async fn restart(&mut self) {
         self.kill9();
@@ -300,6 +308,16 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Sends `signal` to process `pid` with kill(1): the tests need no libc binding for it.
+#[allow(dead_code)] // used by the fault suite only
+pub fn signal_pid(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -s {signal} {pid}");
 }
 
 /// The etcd binary to compare against, if any.

@@ -10,6 +10,7 @@ mod differential;
 mod durability;
 mod errors;
 mod etcdctl;
+mod fuzz;
 mod gateway;
 mod harness;
 mod lease;
