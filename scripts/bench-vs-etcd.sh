@@ -136,6 +136,10 @@ TABLE="| members | workload | unit | etcd 3.4 | Cairn | Cairn / etcd |
 $(printf '%s\n' "${ROWS[@]}")"
 echo "$TABLE"
 
+# Hand-written analysis below the table (from the marker on) survives a new run.
+MARKER="<!-- analysis: kept across runs of scripts/bench-vs-etcd.sh -->"
+KEPT=""
+if [ -f "$OUT" ] && grep -qF "$MARKER" "$OUT"; then KEPT="$(awk -v m="$MARKER" 'index($0, m) { on = 1 } on' "$OUT")"; fi
 MACHINE="$(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(free -g | awk '/Mem:/ { print $2 }') GiB, $(uname -sr)"
 {
   echo "# Benchmarks"
@@ -147,5 +151,6 @@ MACHINE="$(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cp
   echo "within one run are what to read."
   echo
   echo "$TABLE"
+  if [ -n "$KEPT" ]; then echo; echo "$KEPT"; fi
 } >"$OUT"
 echo "written to $OUT" >&2
