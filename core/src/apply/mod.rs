@@ -303,7 +303,13 @@ fn adds_data(req: &Request) -> bool {
     }
 }
 
-fn apply_request(wb: &mut WriteBatch<'_>, req: Request, changes: &mut Vec<Changes>) -> ApplyResult {
+/// Applies one request in `wb`, collecting the events it made in `changes`. Public for the
+/// fuzz target (`fuzz/`), which drives the handlers without raft.
+pub fn apply_request(
+    wb: &mut WriteBatch<'_>,
+    req: Request,
+    changes: &mut Vec<Changes>,
+) -> ApplyResult {
     // Every member refuses the same entries, whichever member raised the alarm.
     if adds_data(&req) && wb.alarmed(AlarmType::Nospace) {
         return Err(Error::NoSpace);

@@ -13,7 +13,7 @@ mod lock;
 mod maintenance;
 mod peer;
 mod tls;
-mod validate;
+pub mod validate;
 mod watch;
 
 use std::net::SocketAddr;
