@@ -108,8 +108,14 @@ fuzz_target!(|data: &[u8]| {
     let index = f.index.fetch_add(1, Ordering::Relaxed);
     wb.commit(index, 1).expect("commit");
     let after = f.store.current_rev();
-    assert!(after >= before, "revision went back from {before} to {after}");
+    assert!(
+        after >= before,
+        "revision went back from {before} to {after}"
+    );
     for (rev, _) in &changes {
-        assert!(*rev > before && *rev <= after, "event at revision {rev} outside ({before}, {after}]");
+        assert!(
+            *rev > before && *rev <= after,
+            "event at revision {rev} outside ({before}, {after}]"
+        );
     }
 });
