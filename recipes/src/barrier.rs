@@ -62,8 +62,7 @@ async fn wait_deleted(client: &Client, key: &str) -> Result<(), Error> {
     if r.kvs.is_empty() {
         return Ok(());
     }
-    crate::deletion(client, key, r.header.map_or(0, |h| h.revision)).await?;
-    Ok(())
+    crate::deletion(client, key, r.header.map_or(0, |h| h.revision)).await
 }
 
 /// See the module docs. Participants are keys `<name>/waiters/<lease hex>` under their

@@ -158,40 +158,29 @@ fn now_nanos() -> u128 {
 /// Key and revision of the newest key under `prefix` created before `rev`, if any, read
 /// together with a check that `own` (created at `rev`) still exists: a contender whose key
 /// went with its session's lease learns it here instead of believing it holds.
-///
-/// Any consistent state at or after revision `seen` (the contender's own creation, or the
-/// deletion it waited for) answers this: predecessors only ever go (a new key is created
-/// after `rev`), and `own` going later is the same as losing the lock just after taking
-/// it, which the guard reports either way. So the member's local state serves, without a
-/// read barrier, once it has applied `seen`; a member behind that is asked again
-/// linearizably.
 async fn newest_before(
     client: &cairn_client::Client,
     prefix: &str,
     own: &str,
     rev: i64,
-    seen: i64,
 ) -> Result<Option<(Vec<u8>, i64)>, Error> {
     use cairn_client::{Compare, GetOptions, Op, SortOrder, SortTarget, Txn, TxnOpResponse};
-    let txn = |serializable: bool| {
-        let mut options = GetOptions::new()
-            .with_prefix()
-            .with_max_create_revision(rev - 1)
-            .with_sort(SortTarget::Create, SortOrder::Descend)
-            .with_limit(1)
-            .with_keys_only();
-        if serializable {
-            options = options.with_serializable();
-        }
-        // Read-only, so served without a log entry.
-        Txn::new()
-            .when([Compare::create_revision(own).eq(rev)])
-            .and_then([Op::get(prefix, Some(options))])
-    };
-    let mut r = client.txn(txn(true)).await?;
-    if r.header.as_ref().map_or(0, |h| h.revision) < seen {
-        r = client.txn(txn(false)).await?;
-    }
+    let newest = Op::get(
+        prefix,
+        Some(
+            GetOptions::new()
+                .with_prefix()
+                .with_max_create_revision(rev - 1)
+                .with_sort(SortTarget::Create, SortOrder::Descend)
+                .with_limit(1)
+                .with_keys_only(),
+        ),
+    );
+    // Read-only, so served behind the read barrier without a log entry.
+    let txn = Txn::new()
+        .when([Compare::create_revision(own).eq(rev)])
+        .and_then([newest]);
+    let r = client.txn(txn).await?;
     if !r.succeeded {
         return Err(Error::SessionExpired);
     }
@@ -213,20 +202,18 @@ async fn wait_predecessors(
     own: &str,
     rev: i64,
 ) -> Result<(), Error> {
-    let mut seen = rev;
-    while let Some((key, at)) = newest_before(client, prefix, own, rev, seen).await? {
-        seen = deletion(client, key, at).await?;
+    while let Some((key, at)) = newest_before(client, prefix, own, rev).await? {
+        deletion(client, key, at).await?;
     }
     Ok(())
 }
 
-/// Waits for the deletion of `key` after revision `at` (returns at once if the watch ends),
-/// and returns the revision of the deletion (or `at` without one).
+/// Waits for the deletion of `key` after revision `at` (returns at once if the watch ends).
 async fn deletion(
     client: &cairn_client::Client,
     key: impl Into<Vec<u8>>,
     at: i64,
-) -> Result<i64, Error> {
+) -> Result<(), Error> {
     use cairn_client::{EventType, WatchOptions};
     use futures::StreamExt;
     let options = WatchOptions::new()
@@ -234,15 +221,13 @@ async fn deletion(
         .without_puts();
     let mut watch = client.watch(key, Some(options));
     while let Some(batch) = watch.next().await {
-        let deleted = batch?
+        if batch?
             .events
             .iter()
-            .find(|e| e.r#type == EventType::Delete as i32)
-            .and_then(|e| e.kv.as_ref())
-            .map(|kv| kv.mod_revision);
-        if let Some(revision) = deleted {
-            return Ok(revision);
+            .any(|e| e.r#type == EventType::Delete as i32)
+        {
+            break;
         }
     }
-    Ok(at)
+    Ok(())
 }
