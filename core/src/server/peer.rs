@@ -69,9 +69,7 @@ impl PeerService {
             .send(Command::Step(m))
             .map_err(|_| Status::from(Error::Stopped))
     }
-}
 
-impl PeerService {
     /// Whether a raft message may be stepped: addressed to this member, from another
     /// current member, and of a kind members send each other (not one raft makes locally,
     /// such as a campaign trigger).

@@ -17,8 +17,7 @@ use rand::{Rng, SeedableRng};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use crate::register::lazy_channel;
-use crate::{nanos, now};
+use crate::{lazy_channel, nanos, now, timed};
 
 /// One lease's life as the clients saw it (run clock).
 #[derive(Debug)]
@@ -30,12 +29,6 @@ pub struct Life {
     pub last_seen: Option<u64>,
     /// Whether a read found the key gone.
     pub gone: bool,
-}
-
-fn timed<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.set_timeout(Duration::from_secs(1));
-    req
 }
 
 /// Starts `clients` lease clients with leases of `ttl`, until `stop`.

@@ -38,3 +38,22 @@ pub fn now() -> u64 {
 pub fn nanos(d: Duration) -> u64 {
     d.as_nanos() as u64
 }
+
+/// A request without an answer by then counts as indeterminate (or failed, for reads).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `msg` with the workloads' request deadline.
+pub fn timed<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(REQUEST_TIMEOUT);
+    req
+}
+
+/// A channel that connects when first used and again after the member restarts.
+pub fn lazy_channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .connect_lazy()
+}

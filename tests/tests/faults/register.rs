@@ -16,29 +16,18 @@ use cairn_api::etcdserverpb::{
     request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use rand::{Rng, SeedableRng};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::linearizability::{Op, Operation, Outcome};
-use crate::now;
+use crate::{lazy_channel, now, timed};
 
 /// How long one set of registers is in use.
 const EPOCH: Duration = Duration::from_secs(3);
 /// Registers in use at a time.
 const REGISTERS: u64 = 4;
-/// A request without an answer by then counts as indeterminate.
-const TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Every operation, by register key.
 pub type Histories = BTreeMap<String, Vec<Operation>>;
-
-/// A channel that connects when first used and again after the member restarts.
-pub fn lazy_channel(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .connect_lazy()
-}
 
 /// Starts `clients` clients, client `c` talking to member `c % members`, until `stop`.
 pub fn spawn(
@@ -60,12 +49,6 @@ pub fn spawn(
         }
         std::mem::take(&mut *histories.lock().expect("lock"))
     })
-}
-
-fn timed<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.set_timeout(TIMEOUT);
-    req
 }
 
 fn decode(bytes: &[u8]) -> u64 {

@@ -15,8 +15,7 @@ use crate::cluster_harness::{Cluster, ELECTION_MS};
 use crate::harness::{channel, kv};
 use crate::linearizability::{self, Verdict};
 use crate::nemesis::Nemesis;
-use crate::register::lazy_channel;
-use crate::{leases, locks, register, watchers};
+use crate::{lazy_channel, leases, locks, register, timed, watchers};
 
 /// Leases (the lease workload's and the lock sessions') live this long; pauses outlast it.
 const TTL: Duration = Duration::from_secs(3);
@@ -187,13 +186,12 @@ fn spawn_appenders(
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let key = format!("ack/{i}/{n:08}");
-                    let mut req = tonic::Request::new(PutRequest {
+                    let put = timed(PutRequest {
                         key: key.clone().into(),
                         value: key.clone().into(),
                         ..Default::default()
                     });
-                    req.set_timeout(Duration::from_secs(1));
-                    if kv.put(req).await.is_ok() {
+                    if kv.put(put).await.is_ok() {
                         acked.push(key);
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     } else {

@@ -13,7 +13,7 @@ use cairn_api::etcdserverpb::{
 };
 use tokio_stream::StreamExt;
 
-use crate::register::lazy_channel;
+use crate::lazy_channel;
 
 /// One event as a watcher saw it: revision, key, type, value.
 pub type Seen = (i64, Vec<u8>, i32, Vec<u8>);

@@ -205,6 +205,17 @@ fn random_message(rng: &mut impl Rng) -> Vec<u8> {
     }
 }
 
+/// A random generator from `CAIRN_FUZZ_SEED`, or a fresh seed; the seed is printed, so a
+/// failure (whose output the test harness shows) can be replayed.
+fn seeded_rng() -> rand::rngs::StdRng {
+    let seed = std::env::var("CAIRN_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    eprintln!("CAIRN_FUZZ_SEED={seed}");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
 /// One gRPC call with `messages` as the request stream; reads the answer for a moment.
 async fn call(ch: Channel, path: &'static str, messages: Vec<Vec<u8>>) {
     let mut grpc = tonic::client::Grpc::new(ch);
@@ -240,7 +251,7 @@ async fn random_messages_to_every_method_get_an_answer_or_an_error() {
     wait_ready(process.addr).await;
     let client_ch = channel(process.addr).await;
     let peer_ch = channel(peer).await;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::thread_rng().gen());
+    let mut rng = seeded_rng();
     for round in 0..20 {
         for path in CLIENT_METHODS {
             let messages = (0..rng.gen_range(1..3))
@@ -262,7 +273,7 @@ async fn random_messages_to_every_method_get_an_answer_or_an_error() {
 async fn random_bytes_on_the_client_and_peer_ports_do_not_hurt_the_member() {
     let (process, peer) = member();
     wait_ready(process.addr).await;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::thread_rng().gen());
+    let mut rng = seeded_rng();
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     for round in 0..40 {
         for addr in [process.addr, peer] {
