@@ -5,12 +5,16 @@
 #
 #   scripts/bench-vs-etcd.sh            # 1 member, then 3 members
 #   SIZES="1" SCALE=0.2 scripts/bench-vs-etcd.sh   # quicker: 1 member, a fifth of the requests
+#   SIZES=3 ONLY='^put' OUT=/tmp/b.md scripts/bench-vs-etcd.sh  # only workloads matching ONLY
+#   KEYS=0 scripts/bench-vs-etcd.sh     # without the million-key load and restart (1 member)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 SIZES="${SIZES:-1 3}"
 SCALE="${SCALE:-1}"
 OUT="${OUT:-docs/benchmarks.md}"
+ONLY="${ONLY:-}"
+KEYS="${KEYS:-1000000}"
 
 if ! command -v etcd >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null
@@ -40,12 +44,15 @@ free_port() {
 n_of() { awk -v n="$1" -v s="$SCALE" 'BEGIN { v = int(n * s); print (v < 1 ? 1 : v) }'; }
 
 # start_cluster <etcd|cairn> <members>: starts the members, sets ENDPOINTS and SERVER_PIDS.
+# With RESTART=1 the members start again on the ports (and data) of the last start.
 start_cluster() {
-  local kind="$1" n="$2" i cluster="" peers=() clients=()
-  for ((i = 0; i < n; i++)); do
-    peers+=("$(free_port)"); clients+=("$(free_port)")
-    cluster+="${cluster:+,}m$i=http://127.0.0.1:${peers[$i]}"
-  done
+  local kind="$1" n="$2" i cluster=""
+  if [ "${RESTART:-0}" != 1 ]; then
+    PEER_PORTS=(); CLIENT_PORTS=()
+    for ((i = 0; i < n; i++)); do PEER_PORTS+=("$(free_port)"); CLIENT_PORTS+=("$(free_port)"); done
+  fi
+  local peers=("${PEER_PORTS[@]}") clients=("${CLIENT_PORTS[@]}")
+  for ((i = 0; i < n; i++)); do cluster+="${cluster:+,}m$i=http://127.0.0.1:${peers[$i]}"; done
   SERVER_PIDS=(); ENDPOINTS=""
   for ((i = 0; i < n; i++)); do
     local bin=etcd; [ "$kind" = cairn ] && bin=target/release/cairn
@@ -57,16 +64,16 @@ start_cluster() {
       --initial-cluster "$cluster" --initial-cluster-state new \
       --initial-cluster-token "bench-$kind-$n" \
       --heartbeat-interval 100 --election-timeout 1000 \
-      >"$WORK/$kind-$n-$i.log" 2>&1 &
+      >>"$WORK/$kind-$n-$i.log" 2>&1 &
     SERVER_PIDS+=("$!"); PIDS+=("$!")
     ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:${clients[$i]}"
   done
-  # Ready when a write goes through every member.
-  local ep
+  # Ready when a write goes through every member (a restart with much data takes a while).
+  local ep deadline=$((SECONDS + 180))
   for ep in ${ENDPOINTS//,/ }; do
-    for _ in $(seq 1 100); do
+    while [ "$SECONDS" -lt "$deadline" ]; do
       if "$BENCH" --endpoints "$ep" --total 1 --json put >/dev/null 2>&1; then continue 2; fi
-      sleep 0.2
+      sleep 0.05
     done
     echo "$kind ($n members): $ep did not start" >&2; exit 1
   done
@@ -93,8 +100,63 @@ WORKLOADS=(
   "lock service, 8 clients|--clients 8 --duration $(n_of 10) lock --service"
 )
 
+# leader_index: the position in SERVER_PIDS / ENDPOINTS of the member that leads now.
+leader_index() {
+  local eps i=0 ep st
+  IFS=, read -r -a eps <<<"$ENDPOINTS"
+  for ep in "${eps[@]}"; do
+    st="$(ETCDCTL_API=3 etcdctl --endpoints "$ep" endpoint status -w fields 2>/dev/null || true)"
+    if [ -n "$st" ] && [ "$(awk -F' : ' '/"MemberID"/ { print $2 }' <<<"$st")" = "$(awk -F' : ' '/"Leader"/ { print $2 }' <<<"$st")" ]; then
+      echo "$i"; return
+    fi
+    i=$((i + 1))
+  done
+  echo "no leader among $ENDPOINTS" >&2; exit 1
+}
+
+# failover: 16 clients write through the followers (100 ms client deadline, then the next
+# request) while the leader is SIGKILLed; cairn-bench's JSON reports the longest gap
+# between two acknowledged writes.
+failover() {
+  local leader eps i out="$WORK/failover.json" bench_pid
+  leader="$(leader_index)"
+  IFS=, read -r -a eps <<<"$ENDPOINTS"
+  local followers=""
+  for i in "${!eps[@]}"; do [ "$i" = "$leader" ] || followers+="${followers:+,}${eps[$i]}"; done
+  "$BENCH" --endpoints "$followers" --clients 16 --conns 4 --duration 8 --timeout-ms 100 \
+    --key-space-size 100000 --json put >"$out" &
+  bench_pid=$!
+  sleep 3
+  kill -9 "${SERVER_PIDS[$leader]}"
+  wait "$bench_pid"
+  cat "$out"
+}
+
+vm_kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# million <etcd|cairn>: on a fresh member, writes KEYS keys of 256 B once each, then records
+# the load's throughput, the member's RSS, its data directory, and the time from a restart
+# (SIGTERM, wait, start) to the first acknowledged put, and the RSS after that restart.
+million() {
+  local kind="$1" load t0 ms
+  rm -rf "$WORK/$kind-1-0"
+  start_cluster "$kind" 1
+  load="$("$BENCH" --endpoints "$ENDPOINTS" --clients 256 --conns 16 --total "$KEYS" \
+    --key-space-size "$KEYS" --sequential-keys --key-size 16 --val-size 256 --json put)"
+  RESULT["$kind|keys-load"]="$(field "$load" throughput)"
+  RESULT["$kind|keys-rss"]="$(vm_kb "${SERVER_PIDS[0]}" VmRSS)"
+  kill -TERM "${SERVER_PIDS[0]}"; wait "${SERVER_PIDS[0]}" 2>/dev/null || true
+  RESULT["$kind|keys-disk"]=$(du -sk "$WORK/$kind-1-0" | cut -f1)
+  t0=$(date +%s%N)
+  RESTART=1 start_cluster "$kind" 1
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  RESULT["$kind|keys-restart"]="$ms"
+  RESULT["$kind|keys-rss-restart"]="$(vm_kb "${SERVER_PIDS[0]}" VmRSS)"
+  stop_cluster
+  rm -rf "$WORK/$kind-1-0"
+}
+
 field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
-rss_kb() { awk '/VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 ROWS=()
 for n in $SIZES; do
@@ -103,6 +165,7 @@ for n in $SIZES; do
     start_cluster "$kind" "$n"
     for w in "${WORKLOADS[@]}"; do
       label="${w%%|*}"; args="${w#*|}"
+      if [ -n "$ONLY" ] && ! [[ "$label" =~ $ONLY ]]; then continue; fi
       # The recipe Mutex runs only on the client side of Cairn; against etcd the lock row
       # measures etcd's own Lock service, the way its users take a lock.
       if [ "$kind" = etcd ] && [[ "$args" == *" lock" ]]; then args="$args --service"; fi
@@ -110,13 +173,22 @@ for n in $SIZES; do
       # shellcheck disable=SC2086
       RESULT["$kind|$label"]="$("$BENCH" --endpoints "$ENDPOINTS" --json $args)"
     done
-    rss=0; for p in "${SERVER_PIDS[@]}"; do r=$(rss_kb "$p"); [ "$r" -gt "$rss" ] && rss=$r; done
+    rss=0; for p in "${SERVER_PIDS[@]}"; do r=$(vm_kb "$p" VmHWM); [ "$r" -gt "$rss" ] && rss=$r; done
     RESULT["$kind|rss"]=$rss
     RESULT["$kind|disk"]=$(du -sk "$WORK/$kind-$n-0" | cut -f1)
+    if [ "$n" -ge 3 ]; then
+      echo "[$n members] $kind: leader failover" >&2
+      RESULT["$kind|failover"]="$(failover)"
+    fi
     stop_cluster
+    if [ "$n" = 1 ] && [ "$KEYS" -gt 0 ]; then
+      echo "[1 member] $kind: $KEYS keys, then a restart" >&2
+      million "$kind"
+    fi
   done
   for w in "${WORKLOADS[@]}"; do
-    label="${w%%|*}"; e="${RESULT["etcd|$label"]}"; c="${RESULT["cairn|$label"]}"
+    label="${w%%|*}"; e="${RESULT["etcd|$label"]:-}"; c="${RESULT["cairn|$label"]:-}"
+    if [ -z "$e" ] || [ -z "$c" ]; then continue; fi
     if [[ "$label" == watch* ]]; then
       ev=$(field "$e" p99_ms); cv=$(field "$c" p99_ms); unit="p99 ms"
       ratio=$(awk -v a="$cv" -v b="$ev" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
@@ -127,6 +199,18 @@ for n in $SIZES; do
     ROWS+=("| $n | $label | $unit | $ev | $cv | $ratio |")
   done
   ROWS+=("| $n | peak RSS of a member | MiB | $((RESULT["etcd|rss"] / 1024)) | $((RESULT["cairn|rss"] / 1024)) | $(awk -v a="${RESULT["cairn|rss"]}" -v b="${RESULT["etcd|rss"]}" 'BEGIN { printf "%.2f", a / b }') |")
+  if [ "$n" = 1 ] && [ "$KEYS" -gt 0 ]; then
+    row() { ROWS+=("| 1 | $1 | $2 | $3 | $4 | $(awk -v a="$4" -v b="$3" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }') |"); }
+    row "$KEYS keys of 256 B: load, 256 clients" "puts/s" "${RESULT["etcd|keys-load"]}" "${RESULT["cairn|keys-load"]}"
+    row "$KEYS keys: RSS after the load" MiB "$((RESULT["etcd|keys-rss"] / 1024))" "$((RESULT["cairn|keys-rss"] / 1024))"
+    row "$KEYS keys: data dir" MiB "$((RESULT["etcd|keys-disk"] / 1024))" "$((RESULT["cairn|keys-disk"] / 1024))"
+    row "$KEYS keys: restart to the first acknowledged put" ms "${RESULT["etcd|keys-restart"]}" "${RESULT["cairn|keys-restart"]}"
+    row "$KEYS keys: RSS after the restart" MiB "$((RESULT["etcd|keys-rss-restart"] / 1024))" "$((RESULT["cairn|keys-rss-restart"] / 1024))"
+  fi
+  if [ "$n" -ge 3 ]; then
+    ev=$(field "${RESULT["etcd|failover"]}" max_gap_ms); cv=$(field "${RESULT["cairn|failover"]}" max_gap_ms)
+    ROWS+=("| $n | leader failover (SIGKILL) under 16 writers: longest gap between acks | ms | $ev | $cv | $(awk -v a="$cv" -v b="$ev" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }') |")
+  fi
   ROWS+=("| $n | data dir of a member | MiB | $((RESULT["etcd|disk"] / 1024)) | $((RESULT["cairn|disk"] / 1024)) | $(awk -v a="${RESULT["cairn|disk"]}" -v b="${RESULT["etcd|disk"]}" 'BEGIN { printf "%.2f", a / b }') |")
   unset RESULT
 done
@@ -146,9 +230,10 @@ MACHINE="$(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cp
   echo
   echo "Produced by \`scripts/bench-vs-etcd.sh\` (SCALE=$SCALE) on $(date -u +%Y-%m-%d): $MACHINE;"
   echo "$(etcd --version | head -1) and Cairn $(git rev-parse --short HEAD), same flags, loopback, one run."
-  echo "Ratios above 1 favour Cairn for throughput; for watch rows the ratio is of p99 latency,"
-  echo "where below 1 favours Cairn. Absolute numbers on shared machines are noise; the ratios"
-  echo "within one run are what to read."
+  echo "Ratios above 1 favour Cairn for throughput; for watch rows the ratio is of p99 latency"
+  echo "and for the failover row of the longest time without an acknowledged write, where below 1"
+  echo "favours Cairn. Absolute numbers on shared machines are noise; the ratios within one run"
+  echo "are what to read."
   echo
   echo "$TABLE"
   if [ -n "$KEPT" ]; then echo; echo "$KEPT"; fi

@@ -47,9 +47,18 @@ pub struct Args {
     /// Distinct keys the workload spreads over.
     #[arg(long, default_value_t = 1)]
     key_space_size: u64,
+    /// Take the keys of the key space in order rather than at random: `--total` equal to
+    /// `--key-space-size` writes every key exactly once.
+    #[arg(long)]
+    sequential_keys: bool,
     /// Requests per second in all (0: as fast as the clients go).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Give up on a request after this many milliseconds (0: wait as long as it takes), as
+    /// a client with a deadline does; the client then sends its next request. With a
+    /// deadline, a request stuck on a dead leader does not hide how soon writes resume.
+    #[arg(long, default_value_t = 0)]
+    timeout_ms: u64,
     /// One JSON object on stdout instead of the text report.
     #[arg(long)]
     json: bool,
@@ -80,15 +89,18 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
     // Each client gets an equal share of the rate limit.
     let pace =
         (args.rate > 0).then(|| Duration::from_secs_f64(args.clients as f64 / args.rate as f64));
+    let timeout = (args.timeout_ms > 0).then(|| Duration::from_millis(args.timeout_ms));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in workers {
-        let issued = issued.clone();
-        let progress = progress.clone();
-        let total = args.total;
-        tasks.push(tokio::spawn(drive(
-            worker, issued, total, deadline, pace, progress,
-        )));
+        let limits = Limits {
+            issued: issued.clone(),
+            total: args.total,
+            deadline,
+            pace,
+            timeout,
+        };
+        tasks.push(tokio::spawn(drive(worker, limits, started, progress.clone())));
     }
     let mut report = Report::default();
     for t in tasks {
@@ -100,30 +112,44 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
     Ok(())
 }
 
-/// One client: requests back to back (or paced) until the total or the deadline.
-async fn drive(
-    mut worker: Worker,
+/// When a client stops, how fast it goes, and how long it waits for one request.
+struct Limits {
+    /// Requests issued by all clients, against `total`.
     issued: Arc<AtomicU64>,
     total: u64,
     deadline: Option<Instant>,
     pace: Option<Duration>,
+    timeout: Option<Duration>,
+}
+
+/// One client: requests back to back (or paced) until the total or the deadline.
+async fn drive(
+    mut worker: Worker,
+    limits: Limits,
+    started: Instant,
     progress: indicatif::ProgressBar,
 ) -> Report {
     let mut report = Report::default();
-    let mut ticker = pace.map(tokio::time::interval);
+    let mut ticker = limits.pace.map(tokio::time::interval);
     loop {
-        match deadline {
+        match limits.deadline {
             Some(d) if Instant::now() >= d => break,
-            None if issued.fetch_add(1, Ordering::Relaxed) >= total => break,
+            None if limits.issued.fetch_add(1, Ordering::Relaxed) >= limits.total => break,
             _ => {}
         }
         if let Some(t) = ticker.as_mut() {
             t.tick().await;
         }
-        match worker.step().await {
+        let outcome = match limits.timeout {
+            Some(t) => tokio::time::timeout(t, worker.step())
+                .await
+                .unwrap_or_else(|_| Err("client deadline exceeded".into())),
+            None => worker.step().await,
+        };
+        match outcome {
             Ok(latencies) => {
                 progress.inc(1);
-                report.record(&latencies);
+                report.record(&latencies, started.elapsed());
             }
             Err(e) => report.error(e.to_string()),
         }

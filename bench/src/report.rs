@@ -8,17 +8,33 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::Args;
 
-/// Latencies (µs) of completed operations, and errors by message.
+/// Latencies (µs) of completed operations, when each completed (µs since the start), and
+/// errors by message.
 #[derive(Default)]
 pub struct Report {
     latencies: Vec<u64>,
+    completions: Vec<u64>,
     errors: BTreeMap<String, u64>,
 }
 
 impl Report {
-    pub fn record(&mut self, latencies: &[Duration]) {
+    pub fn record(&mut self, latencies: &[Duration], at: Duration) {
         self.latencies
             .extend(latencies.iter().map(|d| d.as_micros() as u64));
+        self.completions.push(at.as_micros() as u64);
+    }
+
+    /// The longest time (ms) between two successive completions of any clients: how long
+    /// the service stopped acknowledging, e.g. while a new leader was elected.
+    fn max_gap_ms(&mut self) -> f64 {
+        self.completions.sort_unstable();
+        let gap = self
+            .completions
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0);
+        gap as f64 / 1000.0
     }
 
     pub fn error(&mut self, e: String) {
@@ -27,6 +43,7 @@ impl Report {
 
     pub fn merge(&mut self, other: Report) {
         self.latencies.extend(other.latencies);
+        self.completions.extend(other.completions);
         for (e, n) in other.errors {
             *self.errors.entry(e).or_default() += n;
         }
@@ -34,6 +51,7 @@ impl Report {
 
     pub fn print(mut self, workload: &str, elapsed: Duration, json: bool) {
         self.latencies.sort_unstable();
+        let gap = self.max_gap_ms();
         let n = self.latencies.len();
         let pct = |p: f64| -> f64 {
             if n == 0 {
@@ -51,7 +69,7 @@ impl Report {
         let errors: u64 = self.errors.values().sum();
         if json {
             println!(
-                "{{\"workload\":\"{workload}\",\"ops\":{n},\"errors\":{errors},\"seconds\":{:.3},\"throughput\":{throughput:.1},\"avg_ms\":{avg:.3},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3}}}",
+                "{{\"workload\":\"{workload}\",\"ops\":{n},\"errors\":{errors},\"seconds\":{:.3},\"throughput\":{throughput:.1},\"avg_ms\":{avg:.3},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"max_gap_ms\":{gap:.3}}}",
                 elapsed.as_secs_f64(),
                 pct(50.0),
                 pct(90.0),
@@ -70,6 +88,7 @@ impl Report {
             println!("  {label:>6} in    {:.3} ms", pct(p));
         }
         println!("  Slowest:      {:.3} ms", pct(100.0));
+        println!("  Longest gap between completions: {gap:.3} ms");
         for (e, count) in &self.errors {
             println!("  error x{count}: {e}");
         }

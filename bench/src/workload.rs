@@ -1,5 +1,6 @@
 //! The workloads: what one client does per operation, and the setup each needs.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,11 +81,17 @@ struct Keys {
     key_size: usize,
     val_size: usize,
     space: u64,
+    /// With `--sequential-keys`, the next key's number (shared by all clients).
+    next: Option<AtomicU64>,
 }
 
 impl Keys {
     fn key(&self) -> Vec<u8> {
-        let i = rand::thread_rng().gen_range(0..self.space.max(1));
+        let space = self.space.max(1);
+        let i = match &self.next {
+            Some(next) => next.fetch_add(1, Ordering::Relaxed) % space,
+            None => rand::thread_rng().gen_range(0..space),
+        };
         let mut k = format!("{i:0width$}", width = self.key_size).into_bytes();
         k.truncate(self.key_size.max(1));
         k
@@ -138,6 +145,7 @@ pub async fn prepare(args: &Args, channels: &[Channel]) -> Result<Vec<Worker>, B
         key_size: args.key_size,
         val_size: args.val_size,
         space: args.key_space_size,
+        next: args.sequential_keys.then(|| AtomicU64::new(0)),
     });
     let mut workers = Vec::new();
     for c in 0..args.clients.max(1) {

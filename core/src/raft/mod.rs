@@ -29,6 +29,9 @@ pub enum Command {
     Step(Message),
     /// The transport could not reach this member.
     Unreachable(u64),
+    /// This member's host refused a connection: its process is gone (killed, crashed,
+    /// stopped), not merely slow or cut off.
+    PeerDown(u64),
     /// Whether a snapshot reached this member.
     SnapshotStatus(u64, bool),
     /// Hand leadership to this member (leader only).

@@ -66,6 +66,14 @@ pub struct ReadyLoopConfig {
     pub campaign: bool,
 }
 
+/// A follower's plan to take over from a leader whose process is gone, without waiting out
+/// the election timeout (see [`ReadyLoop::leader_down`]).
+struct Takeover {
+    leader: u64,
+    /// The tick at which to campaign, staggered by rank so survivors do not split the vote.
+    at: u64,
+}
+
 /// Read-index requests waiting for raft to confirm leadership.
 #[derive(Default)]
 struct PendingReads {
@@ -89,6 +97,7 @@ pub struct ReadyLoop {
     heartbeat_ticks: usize,
     lessor: Arc<Lessor>,
     reads: PendingReads,
+    takeover: Option<Takeover>,
     transport: Arc<Transport>,
     snap_dir: PathBuf,
     snapshot_count: u64,
@@ -150,6 +159,7 @@ impl ReadyLoop {
             lessor: cfg.lessor,
             ticks: 0,
             reads: PendingReads::default(),
+            takeover: None,
             transport: cfg.transport,
             snap_dir: cfg.snap_dir,
             snapshot_count: cfg.snapshot_count.max(1),
@@ -185,6 +195,7 @@ impl ReadyLoop {
                 self.ticks += 1;
                 next_tick = Instant::now() + self.tick;
                 self.reissue_stale_reads();
+                self.take_over();
             }
             self.issue_reads();
             if self.node.has_ready() {
@@ -217,6 +228,7 @@ impl ReadyLoop {
                 }
             }
             Command::Unreachable(id) => self.node.report_unreachable(id),
+            Command::PeerDown(id) => self.leader_down(id),
             Command::SnapshotStatus(id, ok) => self.node.report_snapshot(
                 id,
                 if ok {
@@ -240,6 +252,69 @@ impl ReadyLoop {
             Command::Stop => return false,
         }
         true
+    }
+
+    /// The leader's process is gone (its host refused our connection): rather than wait out
+    /// an election timeout of silence, the voters left campaign now. An ordinary campaign
+    /// would be refused: with check-quorum the others ignore votes while they heard from a
+    /// leader within the timeout, and they heard from it a moment ago. So the campaign is
+    /// the one a leadership transfer starts (raft's MsgTimeoutNow, as if the leader had
+    /// handed over), which those leases do not block. Raft's safety does not rest on the
+    /// leases; they only keep a partitioned member from disrupting a live leader, and a
+    /// refused connection is not a partition. Survivors go in rank order, one heartbeat
+    /// apart, so they do not split the vote; a later one goes only if no leader emerged.
+    fn leader_down(&mut self, id: u64) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Follower || raft.leader_id != id || self.takeover.is_some()
+        {
+            return;
+        }
+        let me = raft.id;
+        let mut voters: Vec<u64> = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|v| *v != id)
+            .collect();
+        voters.sort_unstable();
+        let Some(rank) = voters.iter().position(|v| *v == me) else {
+            return; // a learner does not campaign
+        };
+        tracing::info!(
+            leader = format!("{id:x}"),
+            rank,
+            "leader's process is gone; taking over without waiting for the election timeout"
+        );
+        self.takeover = Some(Takeover {
+            leader: id,
+            at: self.ticks + rank as u64 * self.heartbeat_ticks as u64,
+        });
+    }
+
+    fn take_over(&mut self) {
+        let Some(t) = self.takeover.as_ref() else {
+            return;
+        };
+        if self.ticks < t.at {
+            return;
+        }
+        let dead = t.leader;
+        self.takeover = None;
+        let raft = &self.node.raft;
+        // Someone else won (or is winning) in the meantime: nothing to do.
+        if raft.state != StateRole::Follower || (raft.leader_id != dead && raft.leader_id != 0) {
+            return;
+        }
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgTimeoutNow);
+        m.from = dead;
+        m.to = raft.id;
+        m.term = raft.term;
+        if let Err(e) = self.node.step(m) {
+            tracing::debug!(error = %e, "takeover campaign not started");
+        }
     }
 
     /// One read index serves every read queued this turn (batched ReadIndex).

@@ -45,6 +45,21 @@ pub struct Transport {
     blocked: Mutex<HashSet<u64>>,
 }
 
+/// Whether a connection attempt was refused: the peer's host answered, but nothing listens
+/// on the port any more (a timeout says nothing about whether the process lives).
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Each critical section is one map operation; the map is consistent after a panic.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -151,6 +166,9 @@ impl Transport {
             Err(e) => {
                 // A refused certificate shows here (the peer logs its side).
                 tracing::debug!(peer = format!("{id:x}"), %url, error = ?e, "cannot reach peer");
+                if refused(&e) {
+                    let _ = self.commands.send(Command::PeerDown(id));
+                }
                 None
             }
         }

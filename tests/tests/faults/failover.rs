@@ -1,5 +1,6 @@
-//! Leader failover under write load: writes resume within two election timeouts of a
-//! SIGKILL of the leader, and nothing acknowledged is lost.
+//! Leader failover under write load: after a SIGKILL of the leader, writes resume well
+//! before any follower's election timeout could fire (the survivors see the leader's port
+//! refuse connections and take over at once), and nothing acknowledged is lost.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,12 +11,11 @@ use crate::cluster_harness::{wait_holds, Cluster, ELECTION_MS};
 use crate::harness::kv;
 use cairn_api::etcdserverpb::PutRequest;
 
-/// Leader kills per test. Raft's randomized elections occasionally split the vote (two
-/// followers campaign within a round trip of each other: seen in about 3 of 100 kills, the
-/// two followers turning pre-candidate within a millisecond), and a split costs one more
-/// election timeout; so the two-timeout bound is asserted on the median of the kills, and
-/// every kill must still resume within four timeouts. Five kills make a median spoiled by
-/// splits (three of five) about a one-in-3,000 event; three kills were one in a few hundred.
+/// Leader kills per test. The fast takeover needs the survivors to see a refused
+/// connection; should one kill fall back to an ordinary election (a survivor whose
+/// campaign loses, then the next in rank, or raft's randomized timeouts), that costs an
+/// election timeout or two. So the half-timeout bound is asserted on the median of the
+/// kills, and every kill must still resume within four timeouts.
 const KILLS: usize = 5;
 
 /// What the writers share: who runs, when to stop, and every acknowledged write with when
@@ -78,10 +78,12 @@ async fn leader_failover_under_load(n: usize) {
 
     resumed.sort();
     let timeout = Duration::from_millis(ELECTION_MS);
+    // No follower's election timer fires before a full timeout (plus two heartbeats) of
+    // silence, so resuming within half of one is the takeover's doing.
     assert!(
-        resumed[KILLS / 2] <= 2 * timeout,
-        "writes resumed after {resumed:?} (median over two election timeouts: {:?})",
-        2 * timeout
+        resumed[KILLS / 2] <= timeout / 2,
+        "writes resumed after {resumed:?} (median over half an election timeout: {:?})",
+        timeout / 2
     );
     assert!(
         resumed[KILLS - 1] <= 4 * timeout,
