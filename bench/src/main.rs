@@ -100,7 +100,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
             pace,
             timeout,
         };
-        tasks.push(tokio::spawn(drive(worker, limits, started, progress.clone())));
+        tasks.push(tokio::spawn(drive(
+            worker,
+            limits,
+            started,
+            progress.clone(),
+        )));
     }
     let mut report = Report::default();
     for t in tasks {

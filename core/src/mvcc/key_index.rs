@@ -4,6 +4,8 @@
 //! The last generation is the current one; it is empty while the key is deleted. Versions
 //! count puts inside a generation, so a re-created key starts again at version 1.
 
+use smallvec::SmallVec;
+
 use super::revision::Revision;
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -13,8 +15,9 @@ struct Generation {
     /// Revision that created the key in this generation.
     created: Revision,
     /// Every revision of this generation in order; the last one of a finished (non-current)
-    /// generation is its tombstone.
-    revs: Vec<Revision>,
+    /// generation is its tombstone. Most keys are written once or a few times between
+    /// compactions, so one revision is kept inline rather than in a heap allocation of four.
+    revs: SmallVec<[Revision; 1]>,
 }
 
 /// What a key looked like at some revision.
@@ -25,16 +28,18 @@ pub struct KeyAt {
     pub version: i64,
 }
 
-/// One key's generations; see the module docs.
+/// One key's generations; see the module docs. The index holds one per key, so its size is
+/// most of a member's memory with many keys: a key never deleted has one generation, kept
+/// inline.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyIndex {
-    generations: Vec<Generation>,
+    generations: SmallVec<[Generation; 1]>,
 }
 
 impl Default for KeyIndex {
     fn default() -> Self {
         KeyIndex {
-            generations: vec![Generation::default()],
+            generations: smallvec::smallvec![Generation::default()],
         }
     }
 }

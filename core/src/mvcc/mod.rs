@@ -8,6 +8,7 @@ mod tree_index;
 
 pub use key_index::KeyAt;
 pub use revision::Revision;
+pub(crate) use store::keyspace_options;
 pub use store::{
     RangeOptions, RangeResult, ReadTxn, ReadView, Record, Space, Store, WriteBatch, WriteTxn,
 };

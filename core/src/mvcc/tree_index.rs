@@ -10,7 +10,8 @@ use super::revision::Revision;
 
 #[derive(Debug, Default)]
 pub struct TreeIndex {
-    keys: BTreeMap<Vec<u8>, KeyIndex>,
+    // Boxed slices: a key needs no spare capacity, and the map holds a million of them.
+    keys: BTreeMap<Box<[u8]>, KeyIndex>,
 }
 
 type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
@@ -29,12 +30,12 @@ fn bounds<'a>(key: &'a [u8], end: &'a [u8]) -> Option<KeyBounds<'a>> {
 
 impl TreeIndex {
     pub fn put(&mut self, key: &[u8], rev: Revision) {
-        self.keys.entry(key.to_vec()).or_default().put(rev);
+        self.keys.entry(key.into()).or_default().put(rev);
     }
 
     pub fn restore_put(&mut self, key: &[u8], rev: Revision, created: Revision, version: i64) {
         self.keys
-            .entry(key.to_vec())
+            .entry(key.into())
             .or_default()
             .restore_put(rev, created, version);
     }
@@ -74,7 +75,7 @@ impl TreeIndex {
         let iter = bounds(key, end).map(|b| self.keys.range::<[u8], _>(b));
         iter.into_iter()
             .flatten()
-            .filter_map(move |(k, ki)| ki.get(at).map(|a| (k.as_slice(), a)))
+            .filter_map(move |(k, ki)| ki.get(at).map(|a| (&**k, a)))
     }
 
     /// Compacts every key at `at`; returns the revisions storage must delete.

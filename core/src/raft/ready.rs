@@ -265,8 +265,7 @@ impl ReadyLoop {
     /// apart, so they do not split the vote; a later one goes only if no leader emerged.
     fn leader_down(&mut self, id: u64) {
         let raft = &self.node.raft;
-        if raft.state != StateRole::Follower || raft.leader_id != id || self.takeover.is_some()
-        {
+        if raft.state != StateRole::Follower || raft.leader_id != id || self.takeover.is_some() {
             return;
         }
         let me = raft.id;

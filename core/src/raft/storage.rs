@@ -10,12 +10,13 @@
 //! applied index: on restart raft replays the committed entries after it, configuration
 //! changes included, exactly as the state machine does.
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch};
+use fjall::{Database, Keyspace, OwnedWriteBatch};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use crate::error::Error;
+use crate::mvcc::keyspace_options;
 
 const HARD_STATE: &[u8] = b"hard_state";
 const TRIMMED: &[u8] = b"trimmed";
@@ -49,7 +50,7 @@ pub struct RaftStorage {
 impl RaftStorage {
     /// The id this member was given when it first started, if it has started before.
     pub fn stored_member_id(db: &Database) -> Result<Option<u64>, Error> {
-        let state = db.keyspace("raft_state", KeyspaceCreateOptions::default)?;
+        let state = db.keyspace("raft_state", keyspace_options)?;
         match state.get(MEMBER_ID)? {
             Some(b) => Ok(Some(u64::from_be_bytes(
                 b.as_ref().try_into().map_err(|_| corrupt("member id"))?,
@@ -59,7 +60,7 @@ impl RaftStorage {
     }
 
     pub fn store_member_id(db: &Database, id: u64) -> Result<(), Error> {
-        let state = db.keyspace("raft_state", KeyspaceCreateOptions::default)?;
+        let state = db.keyspace("raft_state", keyspace_options)?;
         state.insert(MEMBER_ID, id.to_be_bytes())?;
         db.persist(fjall::PersistMode::SyncData)?;
         Ok(())
@@ -73,8 +74,8 @@ impl RaftStorage {
         applied: u64,
         applied_term: u64,
     ) -> Result<RaftStorage, Error> {
-        let log = db.keyspace("raft_log", KeyspaceCreateOptions::default)?;
-        let state = db.keyspace("raft_state", KeyspaceCreateOptions::default)?;
+        let log = db.keyspace("raft_log", keyspace_options)?;
+        let state = db.keyspace("raft_state", keyspace_options)?;
         let mut hard_state = match state.get(HARD_STATE)? {
             Some(b) => HardState::parse_from_bytes(&b).map_err(|_| corrupt("hard state"))?,
             None => HardState::default(),
