@@ -273,3 +273,36 @@ impl Transport {
         let _ = self.commands.send(Command::SnapshotStatus(to, ok));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port nothing listens on any more: bound, then released.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        drop(l);
+        port
+    }
+
+    #[tokio::test]
+    async fn a_dial_to_a_closed_port_is_refused_through_the_grpc_error_chain() {
+        let url = format!("http://127.0.0.1:{}", closed_port());
+        let err = Endpoint::from_shared(url)
+            .expect("endpoint")
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_with_connector(Connector::new(None))
+            .await
+            .expect_err("nothing listens");
+        assert!(refused(&err), "not seen as refused: {err:?}");
+    }
+
+    #[test]
+    fn other_connection_errors_are_not_refusals() {
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert!(!refused(&timed_out));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!refused(&reset));
+    }
+}
