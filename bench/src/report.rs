@@ -113,3 +113,25 @@ pub fn progress(args: &Args) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_gap_spans_clients_and_ignores_completion_order() {
+        let ms = Duration::from_millis;
+        let mut a = Report::default();
+        for at in [0, 30, 31] {
+            a.record(&[ms(1)], ms(at));
+        }
+        let mut b = Report::default();
+        for at in [2, 5] {
+            b.record(&[ms(1)], ms(at));
+        }
+        a.merge(b);
+        // 0, 2, 5, 30, 31: nothing completed between 5 and 30 ms.
+        assert_eq!(a.max_gap_ms(), 25.0);
+        assert_eq!(Report::default().max_gap_ms(), 0.0);
+    }
+}
