@@ -7,6 +7,7 @@
 #   SIZES="1" SCALE=0.2 scripts/bench-vs-etcd.sh   # quicker: 1 member, a fifth of the requests
 #   SIZES=3 ONLY='^put' OUT=/tmp/b.md scripts/bench-vs-etcd.sh  # only workloads matching ONLY
 #   KEYS=0 scripts/bench-vs-etcd.sh     # without the million-key load and restart (1 member)
+#   REPEAT=3 scripts/bench-vs-etcd.sh   # each workload 3 times per server; the median run counts
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -15,6 +16,7 @@ SCALE="${SCALE:-1}"
 OUT="${OUT:-docs/benchmarks.md}"
 ONLY="${ONLY:-}"
 KEYS="${KEYS:-1000000}"
+REPEAT="${REPEAT:-1}"
 
 if ! command -v etcd >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null
@@ -158,6 +160,17 @@ million() {
 
 field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
 
+# compared <label>: the JSON field a workload is compared by (lower is better for watch).
+compared() { if [[ "$1" == watch* ]]; then echo p99_ms; else echo throughput; fi; }
+
+# median_run <field> <json>...: the run whose <field> is the median (the lower middle one
+# of an even count).
+median_run() {
+  local f="$1" n l; shift; n=$#
+  for l in "$@"; do echo "$(field "$l" "$f") $l"; done | sort -g |
+    awk -v k=$(((n + 1) / 2)) 'NR == k { sub(/^[^ ]+ /, ""); print }'
+}
+
 ROWS=()
 for n in $SIZES; do
   declare -A RESULT=()
@@ -170,8 +183,12 @@ for n in $SIZES; do
       # measures etcd's own Lock service, the way its users take a lock.
       if [ "$kind" = etcd ] && [[ "$args" == *" lock" ]]; then args="$args --service"; fi
       echo "[$n member(s)] $kind: $label" >&2
-      # shellcheck disable=SC2086
-      RESULT["$kind|$label"]="$("$BENCH" --endpoints "$ENDPOINTS" --json $args)"
+      runs=()
+      for ((r = 0; r < REPEAT; r++)); do
+        # shellcheck disable=SC2086
+        runs+=("$("$BENCH" --endpoints "$ENDPOINTS" --json $args)")
+      done
+      RESULT["$kind|$label"]="$(median_run "$(compared "$label")" "${runs[@]}")"
     done
     rss=0; for p in "${SERVER_PIDS[@]}"; do r=$(vm_kb "$p" VmHWM); [ "$r" -gt "$rss" ] && rss=$r; done
     RESULT["$kind|rss"]=$rss
@@ -189,13 +206,9 @@ for n in $SIZES; do
   for w in "${WORKLOADS[@]}"; do
     label="${w%%|*}"; e="${RESULT["etcd|$label"]:-}"; c="${RESULT["cairn|$label"]:-}"
     if [ -z "$e" ] || [ -z "$c" ]; then continue; fi
-    if [[ "$label" == watch* ]]; then
-      ev=$(field "$e" p99_ms); cv=$(field "$c" p99_ms); unit="p99 ms"
-      ratio=$(awk -v a="$cv" -v b="$ev" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-    else
-      ev=$(field "$e" throughput); cv=$(field "$c" throughput); unit="ops/s"
-      ratio=$(awk -v a="$cv" -v b="$ev" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-    fi
+    f="$(compared "$label")"; unit="ops/s"; [ "$f" = p99_ms ] && unit="p99 ms"
+    ev=$(field "$e" "$f"); cv=$(field "$c" "$f")
+    ratio=$(awk -v a="$cv" -v b="$ev" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
     ROWS+=("| $n | $label | $unit | $ev | $cv | $ratio |")
   done
   ROWS+=("| $n | peak RSS of a member | MiB | $((RESULT["etcd|rss"] / 1024)) | $((RESULT["cairn|rss"] / 1024)) | $(awk -v a="${RESULT["cairn|rss"]}" -v b="${RESULT["etcd|rss"]}" 'BEGIN { printf "%.2f", a / b }') |")
@@ -228,7 +241,7 @@ MACHINE="$(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cp
 {
   echo "# Benchmarks"
   echo
-  echo "Produced by \`scripts/bench-vs-etcd.sh\` (SCALE=$SCALE) on $(date -u +%Y-%m-%d): $MACHINE;"
+  echo "Produced by \`scripts/bench-vs-etcd.sh\` (SCALE=$SCALE, REPEAT=$REPEAT: the median of that many runs per row) on $(date -u +%Y-%m-%d): $MACHINE;"
   echo "$(etcd --version | head -1) and Cairn $(git rev-parse --short HEAD), same flags, loopback, one run."
   echo "Ratios above 1 favour Cairn for throughput; for watch rows the ratio is of p99 latency"
   echo "and for the failover row of the longest time without an acknowledged write, where below 1"
