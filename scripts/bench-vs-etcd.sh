@@ -160,6 +160,12 @@ million() {
 
 field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
 
+# ratio <cairn> <etcd>: Cairn's value over etcd's, two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+
+# row <members> <workload> <unit> <etcd> <cairn>: one line of the table.
+row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 | $(ratio "$5" "$4") |"); }
+
 # compared <label>: the JSON field a workload is compared by (lower is better for watch).
 compared() { if [[ "$1" == watch* ]]; then echo p99_ms; else echo throughput; fi; }
 
@@ -207,24 +213,21 @@ for n in $SIZES; do
     label="${w%%|*}"; e="${RESULT["etcd|$label"]:-}"; c="${RESULT["cairn|$label"]:-}"
     if [ -z "$e" ] || [ -z "$c" ]; then continue; fi
     f="$(compared "$label")"; unit="ops/s"; [ "$f" = p99_ms ] && unit="p99 ms"
-    ev=$(field "$e" "$f"); cv=$(field "$c" "$f")
-    ratio=$(awk -v a="$cv" -v b="$ev" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-    ROWS+=("| $n | $label | $unit | $ev | $cv | $ratio |")
+    row "$n" "$label" "$unit" "$(field "$e" "$f")" "$(field "$c" "$f")"
   done
-  ROWS+=("| $n | peak RSS of a member | MiB | $((RESULT["etcd|rss"] / 1024)) | $((RESULT["cairn|rss"] / 1024)) | $(awk -v a="${RESULT["cairn|rss"]}" -v b="${RESULT["etcd|rss"]}" 'BEGIN { printf "%.2f", a / b }') |")
+  row "$n" "peak RSS of a member" MiB "$((RESULT["etcd|rss"] / 1024))" "$((RESULT["cairn|rss"] / 1024))"
   if [ "$n" = 1 ] && [ "$KEYS" -gt 0 ]; then
-    row() { ROWS+=("| 1 | $1 | $2 | $3 | $4 | $(awk -v a="$4" -v b="$3" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }') |"); }
-    row "$KEYS keys of 256 B: load, 256 clients" "puts/s" "${RESULT["etcd|keys-load"]}" "${RESULT["cairn|keys-load"]}"
-    row "$KEYS keys: RSS after the load" MiB "$((RESULT["etcd|keys-rss"] / 1024))" "$((RESULT["cairn|keys-rss"] / 1024))"
-    row "$KEYS keys: data dir" MiB "$((RESULT["etcd|keys-disk"] / 1024))" "$((RESULT["cairn|keys-disk"] / 1024))"
-    row "$KEYS keys: restart to the first acknowledged put" ms "${RESULT["etcd|keys-restart"]}" "${RESULT["cairn|keys-restart"]}"
-    row "$KEYS keys: RSS after the restart" MiB "$((RESULT["etcd|keys-rss-restart"] / 1024))" "$((RESULT["cairn|keys-rss-restart"] / 1024))"
+    row 1 "$KEYS keys of 256 B: load, 256 clients" "puts/s" "${RESULT["etcd|keys-load"]}" "${RESULT["cairn|keys-load"]}"
+    row 1 "$KEYS keys: RSS after the load" MiB "$((RESULT["etcd|keys-rss"] / 1024))" "$((RESULT["cairn|keys-rss"] / 1024))"
+    row 1 "$KEYS keys: data dir" MiB "$((RESULT["etcd|keys-disk"] / 1024))" "$((RESULT["cairn|keys-disk"] / 1024))"
+    row 1 "$KEYS keys: restart to the first acknowledged put" ms "${RESULT["etcd|keys-restart"]}" "${RESULT["cairn|keys-restart"]}"
+    row 1 "$KEYS keys: RSS after the restart" MiB "$((RESULT["etcd|keys-rss-restart"] / 1024))" "$((RESULT["cairn|keys-rss-restart"] / 1024))"
   fi
   if [ "$n" -ge 3 ]; then
-    ev=$(field "${RESULT["etcd|failover"]}" max_gap_ms); cv=$(field "${RESULT["cairn|failover"]}" max_gap_ms)
-    ROWS+=("| $n | leader failover (SIGKILL) under 16 writers: longest gap between acks | ms | $ev | $cv | $(awk -v a="$cv" -v b="$ev" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }') |")
+    row "$n" "leader failover (SIGKILL) under 16 writers: longest gap between acks" ms \
+      "$(field "${RESULT["etcd|failover"]}" max_gap_ms)" "$(field "${RESULT["cairn|failover"]}" max_gap_ms)"
   fi
-  ROWS+=("| $n | data dir of a member | MiB | $((RESULT["etcd|disk"] / 1024)) | $((RESULT["cairn|disk"] / 1024)) | $(awk -v a="${RESULT["cairn|disk"]}" -v b="${RESULT["etcd|disk"]}" 'BEGIN { printf "%.2f", a / b }') |")
+  row "$n" "data dir of a member" MiB "$((RESULT["etcd|disk"] / 1024))" "$((RESULT["cairn|disk"] / 1024))"
   unset RESULT
 done
 

@@ -268,19 +268,12 @@ impl ReadyLoop {
         if raft.state != StateRole::Follower || raft.leader_id != id || self.takeover.is_some() {
             return;
         }
-        let me = raft.id;
-        let mut voters: Vec<u64> = raft
-            .prs()
-            .conf()
-            .voters()
-            .ids()
-            .iter()
-            .filter(|v| *v != id)
-            .collect();
-        voters.sort_unstable();
-        let Some(rank) = voters.iter().position(|v| *v == me) else {
+        let (me, voters) = (raft.id, raft.prs().conf().voters());
+        if !voters.contains(me) {
             return; // a learner does not campaign
-        };
+        }
+        // Our place among the surviving voters by id.
+        let rank = voters.ids().iter().filter(|v| *v != id && *v < me).count();
         tracing::info!(
             leader = format!("{id:x}"),
             rank,

@@ -130,11 +130,7 @@ fn spawn_writer(
     load: Arc<Load>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = crate::lazy_channel(addr);
         let mut n = 0u64;
         while !load.stop.load(Ordering::Relaxed) {
             if !load.running.lock().expect("lock")[i] {
