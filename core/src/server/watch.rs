@@ -1,14 +1,20 @@
 //! The Watch service: one bidirectional stream carries many watchers.
 //!
-//! A task per stream reads create/cancel/progress requests and writes responses. Watchers
-//! deliver through a bounded channel from the hub; the task turns deliveries into
-//! responses (adding prev_kv and splitting fragments as asked) and writes them to the
-//! client. A client that stops reading fills the channel, and its watchers fall back to
-//! catch-up from storage instead of buffering.
+//! Each stream has two halves that share its watcher table. A task reads the client's
+//! create/cancel/progress requests and queues their answers on a small control channel.
+//! The response body itself (`Responses`) is what hyper polls for the next message: it
+//! takes control answers first and otherwise turns the hub's deliveries into responses
+//! (adding prev_kv and splitting fragments as asked). An event thus goes from the hub's
+//! channel straight into the HTTP/2 stream, without a task of ours in between; with a
+//! thousand watchers that hop was a wake-up and a task switch per watcher per event.
+//!
+//! A client that stops reading leaves its body unpolled: the bounded delivery channel
+//! fills and its watchers fall back to catch-up from storage instead of buffering.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cairn_api::etcdserverpb::{
@@ -19,7 +25,6 @@ use cairn_api::mvccpb::Event;
 use futures::Stream;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::METRICS;
@@ -29,8 +34,9 @@ use crate::watch::{Delivery, WatchHub, WatchSpec, WatcherHandle};
 
 /// Deliveries a stream's watchers may have queued before they fall back to catch-up.
 const DELIVERY_QUEUE: usize = 1024;
-/// Responses queued for the client connection.
-const RESPONSE_QUEUE: usize = 64;
+/// Answers to requests queued for the client; a client that sends requests without
+/// reading the answers waits once this is full.
+const CONTROL_QUEUE: usize = 64;
 
 pub struct WatchService {
     node: Arc<Node>,
@@ -67,27 +73,27 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let (out, out_rx) = mpsc::channel(RESPONSE_QUEUE);
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let (deliver, deliveries) = mpsc::channel(DELIVERY_QUEUE);
-        let stream = WatchStream {
+        let shared = Arc::new(Shared {
             node: self.node.clone(),
             hub: self.hub.clone(),
-            max_request_bytes: self.max_request_bytes,
-            out,
+            table: Mutex::new(Table::default()),
+        });
+        let requests = Requests {
+            shared: shared.clone(),
+            control,
             deliver,
-            watchers: HashMap::new(),
-            by_handle: HashMap::new(),
-            next_id: 0,
             shutdown: self.shutdown.clone(),
         };
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(stream.run(
-            req.into_inner(),
+        tokio::spawn(requests.run(req.into_inner(), self.progress_interval));
+        Ok(Response::new(Box::pin(Responses {
+            shared,
+            max_request_bytes: self.max_request_bytes,
+            control: control_rx,
             deliveries,
-            self.progress_interval,
-            shutdown,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+            outbox: VecDeque::new(),
+        })))
     }
 }
 
@@ -100,28 +106,54 @@ struct WatcherOpts {
     active: bool,
 }
 
-struct WatchStream {
-    node: Arc<Node>,
-    hub: Arc<WatchHub>,
-    max_request_bytes: usize,
-    out: mpsc::Sender<Result<WatchResponse, Status>>,
-    deliver: mpsc::Sender<Delivery>,
-    watchers: HashMap<i64, WatcherOpts>,
+/// The watchers of one stream by id, and ids by hub handle.
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<i64, WatcherOpts>,
     by_handle: HashMap<WatcherHandle, i64>,
     next_id: i64,
+}
+
+impl Table {
+    fn remove(&mut self, id: i64) -> Option<WatcherOpts> {
+        let w = self.by_id.remove(&id)?;
+        self.by_handle.remove(&w.handle);
+        METRICS.watchers.dec();
+        Some(w)
+    }
+}
+
+/// What both halves of a stream use.
+struct Shared {
+    node: Arc<Node>,
+    hub: Arc<WatchHub>,
+    /// Lock order: this table before the hub. A watcher is entered here and its created
+    /// answer queued under one lock, so whoever finds a watcher here finds its created
+    /// answer already queued.
+    table: Mutex<Table>,
+}
+
+impl Shared {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // Every critical section leaves the table consistent before it can panic.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The request half: reads the client's requests and ticks progress notifications.
+struct Requests {
+    shared: Arc<Shared>,
+    control: mpsc::Sender<WatchResponse>,
+    /// Handed to the hub for every watcher created on this stream.
+    deliver: mpsc::Sender<Delivery>,
     /// A client that stops reading must not hold up shutdown.
     shutdown: watch::Receiver<bool>,
 }
 
-impl WatchStream {
-    async fn run(
-        mut self,
-        mut inbound: Streaming<WatchRequest>,
-        mut deliveries: mpsc::Receiver<Delivery>,
-        progress: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+impl Requests {
+    async fn run(mut self, mut inbound: Streaming<WatchRequest>, progress: Duration) {
         METRICS.watch_streams.inc();
+        let mut shutdown = self.shutdown.clone();
         let mut ticker = tokio::time::interval(progress);
         ticker.tick().await;
         loop {
@@ -131,12 +163,12 @@ impl WatchStream {
                     // The client closed its side or the connection broke.
                     Ok(None) | Err(_) => false,
                 },
-                Some(d) = deliveries.recv() => self.forward(d).await,
                 _ = super::stopped(&mut shutdown) => false,
                 _ = ticker.tick() => {
-                    for w in self.watchers.values_mut() {
+                    let mut table = self.shared.table();
+                    for w in table.by_id.values_mut() {
                         if w.progress_notify && !w.active {
-                            self.hub.progress(w.handle);
+                            self.shared.hub.progress(w.handle);
                         }
                         w.active = false;
                     }
@@ -148,56 +180,64 @@ impl WatchStream {
             }
         }
         METRICS.watch_streams.dec();
-        METRICS.watchers.dec_by(self.watchers.len() as i64);
-        for w in self.watchers.values() {
-            self.hub.cancel(w.handle);
+        let mut table = self.shared.table();
+        for (_, w) in table.by_id.drain() {
+            METRICS.watchers.dec();
+            self.shared.hub.cancel(w.handle);
         }
+        table.by_handle.clear();
+        // Dropping `control` ends the response body once it has sent what is queued.
     }
 
-    async fn send(&self, resp: WatchResponse) -> bool {
+    /// A slot on the control channel, or None if the server stops or the body is gone.
+    async fn reserve(&self) -> Option<mpsc::Permit<'_, WatchResponse>> {
         let mut stop = self.shutdown.clone();
         tokio::select! {
-            sent = self.out.send(Ok(resp)) => sent.is_ok(),
-            _ = super::stopped(&mut stop) => false,
+            permit = self.control.reserve() => permit.ok(),
+            _ = super::stopped(&mut stop) => None,
         }
     }
 
     async fn handle(&mut self, req: WatchRequest) -> bool {
-        match req.request_union {
-            Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
-            Some(RequestUnion::CancelRequest(c)) => {
-                let Some(w) = self.watchers.remove(&c.watch_id) else {
+        let Some(req) = req.request_union else {
+            return true;
+        };
+        let Some(permit) = self.reserve().await else {
+            return false;
+        };
+        let shared = &self.shared;
+        match req {
+            RequestUnion::CreateRequest(c) => self.create(c, permit),
+            RequestUnion::CancelRequest(c) => {
+                let Some(w) = shared.table().remove(c.watch_id) else {
                     return true;
                 };
-                METRICS.watchers.dec();
-                self.hub.cancel(w.handle);
-                self.by_handle.remove(&w.handle);
-                let header = Some(self.node.header(0));
-                self.send(WatchResponse {
-                    header,
+                shared.hub.cancel(w.handle);
+                permit.send(WatchResponse {
+                    header: Some(shared.node.header(0)),
                     watch_id: c.watch_id,
                     canceled: true,
                     ..Default::default()
-                })
-                .await
+                });
             }
-            Some(RequestUnion::ProgressRequest(_)) => {
+            RequestUnion::ProgressRequest(_) => {
                 // Not tied to one watcher: the id -1 reaches every watcher of the stream.
-                let header = Some(self.node.header(self.hub.current_rev()));
-                self.send(WatchResponse {
-                    header,
+                permit.send(WatchResponse {
+                    header: Some(shared.node.header(shared.hub.current_rev())),
                     watch_id: -1,
                     ..Default::default()
-                })
-                .await
+                });
             }
-            None => true,
         }
+        true
     }
 
-    async fn create(&mut self, c: WatchCreateRequest) -> bool {
+    /// Registers the watcher and queues its created answer while the table is locked (see
+    /// `Shared::table`).
+    fn create(&self, c: WatchCreateRequest, answer: mpsc::Permit<'_, WatchResponse>) {
+        let shared = &self.shared;
         let refuse = |reason: &str| WatchResponse {
-            header: Some(self.node.header(0)),
+            header: Some(shared.node.header(0)),
             watch_id: -1,
             created: true,
             canceled: true,
@@ -206,23 +246,22 @@ impl WatchStream {
         };
         // A range end at or before the key selects nothing; "\0" means every key from key on.
         if !c.range_end.is_empty() && c.range_end != [0] && c.key >= c.range_end {
-            return self.send(refuse("mvcc: watcher range is empty")).await;
+            return answer.send(refuse("mvcc: watcher range is empty"));
         }
+        let mut table = shared.table();
         let id = if c.watch_id != 0 {
-            if self.watchers.contains_key(&c.watch_id) {
-                return self
-                    .send(refuse(
-                        "mvcc: duplicate watch ID provided on the WatchStream",
-                    ))
-                    .await;
+            if table.by_id.contains_key(&c.watch_id) {
+                return answer.send(refuse(
+                    "mvcc: duplicate watch ID provided on the WatchStream",
+                ));
             }
             c.watch_id
         } else {
-            while self.watchers.contains_key(&self.next_id) {
-                self.next_id += 1;
+            while table.by_id.contains_key(&table.next_id) {
+                table.next_id += 1;
             }
-            self.next_id += 1;
-            self.next_id - 1
+            table.next_id += 1;
+            table.next_id - 1
         };
         let spec = WatchSpec {
             key: c.key,
@@ -231,11 +270,9 @@ impl WatchStream {
             no_put: c.filters.contains(&(FilterType::Noput as i32)),
             no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
         };
-        // Registered before the created response is queued: events can only follow it.
-        let (handle, rev) = self.hub.watch(spec, self.deliver.clone());
-        self.by_handle.insert(handle, id);
-        METRICS.watchers.inc();
-        self.watchers.insert(
+        let (handle, rev) = shared.hub.watch(spec, self.deliver.clone());
+        table.by_handle.insert(handle, id);
+        table.by_id.insert(
             id,
             WatcherOpts {
                 handle,
@@ -245,28 +282,73 @@ impl WatchStream {
                 active: false,
             },
         );
-        let header = Some(self.node.header(rev));
-        self.send(WatchResponse {
-            header,
+        METRICS.watchers.inc();
+        answer.send(WatchResponse {
+            header: Some(shared.node.header(rev)),
             watch_id: id,
             created: true,
             ..Default::default()
-        })
-        .await
+        });
+        drop(table);
     }
+}
 
-    async fn forward(&mut self, d: Delivery) -> bool {
+/// The response half: the body hyper polls for the stream's next message.
+struct Responses {
+    shared: Arc<Shared>,
+    max_request_bytes: usize,
+    control: mpsc::Receiver<WatchResponse>,
+    deliveries: mpsc::Receiver<Delivery>,
+    /// Made and not yet taken: answers drained ahead of a delivery, and fragments.
+    outbox: VecDeque<WatchResponse>,
+}
+
+impl Stream for Responses {
+    type Item = Result<WatchResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(r) = this.outbox.pop_front() {
+                return Poll::Ready(Some(Ok(r)));
+            }
+            match this.control.poll_recv(cx) {
+                Poll::Ready(Some(r)) => return Poll::Ready(Some(Ok(r))),
+                // The request half ended (client gone, server stopping): so does the body.
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+            match this.deliveries.poll_recv(cx) {
+                Poll::Ready(Some(d)) => this.forward(d),
+                // The delivery senders go when the request half ends, which closes the
+                // control channel too; its waker is registered above.
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Responses {
+    /// Turns a delivery into responses in the outbox (none if its watcher was cancelled
+    /// meanwhile).
+    fn forward(&mut self, d: Delivery) {
         let handle = match &d {
             Delivery::Events { handle, .. }
             | Delivery::Compacted { handle, .. }
             | Delivery::Progress { handle, .. } => *handle,
         };
-        // Deliveries for a watcher cancelled meanwhile are dropped.
-        let Some(&id) = self.by_handle.get(&handle) else {
-            return true;
+        let shared = self.shared.clone();
+        let mut table = shared.table();
+        // Whatever the request half queued before this watcher became visible (its created
+        // answer among it) goes first.
+        while let Ok(r) = self.control.try_recv() {
+            self.outbox.push_back(r);
+        }
+        let Some(&id) = table.by_handle.get(&handle) else {
+            return;
         };
-        let Some(w) = self.watchers.get_mut(&id) else {
-            return true;
+        let Some(w) = table.by_id.get_mut(&id) else {
+            return;
         };
         w.active = true;
         let (prev_kv, fragment) = (w.prev_kv, w.fragment);
@@ -276,91 +358,86 @@ impl WatchStream {
                 mut events,
                 ..
             } => {
+                drop(table);
                 if prev_kv {
-                    self.add_prev_kvs(&mut events);
+                    add_prev_kvs(&shared.node, &mut events);
                 }
                 let resp = WatchResponse {
-                    header: Some(self.node.header(revision)),
+                    header: Some(shared.node.header(revision)),
                     watch_id: id,
                     events,
                     ..Default::default()
                 };
                 if fragment {
-                    self.send_fragments(resp).await
+                    split(resp, self.max_request_bytes, &mut self.outbox);
                 } else {
-                    self.send(resp).await
+                    self.outbox.push_back(resp);
                 }
             }
             Delivery::Progress { revision, .. } => {
-                self.send(WatchResponse {
-                    header: Some(self.node.header(revision)),
+                self.outbox.push_back(WatchResponse {
+                    header: Some(shared.node.header(revision)),
                     watch_id: id,
                     ..Default::default()
-                })
-                .await
+                });
             }
             Delivery::Compacted {
                 compact_revision, ..
             } => {
-                if self.watchers.remove(&id).is_some() {
-                    METRICS.watchers.dec();
-                }
-                self.by_handle.remove(&handle);
-                let mut header = self.node.header(0);
+                // The hub has already dropped the watcher.
+                table.remove(id);
+                let mut header = shared.node.header(0);
                 header.revision = 0;
-                self.send(WatchResponse {
+                self.outbox.push_back(WatchResponse {
                     header: Some(header),
                     watch_id: id,
                     canceled: true,
                     compact_revision,
                     ..Default::default()
-                })
-                .await
+                });
             }
         }
     }
+}
 
-    /// The previous version of each event's key, read at the revision before the event (left
-    /// out if that history is compacted), as etcd does.
-    fn add_prev_kvs(&self, events: &mut [Event]) {
-        let view = self.node.store.read();
-        for e in events.iter_mut() {
-            let Some(kv) = &e.kv else { continue };
-            let opts = RangeOptions {
-                rev: kv.mod_revision - 1,
-                ..Default::default()
-            };
-            if let Ok(r) = view.range(&kv.key, &[], opts) {
-                e.prev_kv = r.kvs.into_iter().next();
-            }
+/// The previous version of each event's key, read at the revision before the event (left
+/// out if that history is compacted), as etcd does.
+fn add_prev_kvs(node: &Node, events: &mut [Event]) {
+    let view = node.store.read();
+    for e in events.iter_mut() {
+        let Some(kv) = &e.kv else { continue };
+        let opts = RangeOptions {
+            rev: kv.mod_revision - 1,
+            ..Default::default()
+        };
+        if let Ok(r) = view.range(&kv.key, &[], opts) {
+            e.prev_kv = r.kvs.into_iter().next();
         }
     }
+}
 
-    /// Splits a response larger than the request limit into fragments; every one but the
-    /// last carries `fragment = true`.
-    async fn send_fragments(&self, mut resp: WatchResponse) -> bool {
-        if resp.encoded_len() < self.max_request_bytes || resp.events.len() < 2 {
-            return self.send(resp).await;
-        }
-        let mut events = std::mem::take(&mut resp.events).into_iter().peekable();
-        while events.peek().is_some() {
-            let mut part = WatchResponse {
-                fragment: true,
-                ..resp.clone()
-            };
-            while let Some(e) = events.peek() {
-                part.events.push(e.clone());
-                if part.events.len() > 1 && part.encoded_len() >= self.max_request_bytes {
-                    part.events.pop();
-                    break;
-                }
-                events.next();
+/// Splits a response of at least `max_bytes` into fragments in `out`; every one but the
+/// last carries `fragment = true`.
+fn split(mut resp: WatchResponse, max_bytes: usize, out: &mut VecDeque<WatchResponse>) {
+    if resp.encoded_len() < max_bytes || resp.events.len() < 2 {
+        out.push_back(resp);
+        return;
+    }
+    let mut events = std::mem::take(&mut resp.events).into_iter().peekable();
+    while events.peek().is_some() {
+        let mut part = WatchResponse {
+            fragment: true,
+            ..resp.clone()
+        };
+        while let Some(e) = events.peek() {
+            part.events.push(e.clone());
+            if part.events.len() > 1 && part.encoded_len() >= max_bytes {
+                part.events.pop();
+                break;
             }
-            part.fragment = events.peek().is_some();
-            if !self.send(part).await {
-                return false;
-            }
+            events.next();
         }
-        true
+        part.fragment = events.peek().is_some();
+        out.push_back(part);
     }
 }

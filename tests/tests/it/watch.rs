@@ -384,3 +384,59 @@ async fn ten_thousand_watchers_on_one_stream_all_get_the_event() {
     }
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_created_during_writes_get_created_first_then_every_revision() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let m = Embedded::start().await;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let mut kv = m.kv().await;
+    let writing = stop.clone();
+    let mut writer = Some(tokio::spawn(async move {
+        while !writing.load(Ordering::Relaxed) {
+            kv.put(put("race", "v")).await.unwrap();
+        }
+        kv
+    }));
+    let mut w = WatchConn::open(m.addr).await;
+    let first = w.create(watch("race", b"")).await;
+    const WATCHERS: usize = 200;
+    for _ in 1..WATCHERS {
+        w.send(RequestUnion::CreateRequest(watch("race", b"")))
+            .await;
+    }
+    // Each watcher's next expected revision: every revision is a put of "race", so a
+    // watcher sees each one after the revision it was created at, in order.
+    let mut next = std::collections::HashMap::new();
+    next.insert(first.watch_id, first.header.unwrap().revision + 1);
+    let mut last = None;
+    loop {
+        let r = w.next().await;
+        if r.created {
+            let rev = r.header.unwrap().revision;
+            assert!(next.insert(r.watch_id, rev + 1).is_none());
+            if next.len() == WATCHERS {
+                stop.store(true, Ordering::Relaxed);
+                // Reached once: every created answer adds a new id.
+                let mut kv = writer.take().unwrap().await.unwrap();
+                let done = kv.put(put("race", "end")).await.unwrap().into_inner();
+                last = Some(done.header.unwrap().revision);
+            }
+            continue;
+        }
+        let Some(expected) = next.get_mut(&r.watch_id) else {
+            panic!(
+                "an event for watcher {} before its created answer",
+                r.watch_id
+            );
+        };
+        for (_, _, _, rev) in events(&r) {
+            assert_eq!(rev, *expected, "watcher {}", r.watch_id);
+            *expected += 1;
+        }
+        if last.is_some_and(|last| next.values().all(|n| *n > last)) {
+            break;
+        }
+    }
+    m.stop().await;
+}
