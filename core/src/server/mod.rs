@@ -85,8 +85,8 @@ pub enum StartError {
     Damaged(#[from] crate::integrity::Damaged),
 }
 
-/// A running member. Dropping it without [`Server::stop`] leaves the threads running until
-/// the process ends.
+/// A running member. Dropping it without [`Server::stop`] cuts its raft traffic and leaves
+/// the raft and apply threads running until the process ends.
 pub struct Server {
     node: Arc<Node>,
     member_dir: std::path::PathBuf,
@@ -98,6 +98,42 @@ pub struct Server {
     shutdown: tokio::sync::watch::Sender<bool>,
     serving: Vec<JoinHandle<()>>,
     threads: Vec<thread::JoinHandle<()>>,
+    net: NetThread,
+}
+
+/// Raft's network on a thread of its own: the peer listeners and the transport's
+/// connections run on a single-threaded runtime there, so heartbeats and appends never
+/// queue behind client requests on the shared workers (on a 2-core machine there is one
+/// worker, and one long range would otherwise hold up the member's raft traffic).
+struct NetThread {
+    runtime: tokio::runtime::Handle,
+    /// Ends the thread's runtime; dropping it does too.
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl NetThread {
+    fn start() -> Result<NetThread, StartError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StartError::Thread)?;
+        let runtime = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("raft-net".into())
+            .spawn(move || {
+                let _ = rt.block_on(stopped);
+                // A snapshot still being read for a peer must not hold up the stop.
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(StartError::Thread)?;
+        Ok(NetThread {
+            runtime,
+            stop,
+            thread,
+        })
+    }
 }
 
 /// `http(s)://host:port` → a socket address (host names are resolved).
@@ -156,13 +192,14 @@ impl Server {
         let (apply_tx, apply_rx) = mpsc::channel();
         let (command_tx, command_rx) = mpsc::channel();
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let net = NetThread::start()?;
         let transport = Transport::new(
             tls.peer_dial.clone(),
             local_id,
             membership.clone(),
             store.clone(),
             command_tx.clone(),
-            tokio::runtime::Handle::current(),
+            net.runtime.clone(),
             shutdown_rx.clone(),
         );
 
@@ -241,14 +278,19 @@ impl Server {
         );
         let mut peer_addrs = Vec::new();
         for url in &cfg.listen_peer_urls {
-            let (local, task) = serve(
-                url,
+            // Bound and served from the net thread, whose runtime then owns the sockets.
+            let (url, router, tls, stop) = (
+                url.clone(),
                 peer_router.clone(),
                 tls.peer.clone(),
-                None,
                 shutdown_rx.clone(),
-            )
-            .await?;
+            );
+            let bound = net
+                .runtime
+                .spawn(async move { serve(&url, router, tls, None, stop).await })
+                .await
+                .map_err(|e| StartError::Thread(std::io::Error::other(e)))?;
+            let (local, task) = bound?;
             peer_addrs.push(local);
             serving.push(task);
             tracing::info!(%local, "serving peer traffic");
@@ -373,6 +415,7 @@ impl Server {
             shutdown,
             serving,
             threads,
+            net,
         })
     }
 
@@ -407,11 +450,14 @@ impl Server {
         // The raft loop ends, dropping the apply channel, which ends the apply loop.
         self.node.stop_raft();
         drop(self.node);
-        let threads = self.threads;
+        let (threads, net) = (self.threads, self.net);
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
+            // Raft is done sending.
+            let _ = net.stop.send(());
+            let _ = net.thread.join();
             if let Err(e) = store.sync() {
                 tracing::error!(error = %e, "final sync failed");
             }
