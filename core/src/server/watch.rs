@@ -37,6 +37,8 @@ const DELIVERY_QUEUE: usize = 1024;
 /// Answers to requests queued for the client; a client that sends requests without
 /// reading the answers waits once this is full.
 const CONTROL_QUEUE: usize = 64;
+/// How often a progress request that had to wait (a watcher catching up) is tried again.
+const PROGRESS_RETRY: Duration = Duration::from_millis(50);
 
 pub struct WatchService {
     node: Arc<Node>,
@@ -84,6 +86,7 @@ impl Watch for WatchService {
             shared: shared.clone(),
             control,
             deliver,
+            progress_due: false,
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(requests.run(req.into_inner(), self.progress_interval));
@@ -146,6 +149,8 @@ struct Requests {
     control: mpsc::Sender<WatchResponse>,
     /// Handed to the hub for every watcher created on this stream.
     deliver: mpsc::Sender<Delivery>,
+    /// A progress request waits for the stream's watchers to catch up.
+    progress_due: bool,
     /// A client that stops reading must not hold up shutdown.
     shutdown: watch::Receiver<bool>,
 }
@@ -156,22 +161,45 @@ impl Requests {
         let mut shutdown = self.shutdown.clone();
         let mut ticker = tokio::time::interval(progress);
         ticker.tick().await;
+        let mut retry = tokio::time::interval(PROGRESS_RETRY);
+        // The body goes when the client resets the stream or the connection drops.
+        let body = self.control.clone();
+        let mut reading = true;
         loop {
             let alive = tokio::select! {
-                msg = inbound.message() => match msg {
+                msg = inbound.message(), if reading => match msg {
                     Ok(Some(req)) => self.handle(req).await,
-                    // The client closed its side or the connection broke.
-                    Ok(None) | Err(_) => false,
+                    // A client that closes its sending side still gets its events, as
+                    // from etcd.
+                    Ok(None) => {
+                        reading = false;
+                        true
+                    }
+                    Err(_) => false,
                 },
+                _ = body.closed() => false,
                 _ = super::stopped(&mut shutdown) => false,
                 _ = ticker.tick() => {
-                    let mut table = self.shared.table();
-                    for w in table.by_id.values_mut() {
-                        if w.progress_notify && !w.active {
-                            self.shared.hub.progress(w.handle);
-                        }
-                        w.active = false;
+                    let quiet: Vec<WatcherHandle> = {
+                        let mut table = self.shared.table();
+                        table
+                            .by_id
+                            .values_mut()
+                            .filter_map(|w| {
+                                let quiet = w.progress_notify && !w.active;
+                                w.active = false;
+                                quiet.then_some(w.handle)
+                            })
+                            .collect()
+                    };
+                    // Outside the table lock: the hub's may be held by a long publish.
+                    for h in quiet {
+                        self.shared.hub.progress(h);
                     }
+                    true
+                }
+                _ = retry.tick(), if self.progress_due => {
+                    self.progress_due = !self.shared.hub.progress_stream(&self.deliver);
                     true
                 }
             };
@@ -199,16 +227,22 @@ impl Requests {
     }
 
     async fn handle(&mut self, req: WatchRequest) -> bool {
-        let Some(req) = req.request_union else {
-            return true;
+        let req = match req.request_union {
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Answered through the delivery channel, behind the events it vouches for.
+                self.progress_due = !self.shared.hub.progress_stream(&self.deliver);
+                return true;
+            }
+            Some(req) => req,
+            None => return true,
         };
         let Some(permit) = self.reserve().await else {
             return false;
         };
-        let shared = &self.shared;
         match req {
             RequestUnion::CreateRequest(c) => self.create(c, permit),
             RequestUnion::CancelRequest(c) => {
+                let shared = &self.shared;
                 let Some(w) = shared.table().remove(c.watch_id) else {
                     return true;
                 };
@@ -220,14 +254,8 @@ impl Requests {
                     ..Default::default()
                 });
             }
-            RequestUnion::ProgressRequest(_) => {
-                // Not tied to one watcher: the id -1 reaches every watcher of the stream.
-                permit.send(WatchResponse {
-                    header: Some(shared.node.header(shared.hub.current_rev())),
-                    watch_id: -1,
-                    ..Default::default()
-                });
-            }
+            // Answered above.
+            RequestUnion::ProgressRequest(_) => {}
         }
         true
     }
@@ -332,11 +360,6 @@ impl Responses {
     /// Turns a delivery into responses in the outbox (none if its watcher was cancelled
     /// meanwhile).
     fn forward(&mut self, d: Delivery) {
-        let handle = match &d {
-            Delivery::Events { handle, .. }
-            | Delivery::Compacted { handle, .. }
-            | Delivery::Progress { handle, .. } => *handle,
-        };
         let shared = self.shared.clone();
         let mut table = shared.table();
         // Whatever the request half queued before this watcher became visible (its created
@@ -344,14 +367,20 @@ impl Responses {
         while let Ok(r) = self.control.try_recv() {
             self.outbox.push_back(r);
         }
-        let Some(&id) = table.by_handle.get(&handle) else {
-            return;
+        let (id, prev_kv, fragment) = match d.handle() {
+            Some(handle) => {
+                let Some(&id) = table.by_handle.get(&handle) else {
+                    return;
+                };
+                let Some(w) = table.by_id.get_mut(&id) else {
+                    return;
+                };
+                w.active = true;
+                (id, w.prev_kv, w.fragment)
+            }
+            // Not tied to one watcher: the id -1 reaches every watcher of the stream.
+            None => (-1, false, false),
         };
-        let Some(w) = table.by_id.get_mut(&id) else {
-            return;
-        };
-        w.active = true;
-        let (prev_kv, fragment) = (w.prev_kv, w.fragment);
         match d {
             Delivery::Events {
                 revision,
@@ -374,7 +403,7 @@ impl Responses {
                     self.outbox.push_back(resp);
                 }
             }
-            Delivery::Progress { revision, .. } => {
+            Delivery::Progress { revision, .. } | Delivery::StreamProgress { revision } => {
                 self.outbox.push_back(WatchResponse {
                     header: Some(shared.node.header(revision)),
                     watch_id: id,

@@ -32,6 +32,21 @@ pub enum Delivery {
         handle: WatcherHandle,
         revision: i64,
     },
+    /// Every event up to `revision` for the stream's watchers is queued ahead of this
+    /// (the answer to a stream's progress request).
+    StreamProgress { revision: i64 },
+}
+
+impl Delivery {
+    /// The watcher it is for (none for a stream-wide marker).
+    pub fn handle(&self) -> Option<WatcherHandle> {
+        match self {
+            Delivery::Events { handle, .. }
+            | Delivery::Compacted { handle, .. }
+            | Delivery::Progress { handle, .. } => Some(*handle),
+            Delivery::StreamProgress { .. } => None,
+        }
+    }
 }
 
 /// What a watcher watches.
@@ -203,6 +218,28 @@ impl WatchHub {
                 revision: st.current_rev,
             });
         }
+    }
+
+    /// Queues a stream-wide progress marker on `tx` if every watcher delivering into it is
+    /// synced, so each event up to the marked revision is already queued ahead of it (as
+    /// etcd 3.5 does; an unsynced watcher would still owe older events). False if that has
+    /// to wait: a watcher is catching up, or the channel is full.
+    pub fn progress_stream(&self, tx: &mpsc::Sender<Delivery>) -> bool {
+        let st = self.lock();
+        let behind = st
+            .unsynced
+            .iter()
+            .filter_map(|h| st.watchers.get(h))
+            .any(|w| w.tx.same_channel(tx));
+        if behind {
+            return false;
+        }
+        !matches!(
+            tx.try_send(Delivery::StreamProgress {
+                revision: st.current_rev
+            }),
+            Err(mpsc::error::TrySendError::Full(_))
+        )
     }
 
     /// The newest published revision.

@@ -367,6 +367,11 @@ impl WatchConn {
         self.tx.send(req).await.expect("watch stream open");
     }
 
+    /// Closes the sending side of the stream (as a client that has no more requests).
+    pub fn close_send(&mut self) {
+        self.tx = tokio::sync::mpsc::channel(1).0;
+    }
+
     /// Creates a watcher and returns the `created` response.
     pub async fn create(
         &mut self,

@@ -440,3 +440,49 @@ async fn watchers_created_during_writes_get_created_first_then_every_revision() 
     }
     m.stop().await;
 }
+
+#[tokio::test]
+async fn a_progress_answer_comes_after_every_event_up_to_its_revision() {
+    let m = Embedded::start().await;
+    let mut w = WatchConn::open(m.addr).await;
+    w.create(watch("big", b"")).await;
+    // Far more than the stream's flow-control window, so most of these events are still
+    // queued at the member when the progress request arrives.
+    let mut kv = m.kv().await;
+    let mut last = 0;
+    for _ in 0..48 {
+        let r = kv.put(put("big", &"v".repeat(64 * 1024))).await.unwrap();
+        last = r.into_inner().header.unwrap().revision;
+    }
+    w.send(RequestUnion::ProgressRequest(WatchProgressRequest {}))
+        .await;
+    let mut seen = 0;
+    loop {
+        let r = w.next().await;
+        if r.watch_id == -1 {
+            let rev = r.header.unwrap().revision;
+            assert!(rev >= last, "progress at {rev}, before the last put {last}");
+            assert_eq!(seen, rev, "progress at {rev} with events up to {seen} sent");
+            break;
+        }
+        for (_, _, _, rev) in events(&r) {
+            assert_eq!(rev, seen.max(1) + 1);
+            seen = rev;
+        }
+    }
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_whose_client_stops_sending_still_gets_events() {
+    let m = Embedded::start().await;
+    let mut w = WatchConn::open(m.addr).await;
+    w.create(watch("k", b"")).await;
+    w.close_send();
+    m.kv().await.put(put("k", "after")).await.unwrap();
+    assert_eq!(
+        events(&w.next().await),
+        vec![(PUT, "k".into(), "after".into(), 2)]
+    );
+    m.stop().await;
+}
