@@ -47,6 +47,8 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     }
     #[cfg(tokio_unstable)]
     builder.disable_lifo_slot();
+    #[cfg(not(tokio_unstable))]
+    tracing::info!("built without --cfg tokio_unstable: the runtime keeps its LIFO slot");
     builder.enable_all().build()
 }
 

@@ -57,6 +57,9 @@ pub use maintenance::ETCD_API_VERSION;
 /// so an oversized request reaches our own check and gets etcd's error text.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// How long a stopping member waits for in-flight requests and streams to finish.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Resolves once the server is stopping (or its stop signal is gone).
 pub(crate) async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
@@ -114,19 +117,29 @@ struct NetThread {
 
 impl NetThread {
     fn start() -> Result<NetThread, StartError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(StartError::Thread)?;
-        let runtime = rt.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (started, handle) = mpsc::sync_channel(1);
+        // The runtime is built on its thread: a runtime must not be dropped in async code,
+        // which is where this is called from.
         let thread = thread::Builder::new()
             .name("raft-net".into())
             .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return drop(started.send(Err(e))),
+                };
+                let _ = started.send(Ok(rt.handle().clone()));
                 let _ = rt.block_on(stopped);
                 // A snapshot still being read for a peer must not hold up the stop.
                 rt.shutdown_timeout(Duration::from_secs(1));
             })
+            .map_err(StartError::Thread)?;
+        let runtime = handle
+            .recv()
+            .map_err(|_| StartError::Thread(std::io::Error::other("raft-net thread ended")))?
             .map_err(StartError::Thread)?;
         Ok(NetThread {
             runtime,
@@ -442,8 +455,15 @@ impl Server {
     /// syncs storage.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
+        // A client that stops reading a stream keeps hyper from ever finishing it: its
+        // listener is given up on after a grace period rather than waited for forever.
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
         for task in self.serving {
-            let _ = task.await;
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("a connection did not finish in time; stopping anyway");
+                abort.abort();
+            }
         }
         let store = self.node.store.clone();
         let (member_dir, known) = (self.member_dir.clone(), self.known);

@@ -92,6 +92,17 @@ impl PeerService {
     }
 }
 
+/// Runs a received snapshot's file work on the blocking pool: this service runs on the
+/// raft-net thread, which also carries heartbeats, and syncing a large file can take longer
+/// than an election timeout.
+async fn on_disk<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Status::internal(format!("snapshot file: {e}")))?
+}
+
 fn decode(bytes: &[u8]) -> Result<Message, Status> {
     Message::parse_from_bytes(bytes).map_err(|e| Status::invalid_argument(e.to_string()))
 }
@@ -122,10 +133,16 @@ impl Peer for PeerService {
     ) -> Result<Response<RaftAck>, Status> {
         let mut inbound = req.into_inner();
         let io = |e: std::io::Error| Status::internal(format!("snapshot file: {e}"));
-        let mut file = Receiver::create(&self.snap_dir).map_err(io)?;
+        let dir = self.snap_dir.clone();
+        let mut file = on_disk(move || Receiver::create(&dir).map_err(io)).await?;
         while let Some(chunk) = inbound.message().await? {
             if !chunk.data.is_empty() {
-                file.write(&chunk.data).map_err(io)?;
+                let data = chunk.data;
+                file = on_disk(move || {
+                    file.write(&data).map_err(io)?;
+                    Ok(file)
+                })
+                .await?;
             }
             if chunk.message.is_empty() {
                 continue;
@@ -134,7 +151,8 @@ impl Peer for PeerService {
             let m = decode(&chunk.message)?;
             let meta = m.get_snapshot().get_metadata();
             let path = snap_path(&self.snap_dir, meta.term, meta.index);
-            file.finish(&chunk.checksum, &path)?;
+            let checksum = chunk.checksum;
+            on_disk(move || Ok(file.finish(&checksum, &path)?)).await?;
             tracing::info!(
                 from = format!("{:x}", m.from),
                 index = meta.index,
