@@ -227,21 +227,17 @@ impl Requests {
     }
 
     async fn handle(&mut self, req: WatchRequest) -> bool {
-        let req = match req.request_union {
-            Some(RequestUnion::ProgressRequest(_)) => {
-                // Answered through the delivery channel, behind the events it vouches for.
-                self.progress_due = !self.shared.hub.progress_stream(&self.deliver);
-                return true;
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => {
+                let Some(permit) = self.reserve().await else {
+                    return false;
+                };
+                self.create(c, permit);
             }
-            Some(req) => req,
-            None => return true,
-        };
-        let Some(permit) = self.reserve().await else {
-            return false;
-        };
-        match req {
-            RequestUnion::CreateRequest(c) => self.create(c, permit),
-            RequestUnion::CancelRequest(c) => {
+            Some(RequestUnion::CancelRequest(c)) => {
+                let Some(permit) = self.reserve().await else {
+                    return false;
+                };
                 let shared = &self.shared;
                 let Some(w) = shared.table().remove(c.watch_id) else {
                     return true;
@@ -254,8 +250,11 @@ impl Requests {
                     ..Default::default()
                 });
             }
-            // Answered above.
-            RequestUnion::ProgressRequest(_) => {}
+            // Answered through the delivery channel, behind the events it vouches for.
+            Some(RequestUnion::ProgressRequest(_)) => {
+                self.progress_due = !self.shared.hub.progress_stream(&self.deliver);
+            }
+            None => {}
         }
         true
     }
@@ -360,7 +359,7 @@ impl Responses {
     /// Turns a delivery into responses in the outbox (none if its watcher was cancelled
     /// meanwhile).
     fn forward(&mut self, d: Delivery) {
-        let shared = self.shared.clone();
+        let shared = &*self.shared;
         let mut table = shared.table();
         // Whatever the request half queued before this watcher became visible (its created
         // answer among it) goes first.
