@@ -31,8 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // Services Cairn does not serve yet answer UNIMPLEMENTED, as an unknown method would.
-        .generate_default_stubs(true)
+        // No default stubs: a new RPC in the protos must be implemented (or refused on
+        // purpose) before it compiles, never answer UNIMPLEMENTED silently.
+        .generate_default_stubs(false)
         .compile_fds(fds)?;
     Ok(())
 }

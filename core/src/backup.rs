@@ -148,6 +148,8 @@ pub fn restore(rc: &RestoreArgs) -> Result<cairn_client::backup::Summary, Restor
     check()?;
     // From here on, exactly a new cluster's first member.
     crate::server::bootstrap_new_member(&db, &store, &state, id)?;
+    // The member's first start compacts the restored history; nothing to do here.
+    store.stop_compactor();
     store.sync()?;
     Ok(summary)
 }

@@ -3,6 +3,7 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use crate::apply::Halt;
 use crate::config::Config;
 use crate::server::Server;
 
@@ -85,14 +86,25 @@ pub fn main() -> i32 {
                 return 1;
             }
         };
-        let mut removed = server.removed();
+        let mut halted = server.halted();
+        let mut code = 0;
         tokio::select! {
             _ = shutdown_signal() => tracing::info!("shutting down"),
-            _ = removed.wait_for(|r| *r) => {
-                tracing::warn!("this member was removed from the cluster; shutting down")
-            }
+            h = halted.wait_for(|h| h.is_some()) => match h.ok().and_then(|h| h.clone()) {
+                Some(Halt::Removed) => {
+                    tracing::warn!("this member was removed from the cluster; shutting down")
+                }
+                Some(Halt::ApplyFailed(why)) => {
+                    tracing::error!(
+                        "{why}; this member stops (its data is as of the last batch it applied; \
+                         restart it once the cause is fixed, or replace it)"
+                    );
+                    code = 1;
+                }
+                None => {}
+            },
         }
         server.stop().await;
-        0
+        code
     })
 }

@@ -124,6 +124,16 @@ pub struct Config {
     #[arg(long = "experimental-auto-compaction-revision-interval", env = "CAIRN_EXPERIMENTAL_AUTO_COMPACTION_REVISION_INTERVAL", default_value = "5m", value_parser = parse_duration, hide = true)]
     pub auto_compaction_revision_interval: Duration,
 
+    /// Most requests (proposals and linearizable reads) waiting at once on this member;
+    /// beyond it requests are refused with `etcdserver: too many requests`, so a flood
+    /// cannot queue without bound.
+    #[arg(
+        long = "experimental-max-pending-requests",
+        env = "CAIRN_EXPERIMENTAL_MAX_PENDING_REQUESTS",
+        default_value_t = 65_536
+    )]
+    pub max_pending_requests: usize,
+
     /// Most operations in one txn.
     #[arg(long = "max-txn-ops", env = "CAIRN_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,

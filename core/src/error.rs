@@ -42,6 +42,10 @@ pub enum Error {
     NoSpace,
     #[error("etcdserver: no leader")]
     NoLeader,
+    /// Too much is queued: applying lags committing by more than etcd's 5,000 entries, or
+    /// more requests wait than `--experimental-max-pending-requests`.
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     #[error("etcdserver: request timed out")]
     Timeout,
     #[error("etcdserver: leader changed")]
@@ -98,7 +102,7 @@ impl Error {
             | Error::TooManyLearners
             | Error::BadLeaderTransferee => Code::FailedPrecondition,
             Error::LeaseTtlTooLarge => Code::OutOfRange,
-            Error::NoSpace => Code::ResourceExhausted,
+            Error::NoSpace | Error::TooManyRequests => Code::ResourceExhausted,
             Error::NoLeader
             | Error::Timeout
             | Error::Stopped

@@ -1,6 +1,7 @@
 //! The local member as the gRPC services see it: propose a request and wait for it to be
 //! applied, pass a linearizable read barrier, read the store, fill response headers.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use crate::error::Error;
 use crate::membership::Membership;
 use crate::mvcc::Store;
 use crate::raft::{Command, RaftStatus, Transport};
-use crate::wait::{ApplyResult, IdGenerator, Waiters};
+use crate::wait::{IdGenerator, Registration, Waiters};
 
 pub struct Node {
     pub store: Arc<Store>,
@@ -32,7 +33,14 @@ pub struct Node {
     max_request_bytes: usize,
     request_timeout: Duration,
     quota: Option<u64>,
+    max_pending: usize,
+    /// Linearizable reads waiting for their read index.
+    pending_reads: AtomicUsize,
 }
+
+/// etcd's `maxGapBetweenApplyAndCommitIndex`: proposals are refused while applying lags
+/// this far behind committing, so a slow apply cannot let the backlog grow without bound.
+const MAX_APPLY_GAP: u64 = 5_000;
 
 pub struct NodeParts {
     pub store: Arc<Store>,
@@ -46,6 +54,8 @@ pub struct NodeParts {
     pub request_timeout: Duration,
     /// Storage quota (`--quota-backend-bytes`), if any.
     pub quota: Option<u64>,
+    /// `--experimental-max-pending-requests`.
+    pub max_pending: usize,
 }
 
 impl Node {
@@ -62,6 +72,8 @@ impl Node {
             max_request_bytes: p.max_request_bytes,
             request_timeout: p.request_timeout,
             quota: p.quota,
+            max_pending: p.max_pending.max(1),
+            pending_reads: AtomicUsize::new(0),
         }
     }
 
@@ -82,8 +94,14 @@ impl Node {
         if data.len() > self.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
-        let rx = self.waiters.register(id);
-        let result = self.wait_for(id, rx, Command::Propose { id, data }).await;
+        if self.raft_status.commit_index() > self.applied_index() + MAX_APPLY_GAP
+            || self.waiters.pending() >= self.max_pending
+        {
+            crate::metrics::METRICS.proposals_failed.inc();
+            return Err(Error::TooManyRequests);
+        }
+        let waiting = self.waiters.register(id);
+        let result = self.wait_for(waiting, Command::Propose { id, data }).await;
         if let Err(Error::NoLeader | Error::LeaderChanged | Error::Timeout | Error::Stopped) =
             &result
         {
@@ -97,24 +115,20 @@ impl Node {
         self.waiters.pending()
     }
 
-    /// Sends `cmd` to the raft thread and waits for the answer to request `id`.
+    /// Sends `cmd` to the raft thread and waits for the answer to its request. The waiter
+    /// is withdrawn however this ends, including when the caller drops the future.
     async fn wait_for(
         &self,
-        id: u64,
-        rx: oneshot::Receiver<ApplyResult>,
+        mut waiting: Registration<'_>,
         cmd: Command,
     ) -> Result<Applied, Error> {
         if self.commands.send(cmd).is_err() {
-            self.waiters.cancel(id);
             return Err(Error::Stopped);
         }
-        match tokio::time::timeout(self.request_timeout, rx).await {
+        match tokio::time::timeout(self.request_timeout, waiting.answer()).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => {
-                self.waiters.cancel(id);
-                Err(Error::Timeout)
-            }
+            Err(_) => Err(Error::Timeout),
         }
     }
 
@@ -140,9 +154,9 @@ impl Node {
             .encode_to_vec()
             .into(),
         );
-        let rx = self.waiters.register(id);
+        let waiting = self.waiters.register(id);
         match self
-            .wait_for(id, rx, Command::ProposeConfChange { id, cc })
+            .wait_for(waiting, Command::ProposeConfChange { id, cc })
             .await?
         {
             Applied::Members(m) => Ok(m),
@@ -215,6 +229,7 @@ impl Node {
     /// Waits until this member has applied everything committed when the call began, as
     /// confirmed by the leader (ReadIndex): a read after this sees every acknowledged write.
     pub async fn wait_linearizable(&self) -> Result<(), Error> {
+        let _counted = PendingRead::enter(&self.pending_reads, self.max_pending)?;
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::ReadIndex(tx))
@@ -235,6 +250,17 @@ impl Node {
         })
         .await;
         match reached {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Waits until the history compacted at `rev` is gone from this member's storage.
+    pub async fn wait_compacted(&self, rev: i64) -> Result<(), Error> {
+        let mut finished = self.store.compacted();
+        let done = async { finished.wait_for(|f| *f >= rev).await.map(|_| ()) };
+        match tokio::time::timeout(self.request_timeout, done).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::Stopped),
             Err(_) => Err(Error::Timeout),
@@ -263,5 +289,24 @@ impl Node {
     pub fn fill_header(&self, header: &mut Option<ResponseHeader>) {
         let revision = header.as_ref().map_or(0, |h| h.revision);
         *header = Some(self.header(revision));
+    }
+}
+
+/// One linearizable read counted against the pending limit while it waits.
+struct PendingRead<'a>(&'a AtomicUsize);
+
+impl<'a> PendingRead<'a> {
+    fn enter(count: &'a AtomicUsize, max: usize) -> Result<PendingRead<'a>, Error> {
+        if count.fetch_add(1, Ordering::Relaxed) >= max {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return Err(Error::TooManyRequests);
+        }
+        Ok(PendingRead(count))
+    }
+}
+
+impl Drop for PendingRead<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

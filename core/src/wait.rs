@@ -33,10 +33,16 @@ impl Waiters {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn register(&self, id: u64) -> oneshot::Receiver<ApplyResult> {
+    /// Registers a waiter for `id`; it is withdrawn when the registration is dropped, so a
+    /// request whose client went away (its future dropped) leaves nothing behind.
+    pub fn register(&self, id: u64) -> Registration<'_> {
         let (tx, rx) = oneshot::channel();
         self.map().insert(id, tx);
-        rx
+        Registration {
+            waiters: self,
+            id,
+            rx,
+        }
     }
 
     /// Answers the waiter of `id`, if this member holds one.
@@ -56,6 +62,26 @@ impl Waiters {
 
     pub fn cancel(&self, id: u64) {
         self.map().remove(&id);
+    }
+}
+
+/// A registered waiter; see [`Waiters::register`].
+pub struct Registration<'a> {
+    waiters: &'a Waiters,
+    id: u64,
+    rx: oneshot::Receiver<ApplyResult>,
+}
+
+impl Registration<'_> {
+    /// The answer, once the entry is applied (an error if the waiter was dropped).
+    pub async fn answer(&mut self) -> Result<ApplyResult, oneshot::error::RecvError> {
+        (&mut self.rx).await
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.waiters.cancel(self.id);
     }
 }
 
@@ -101,10 +127,22 @@ mod tests {
     #[test]
     fn only_registered_waiters_are_answered() {
         let w = Waiters::default();
-        let mut rx = w.register(1);
+        let mut reg = w.register(1);
         w.trigger(2, Err(Error::Timeout));
-        assert!(rx.try_recv().is_err());
+        assert!(reg.rx.try_recv().is_err());
         w.trigger(1, Err(Error::Timeout));
-        assert_eq!(rx.try_recv().unwrap().err(), Some(Error::Timeout));
+        assert_eq!(reg.rx.try_recv().unwrap().err(), Some(Error::Timeout));
+    }
+
+    #[test]
+    fn a_dropped_registration_leaves_no_waiter_behind() {
+        let w = Waiters::default();
+        let reg = w.register(7);
+        assert_eq!(w.pending(), 1);
+        drop(reg);
+        assert_eq!(w.pending(), 0);
+        // As when a cancelled request's proposal is applied later: nobody to answer.
+        w.trigger(7, Err(Error::Timeout));
+        assert_eq!(w.pending(), 0);
     }
 }

@@ -25,7 +25,7 @@ use prost::Message;
 const MAX_TXN_OPS: usize = 128;
 
 struct Fixture {
-    store: Store,
+    store: Arc<Store>,
     index: AtomicU64,
     _dir: tempfile::TempDir,
 }
@@ -48,7 +48,7 @@ fn edge(kind: u8, body: &[u8], store: &Store) -> Option<Request> {
         0 => {
             let r = RangeRequest::decode(body).ok()?;
             validate::check_range(&r).ok()?;
-            if let Ok(resp) = kv::range(&store.read(), &r) {
+            if let Ok(resp) = kv::range(&store.read().expect("read view"), &r) {
                 if r.limit > 0 {
                     assert!(resp.kvs.len() as i64 <= r.limit, "limit exceeded");
                 }
@@ -72,7 +72,7 @@ fn edge(kind: u8, body: &[u8], store: &Store) -> Option<Request> {
             validate::check_duplicates(&t.success).ok()?;
             validate::check_duplicates(&t.failure).ok()?;
             if kv::is_read_only(&t) {
-                let view = store.read();
+                let view = store.read().expect("read view");
                 let _ = kv::txn_read_only(&view, &t, view.compact_rev());
                 return None;
             }
@@ -102,7 +102,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let before = f.store.current_rev();
-    let mut wb = f.store.write_batch();
+    let mut wb = f.store.write_batch().expect("write batch");
     let mut changes = Vec::new();
     let _ = apply_request(&mut wb, req, &mut changes);
     let index = f.index.fetch_add(1, Ordering::Relaxed);

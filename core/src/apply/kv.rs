@@ -18,7 +18,9 @@ use crate::error::Error;
 use crate::lease::Lessor;
 use crate::mvcc::{RangeOptions, ReadView, WriteTxn};
 
-fn header(revision: i64) -> Option<ResponseHeader> {
+/// The header the applier puts on a response: the revision; the gRPC edge fills in who
+/// answered.
+pub(crate) fn header(revision: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
         revision,
         ..Default::default()
@@ -33,12 +35,20 @@ pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, Er
         || r.max_mod_revision != 0
         || r.min_create_revision != 0
         || r.max_create_revision != 0;
-    // Sorting or filtering needs every key first; otherwise read one past the limit to learn
-    // whether there are more.
-    let limit = if sort_order != SortOrder::None || filtered {
+    // Results come in ascending key order already, so for that order the limit goes to the
+    // read (one past it, to learn whether there are more); any other order, and filters,
+    // need every key first. Any other target sorts ascending by default, as etcd does.
+    let order = match (sort_order, sort_target) {
+        (SortOrder::None | SortOrder::Ascend, SortTarget::Key) => SortOrder::None,
+        (SortOrder::None, _) => SortOrder::Ascend,
+        (o, _) => o,
+    };
+    let limit = if order != SortOrder::None || filtered {
         0
     } else if r.limit > 0 {
-        r.limit + 1
+        // Saturating: a limit of i64::MAX must not overflow (it panicked the apply thread
+        // of every member in debug builds when it came inside a txn).
+        r.limit.saturating_add(1)
     } else {
         r.limit
     };
@@ -49,20 +59,15 @@ pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, Er
     };
     let mut rr = view.range(&r.key, &r.range_end, opts)?;
 
-    rr.kvs.retain(|kv| {
-        !(r.max_mod_revision != 0 && kv.mod_revision > r.max_mod_revision
-            || r.min_mod_revision != 0 && kv.mod_revision < r.min_mod_revision
-            || r.max_create_revision != 0 && kv.create_revision > r.max_create_revision
-            || r.min_create_revision != 0 && kv.create_revision < r.min_create_revision)
-    });
+    if filtered {
+        rr.kvs.retain(|kv| {
+            !(r.max_mod_revision != 0 && kv.mod_revision > r.max_mod_revision
+                || r.min_mod_revision != 0 && kv.mod_revision < r.min_mod_revision
+                || r.max_create_revision != 0 && kv.create_revision > r.max_create_revision
+                || r.min_create_revision != 0 && kv.create_revision < r.min_create_revision)
+        });
+    }
 
-    // Results come in ascending key order already; any other target sorts ascending by
-    // default, as etcd does.
-    let order = match (sort_order, sort_target) {
-        (SortOrder::None, SortTarget::Key) => SortOrder::None,
-        (SortOrder::None, _) => SortOrder::Ascend,
-        (o, _) => o,
-    };
     if order != SortOrder::None {
         let cmp = |a: &KeyValue, b: &KeyValue| -> Ordering {
             match sort_target {
@@ -214,29 +219,42 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
 }
 
 /// Evaluates one compare over its key or range; every key in the range must satisfy it.
-fn compare(view: &impl ReadView, c: &Compare) -> bool {
-    let Ok(rr) = view.range(&c.key, &c.range_end, RangeOptions::default()) else {
-        return false;
-    };
+/// A read that fails is an error, never a false compare: turning a storage failure on one
+/// member into the failure branch would make members diverge.
+fn compare(view: &impl ReadView, c: &Compare) -> Result<bool, Error> {
+    let rr = view.range(&c.key, &c.range_end, RangeOptions::default())?;
     if rr.kvs.is_empty() {
         // A missing key has no value to compare (gRPC cannot tell nil from empty), so value
         // compares fail; other targets compare against zero.
-        return CompareTarget::try_from(c.target) != Ok(CompareTarget::Value)
-            && compare_kv(c, &KeyValue::default());
+        return Ok(
+            CompareTarget::try_from(c.target) != Ok(CompareTarget::Value)
+                && compare_kv(c, &KeyValue::default()),
+        );
     }
-    rr.kvs.iter().all(|kv| compare_kv(c, kv))
+    Ok(rr.kvs.iter().all(|kv| compare_kv(c, kv)))
 }
 
 /// The branch every (nested) txn takes, in depth-first order, all decided against the state
 /// before the txn runs.
-fn compare_to_path(view: &impl ReadView, t: &TxnRequest, path: &mut Vec<bool>) {
-    let ok = t.compare.iter().all(|c| compare(view, c));
+fn compare_to_path(
+    view: &impl ReadView,
+    t: &TxnRequest,
+    path: &mut Vec<bool>,
+) -> Result<(), Error> {
+    let mut ok = true;
+    for c in &t.compare {
+        if !compare(view, c)? {
+            ok = false;
+            break;
+        }
+    }
     path.push(ok);
     for op in if ok { &t.success } else { &t.failure } {
         if let Some(Request::RequestTxn(nested)) = &op.request {
-            compare_to_path(view, nested, path);
+            compare_to_path(view, nested, path)?;
         }
     }
+    Ok(())
 }
 
 /// Walks the taken branches and checks each op that could fail, so nothing is applied when
@@ -280,7 +298,7 @@ fn plan(
     lessor: Option<&Lessor>,
 ) -> Result<Vec<bool>, Error> {
     let mut path = Vec::new();
-    compare_to_path(view, t, &mut path);
+    compare_to_path(view, t, &mut path)?;
     if let Some(lessor) = lessor.filter(|_| !is_read_only(t)) {
         check_path(view, t, &path, compact_rev, Some(lessor))?;
     }
@@ -356,4 +374,46 @@ fn apply_path(
         succeeded,
         responses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::RangeResult;
+
+    /// A view whose storage fails on every read.
+    struct Failing;
+
+    impl ReadView for Failing {
+        fn range(&self, _: &[u8], _: &[u8], _: RangeOptions) -> Result<RangeResult, Error> {
+            Err(Error::Storage("injected read failure".into()))
+        }
+        fn rev(&self) -> i64 {
+            1
+        }
+    }
+
+    #[test]
+    fn a_compare_whose_read_fails_fails_the_txn_instead_of_taking_the_failure_branch() {
+        let t = TxnRequest {
+            compare: vec![Compare {
+                key: b"k".to_vec(),
+                target: CompareTarget::Version as i32,
+                result: CompareResult::Equal as i32,
+                target_union: Some(TargetUnion::Version(0)),
+                ..Default::default()
+            }],
+            failure: vec![RequestOp {
+                request: Some(Request::RequestRange(RangeRequest {
+                    key: b"k".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            txn_read_only(&Failing, &t, 0),
+            Err(Error::Storage("injected read failure".into()))
+        );
+    }
 }

@@ -28,6 +28,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType};
 use tokio::sync::watch;
 
+use self::kv::header;
 use crate::error::Error;
 use crate::membership::{self, Membership};
 use crate::mvcc::{Store, WriteBatch, WriteTxn};
@@ -64,6 +65,8 @@ pub enum Applied {
     Members(Vec<Member>),
     /// An alarm was raised or cleared: the alarms that changed.
     Alarm(AlarmResponse),
+    /// Expired leases were revoked: how many were still there.
+    Expired(usize),
 }
 
 /// A response kind the apply loop produces, carrying a header the gRPC edge completes.
@@ -98,6 +101,16 @@ answer!(
     Alarm => AlarmResponse,
 );
 
+/// Why a member stopped on its own (see `Server::halted`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Halt {
+    /// A membership change removed this member from the cluster.
+    Removed,
+    /// Applying the log failed (a storage error, or a bug that panicked the apply thread);
+    /// continuing would let this member diverge, so it stops.
+    ApplyFailed(String),
+}
+
 /// The changes of one revision, in the order they were made.
 pub type Changes = (i64, Vec<KeyValue>);
 
@@ -107,8 +120,8 @@ pub struct Applier {
     pub applied: watch::Sender<u64>,
     pub hub: Arc<WatchHub>,
     pub membership: Arc<Membership>,
-    /// Set when this member is removed from the cluster.
-    pub removed: watch::Sender<bool>,
+    /// Set when this member stops on its own: removed from the cluster, or apply failed.
+    pub halt: watch::Sender<Option<Halt>>,
 }
 
 impl Applier {
@@ -128,7 +141,10 @@ impl Applier {
             };
             if let Err(e) = result {
                 // Continuing would let this member diverge from the log; stop applying.
-                tracing::error!(error = %e, "apply failed; member stops applying");
+                tracing::error!(error = %e, "apply failed; this member stops");
+                self.halt.send_replace(Some(Halt::ApplyFailed(format!(
+                    "applying the log failed: {e}"
+                ))));
                 return;
             }
         }
@@ -154,7 +170,7 @@ impl Applier {
         let Some((last, last_term)) = entries.last().map(|e| (e.index, e.term)) else {
             return Ok(());
         };
-        let mut wb = self.store.write_batch();
+        let mut wb = self.store.write_batch()?;
         let mut answers = Vec::new();
         let mut changes = Vec::new();
         let mut members: Option<ClusterState> = None;
@@ -221,7 +237,7 @@ impl Applier {
         // After the answers, so a member asked to remove itself still replies.
         if removed_self {
             tracing::warn!("this member was removed from the cluster");
-            self.removed.send_replace(true);
+            self.halt.send_replace(Some(Halt::Removed));
         }
         Ok(())
     }
@@ -286,13 +302,6 @@ fn in_txn<R>(
     }
 }
 
-fn header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader {
-        revision,
-        ..Default::default()
-    })
-}
-
 /// Whether a request adds data, which the NOSPACE alarm refuses (etcd's capped applier:
 /// puts, txns that write, lease grants; deletions, compaction and revocations still go).
 fn adds_data(req: &Request) -> bool {
@@ -355,7 +364,7 @@ pub fn apply_request(
             if c.revision > wb.current_rev() {
                 return Err(Error::FutureRev);
             }
-            wb.compact(c.revision)?;
+            wb.compact(c.revision);
             Ok(Applied::Compaction(wb.current_rev()))
         }
         Request::LeaseGrant(g) => {
@@ -370,6 +379,29 @@ pub fn apply_request(
         }
         // Membership requests are applied by the caller, which holds the membership.
         Request::MemberAttributes(_) | Request::MemberUpdate(_) => Ok(Applied::Members(vec![])),
+        Request::LeaseExpiry(x) => {
+            let mut revoked = 0;
+            for id in x.ids {
+                match wb.revoke_lease(id) {
+                    Ok(made) => {
+                        revoked += 1;
+                        if !made.is_empty() {
+                            changes.push((wb.current_rev(), made));
+                        }
+                    }
+                    // Revoked (or never granted) in the meantime.
+                    Err(Error::LeaseNotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            crate::metrics::METRICS
+                .leases_revoked
+                .inc_by(revoked as u64);
+            crate::metrics::METRICS
+                .leases_expired
+                .inc_by(revoked as u64);
+            Ok(Applied::Expired(revoked))
+        }
         Request::LeaseRevoke(r) => {
             let made = wb.revoke_lease(r.id)?;
             crate::metrics::METRICS.leases_revoked.inc();

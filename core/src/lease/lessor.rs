@@ -90,8 +90,11 @@ impl Lessor {
         Ok(ttl)
     }
 
-    /// Re-creates a lease read back from storage on start.
+    /// Re-creates a lease read back from storage on start. The TTL is bounded as a grant
+    /// bounds it: storage written by something else (or damaged) must not make deadlines
+    /// overflow on the raft thread.
     pub fn restore(&self, id: i64, ttl: i64) {
+        let ttl = self.effective_ttl(ttl.min(MAX_LEASE_TTL));
         self.leases().map.insert(
             id,
             Lease {
@@ -208,7 +211,8 @@ impl Lessor {
         let mut l = self.leases();
         l.primary = true;
         for lease in l.map.values_mut() {
-            lease.expiry = Some(deadline(lease.ttl) + extend);
+            let at = deadline(lease.ttl);
+            lease.expiry = Some(at.checked_add(extend).unwrap_or(at));
             lease.revoke_proposed = None;
         }
     }
@@ -226,12 +230,15 @@ impl Lessor {
         self.leases().primary
     }
 
-    /// Leases past their deadline that need a revoke proposed now; `retry` is how long to
-    /// wait before proposing again for one still not revoked.
-    pub fn expired(&self, now: Instant, retry: Duration) -> Vec<i64> {
+    /// Up to `max` leases past their deadline that need a revoke proposed now; `retry` is
+    /// how long to wait before proposing again for one still not revoked.
+    pub fn expired(&self, now: Instant, retry: Duration, max: usize) -> Vec<i64> {
         let mut l = self.leases();
         let mut out = Vec::new();
         for (id, lease) in l.map.iter_mut() {
+            if out.len() == max {
+                break;
+            }
             let due = lease.expiry.is_some_and(|at| at <= now);
             let waiting = lease.revoke_proposed.is_some_and(|at| now < at + retry);
             if due && !waiting {
@@ -244,7 +251,10 @@ impl Lessor {
 }
 
 fn deadline(ttl: i64) -> Instant {
-    Instant::now() + Duration::from_secs(ttl.max(0) as u64)
+    let now = Instant::now();
+    let ttl = Duration::from_secs(ttl.clamp(0, MAX_LEASE_TTL) as u64);
+    now.checked_add(ttl)
+        .unwrap_or(now + Duration::from_secs(MAX_LEASE_TTL as u64 / 1_000))
 }
 
 #[cfg(test)]
@@ -275,21 +285,47 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_ttl_is_bounded_so_deadlines_cannot_overflow() {
+        let l = Lessor::new(1);
+        l.restore(1, i64::MAX);
+        l.restore(2, -5);
+        l.promote(Duration::from_secs(u64::MAX / 4));
+        assert_eq!(l.renew(1), Ok(MAX_LEASE_TTL));
+        assert_eq!(l.renew(2), Ok(1));
+        assert!(l
+            .expired(Instant::now(), Duration::ZERO, usize::MAX)
+            .is_empty());
+    }
+
+    #[test]
     fn only_the_primary_tracks_and_expires_deadlines() {
         let l = Lessor::new(1);
         l.grant(1, 1).unwrap();
         assert_eq!(l.renew(1), Err(Error::NotLeader));
         let later = Instant::now() + Duration::from_secs(5);
-        assert!(l.expired(later, Duration::from_secs(1)).is_empty());
+        assert!(l
+            .expired(later, Duration::from_secs(1), usize::MAX)
+            .is_empty());
         l.promote(Duration::ZERO);
-        assert_eq!(l.expired(later, Duration::from_secs(1)), vec![1]);
-        // Not proposed again until the retry interval passed.
-        assert!(l.expired(later, Duration::from_secs(1)).is_empty());
         assert_eq!(
-            l.expired(later + Duration::from_secs(2), Duration::from_secs(1)),
+            l.expired(later, Duration::from_secs(1), usize::MAX),
+            vec![1]
+        );
+        // Not proposed again until the retry interval passed.
+        assert!(l
+            .expired(later, Duration::from_secs(1), usize::MAX)
+            .is_empty());
+        assert_eq!(
+            l.expired(
+                later + Duration::from_secs(2),
+                Duration::from_secs(1),
+                usize::MAX
+            ),
             vec![1]
         );
         assert_eq!(l.renew(1), Ok(1));
-        assert!(l.expired(Instant::now(), Duration::from_secs(1)).is_empty());
+        assert!(l
+            .expired(Instant::now(), Duration::from_secs(1), usize::MAX)
+            .is_empty());
     }
 }

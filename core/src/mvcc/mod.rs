@@ -1,14 +1,20 @@
 //! The multi-version key space: every key's history by revision, the in-memory key index,
 //! historical reads and compaction (etcd's `mvcc` package).
 
+mod compactor;
 mod key_index;
+mod key_range;
+mod maintenance;
 mod revision;
 mod store;
 mod tree_index;
+mod write;
 
 pub use key_index::KeyAt;
+pub use key_range::KeyRange;
 pub use revision::Revision;
 pub(crate) use store::keyspace_options;
 pub use store::{
-    RangeOptions, RangeResult, ReadTxn, ReadView, Record, Space, Store, WriteBatch, WriteTxn,
+    HistoryRecord, HistoryView, RangeOptions, RangeResult, ReadTxn, ReadView, Record, Space, Store,
 };
+pub use write::{WriteBatch, WriteTxn};

@@ -7,37 +7,54 @@
 //! - keyspace `meta`: the applied raft index, the current and the compacted revision, written
 //!   in the same atomic batch as the state they describe.
 //!
-//! Readers take a shared lock on the in-memory [`TreeIndex`] and read values from fjall. The
-//! apply loop is the only writer: it holds the exclusive lock for one batch of raft entries,
-//! so a reader sees either none or all of a batch.
+//! The in-memory [`TreeIndex`] sits behind one lock. The apply loop holds it exclusively for
+//! one batch of raft entries ([`WriteBatch`]), so a reader sees either none or all of a
+//! batch; the background compactor holds it for one chunk of keys at a time. A reader holds
+//! it only while it walks the index: the values come from a database snapshot taken with
+//! the read revision, so a long range never keeps the apply loop waiting for its values.
+//! Revisions that headers and metrics report are published after each commit and read
+//! without the lock.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use cairn_api::cairnpb::ClusterState;
 use cairn_api::etcdserverpb::{AlarmMember, AlarmResponse, AlarmType};
 use cairn_api::mvccpb::KeyValue;
-use fjall::Readable;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 use prost::Message;
 
+use super::compactor::Compactor;
 use super::revision::Revision;
 use super::tree_index::TreeIndex;
+use super::write::WriteBatch;
 use crate::error::Error;
 use crate::lease::Lessor;
 
-const META_APPLIED: &[u8] = b"applied_index";
-const META_APPLIED_TERM: &[u8] = b"applied_term";
+pub(super) const META_APPLIED: &[u8] = b"applied_index";
+pub(super) const META_APPLIED_TERM: &[u8] = b"applied_term";
 /// The raft configuration (an encoded eraftpb.ConfState) as of the applied index.
-const META_CONF_STATE: &[u8] = b"conf_state";
+pub(super) const META_CONF_STATE: &[u8] = b"conf_state";
 /// The membership (an encoded cairnpb.ClusterState) as of the applied index.
-const META_MEMBERS: &[u8] = b"members";
+pub(super) const META_MEMBERS: &[u8] = b"members";
 // Keyspace `lease` maps lease id → granted TTL (both big-endian i64).
-const META_CURRENT_REV: &[u8] = b"current_rev";
+pub(super) const META_CURRENT_REV: &[u8] = b"current_rev";
 /// The raised alarms (an encoded etcdserverpb.AlarmResponse).
-const META_ALARMS: &[u8] = b"alarms";
-const META_COMPACT_REV: &[u8] = b"compact_rev";
+pub(super) const META_ALARMS: &[u8] = b"alarms";
+/// The compaction point: reads below it fail (etcd's scheduledCompactRev).
+pub(super) const META_COMPACT_REV: &[u8] = b"compact_rev";
+/// Up to where history is physically gone (etcd's finishedCompactRev).
+pub(super) const META_FINISHED_COMPACT_REV: &[u8] = b"finished_compact_rev";
+
+/// Keys the index walks per hold of the state lock during a read, so a range over a
+/// million keys lets the apply loop in between.
+#[cfg(not(test))]
+const WALK_CHUNK: usize = 10_000;
+/// Small in unit tests, so ranges cross many chunk boundaries.
+#[cfg(test)]
+const WALK_CHUNK: usize = 7;
 
 /// Options of a raw range read (etcd's `mvcc.RangeOptions`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,15 +88,34 @@ pub trait ReadView {
     fn rev(&self) -> i64;
 }
 
-struct State {
-    index: TreeIndex,
-    current_rev: i64,
-    compact_rev: i64,
-    applied_index: u64,
-    applied_term: u64,
-    /// Bytes of key history and leases (keys plus values), what the storage quota limits.
-    size_in_use: u64,
-    alarms: Vec<AlarmMember>,
+pub(super) struct State {
+    pub(super) index: TreeIndex,
+    pub(super) current_rev: i64,
+    /// The compaction point (scheduled; the compactor removes the history behind it).
+    pub(super) compact_rev: i64,
+    pub(super) applied_index: u64,
+    pub(super) applied_term: u64,
+    pub(super) alarms: Vec<AlarmMember>,
+    /// Bumped when a snapshot replaces the state, so a compaction pass over the old index
+    /// never deletes from the new one.
+    pub(super) epoch: u64,
+}
+
+/// What readers see without the state lock: set after each batch is committed, so they
+/// never report a revision that is not in storage.
+#[derive(Default)]
+pub(super) struct Published {
+    pub(super) current_rev: AtomicI64,
+    pub(super) compact_rev: AtomicI64,
+    pub(super) applied_index: AtomicU64,
+}
+
+impl Published {
+    pub(super) fn set(&self, s: &State) {
+        self.current_rev.store(s.current_rev, Ordering::Release);
+        self.compact_rev.store(s.compact_rev, Ordering::Release);
+        self.applied_index.store(s.applied_index, Ordering::Release);
+    }
 }
 
 /// One record of a snapshot: its keyspace, key and value.
@@ -114,17 +150,22 @@ pub(crate) fn keyspace_options() -> KeyspaceCreateOptions {
 
 /// The MVCC store. See the module docs.
 pub struct Store {
-    db: Database,
+    pub(super) db: Database,
     /// The database's directory (for its size on disk).
-    dir: std::path::PathBuf,
-    kv: Keyspace,
-    meta: Keyspace,
-    leases: Keyspace,
-    lessor: Arc<Lessor>,
-    state: RwLock<State>,
+    pub(super) dir: std::path::PathBuf,
+    pub(super) kv: Keyspace,
+    pub(super) meta: Keyspace,
+    pub(super) leases: Keyspace,
+    pub(super) lessor: Arc<Lessor>,
+    pub(super) state: RwLock<State>,
+    pub(super) published: Published,
+    /// Bytes of key history and leases (keys plus values), what the storage quota limits.
+    /// The compactor lowers it as it deletes, outside the state lock.
+    pub(super) size_in_use: AtomicU64,
+    pub(super) compactor: Compactor,
 }
 
-fn read_i64(ks: &Keyspace, key: &[u8]) -> Result<Option<i64>, Error> {
+pub(super) fn read_i64(ks: &Keyspace, key: &[u8]) -> Result<Option<i64>, Error> {
     match ks.get(key)? {
         None => Ok(None),
         Some(v) => {
@@ -138,14 +179,18 @@ fn read_i64(ks: &Keyspace, key: &[u8]) -> Result<Option<i64>, Error> {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `db`, rebuilds the index from storage and restores
-    /// the leases with their attached keys into `lessor`.
-    pub fn open(db: &Database, dir: &Path, lessor: Arc<Lessor>) -> Result<Store, Error> {
+    /// Opens (or creates) the store in `db`, rebuilds the index from storage, restores the
+    /// leases with their attached keys into `lessor`, and starts the background compactor
+    /// (which resumes a compaction a restart interrupted).
+    pub fn open(db: &Database, dir: &Path, lessor: Arc<Lessor>) -> Result<Arc<Store>, Error> {
         let kv = db.keyspace("kv", keyspace_options)?;
         let meta = db.keyspace("meta", keyspace_options)?;
         let leases = db.keyspace("lease", keyspace_options)?;
-        let state = load_state(&kv, &meta, &leases, &lessor)?;
-        Ok(Store {
+        let (state, size_in_use) = load_state(&kv, &meta, &leases, &lessor, 0)?;
+        let finished = read_i64(&meta, META_FINISHED_COMPACT_REV)?.unwrap_or(-1);
+        let published = Published::default();
+        published.set(&state);
+        let store = Arc::new(Store {
             db: db.clone(),
             dir: dir.to_path_buf(),
             kv,
@@ -153,18 +198,25 @@ impl Store {
             leases,
             lessor,
             state: RwLock::new(state),
-        })
+            published,
+            size_in_use: AtomicU64::new(size_in_use),
+            compactor: Compactor::new(finished),
+        });
+        Compactor::start(&store)?;
+        Ok(store)
     }
 }
 
 /// Rebuilds the in-memory state from storage: the key index from the history, the leases
 /// with their attached keys into `lessor`, the revisions and applied index from meta.
-fn load_state(
+/// Returns it with the bytes in use.
+pub(super) fn load_state(
     kv: &Keyspace,
     meta: &Keyspace,
     leases: &Keyspace,
     lessor: &Lessor,
-) -> Result<State, Error> {
+    epoch: u64,
+) -> Result<(State, u64), Error> {
     let mut size_in_use = 0u64;
     for item in leases.iter() {
         let (k, v) = item.into_inner()?;
@@ -229,20 +281,16 @@ fn load_state(
         applied_index,
         "mvcc store loaded"
     );
-    Ok(State {
+    let state = State {
         index,
         current_rev,
         compact_rev,
         applied_index,
         applied_term,
-        size_in_use,
         alarms,
-    })
-}
-
-/// The leading 32 bits of a digest.
-fn leading_u32(digest: &[u8]) -> u32 {
-    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+        epoch,
+    };
+    Ok((state, size_in_use))
 }
 
 impl Store {
@@ -251,40 +299,55 @@ impl Store {
         Ok(Database::builder(dir).open()?)
     }
 
-    fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        // A poisoned lock means the apply loop panicked mid-batch; the state it guards is
-        // still the last fully applied one for readers, so recover the guard.
-        self.state.read().unwrap_or_else(|p| p.into_inner())
+    /// The state for reading. A poisoned lock means the apply loop panicked in the middle
+    /// of a batch, after changing the index and revisions in place but before they were
+    /// committed: nothing may be read from it, so this member serves no more reads.
+    pub(super) fn read_state(&self) -> Result<RwLockReadGuard<'_, State>, Error> {
+        self.state.read().map_err(|_| {
+            tracing::error!("the apply loop failed in the middle of a batch; refusing reads");
+            Error::Stopped
+        })
+    }
+
+    /// The state for the apply loop and the compactor (see [`Store::read_state`]).
+    pub(super) fn write_state(&self) -> Result<RwLockWriteGuard<'_, State>, Error> {
+        self.state.write().map_err(|_| Error::Stopped)
     }
 
     /// A consistent read view at the current revision.
-    pub fn read(&self) -> ReadTxn<'_> {
-        ReadTxn {
+    pub fn read(&self) -> Result<ReadTxn<'_>, Error> {
+        let st = self.read_state()?;
+        Ok(ReadTxn {
             store: self,
-            state: self.read_state(),
-        }
+            rev: st.current_rev,
+            snapshot: self.db.snapshot(),
+        })
     }
 
+    /// The newest committed revision.
     pub fn current_rev(&self) -> i64 {
-        self.read_state().current_rev
+        self.published.current_rev.load(Ordering::Acquire)
     }
 
     pub fn lessor(&self) -> &Lessor {
         &self.lessor
     }
 
+    /// The compaction point: reads below it fail.
     pub fn compact_rev(&self) -> i64 {
-        self.read_state().compact_rev
+        self.published.compact_rev.load(Ordering::Acquire)
     }
 
     pub fn applied_index(&self) -> u64 {
-        self.read_state().applied_index
+        self.published.applied_index.load(Ordering::Acquire)
     }
 
     /// The applied index and the term of the entry at it.
     pub fn applied(&self) -> (u64, u64) {
-        let s = self.read_state();
-        (s.applied_index, s.applied_term)
+        match self.read_state() {
+            Ok(s) => (s.applied_index, s.applied_term),
+            Err(_) => (self.applied_index(), 0),
+        }
     }
 
     /// The stored raft configuration (encoded eraftpb.ConfState), if any.
@@ -309,7 +372,7 @@ impl Store {
         conf_state: Vec<u8>,
         members: &ClusterState,
     ) -> Result<(), Error> {
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.write_state()?;
         let mut b = self.db.batch();
         b.insert(
             &self.meta,
@@ -327,225 +390,44 @@ impl Store {
         self.db.persist(PersistMode::SyncData)?;
         state.applied_index = index;
         state.applied_term = term;
+        self.published.set(&state);
         Ok(())
-    }
-
-    /// Walks a consistent copy of the whole state (history, leases, meta), as of a batch
-    /// boundary, calling `f` with each record; returns the applied index and term it is at.
-    pub fn dump(
-        &self,
-        mut f: impl FnMut(Space, &[u8], &[u8]) -> Result<(), Error>,
-    ) -> Result<(u64, u64), Error> {
-        // The apply loop holds the write lock for a whole batch, so a database snapshot
-        // opened under the read lock never sees half a batch.
-        let (snap, applied) = {
-            let s = self.read_state();
-            (self.db.snapshot(), (s.applied_index, s.applied_term))
-        };
-        for (space, ks) in [
-            (Space::Meta, &self.meta),
-            (Space::Lease, &self.leases),
-            (Space::Kv, &self.kv),
-        ] {
-            for item in snap.iter(ks) {
-                let (k, v) = item.into_inner()?;
-                f(space, &k, &v)?;
-            }
-        }
-        Ok(applied)
-    }
-
-    /// Replaces the whole state with the records of a snapshot, atomically and durably, and
-    /// rebuilds the in-memory index and leases from them. Only the apply loop calls this.
-    pub fn restore(
-        &self,
-        records: impl IntoIterator<Item = Result<Record, Error>>,
-    ) -> Result<(), Error> {
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let mut b = self.db.batch();
-        for ks in [&self.meta, &self.leases, &self.kv] {
-            for item in ks.iter() {
-                b.remove(ks, item.key()?.to_vec());
-            }
-        }
-        for r in records {
-            let (space, k, v) = r?;
-            let ks = match space {
-                Space::Kv => &self.kv,
-                Space::Meta => &self.meta,
-                Space::Lease => &self.leases,
-            };
-            b.insert(ks, k, v);
-        }
-        b.commit()?;
-        self.db.persist(PersistMode::SyncData)?;
-        self.lessor.clear();
-        *state = load_state(&self.kv, &self.meta, &self.leases, &self.lessor)?;
-        Ok(())
-    }
-
-    /// On-disk size of the database in bytes: the blocks its files occupy (the active
-    /// journal is preallocated sparse, so its nominal length would overstate it).
-    pub fn db_size(&self) -> u64 {
-        fn walk(dir: &Path) -> u64 {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return 0;
-            };
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => walk(&e.path()),
-                    #[cfg(unix)]
-                    Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
-                    #[cfg(not(unix))]
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        }
-        walk(&self.dir)
     }
 
     /// Bytes of key history and leases: what compaction frees and the storage quota limits.
     pub fn size_in_use(&self) -> u64 {
-        self.read_state().size_in_use
-    }
-
-    /// Bytes of the member's bookkeeping (revisions, raft position, membership, alarms):
-    /// with [`Store::size_in_use`], the whole state machine.
-    pub fn meta_size(&self) -> u64 {
-        self.meta
-            .iter()
-            .filter_map(|item| item.into_inner().ok())
-            .map(|(k, v)| (k.len() + v.len()) as u64)
-            .sum()
+        self.size_in_use.load(Ordering::Relaxed)
     }
 
     /// The raised alarms.
     pub fn alarms(&self) -> Vec<AlarmMember> {
-        self.read_state().alarms.clone()
+        self.read_state()
+            .map(|s| s.alarms.clone())
+            .unwrap_or_default()
     }
 
     /// Whether an alarm of this type is raised on any member.
     pub fn alarmed(&self, alarm: AlarmType) -> bool {
         self.read_state()
-            .alarms
-            .iter()
-            .any(|a| a.alarm == alarm as i32)
+            .is_ok_and(|s| s.alarms.iter().any(|a| a.alarm == alarm as i32))
     }
 
-    /// Whether a meta record belongs in a backup: the revision counters do; the raft
-    /// position, configuration and membership belong to the cluster it came from.
-    pub fn is_portable_meta(key: &[u8]) -> bool {
-        key == META_CURRENT_REV || key == META_COMPACT_REV
-    }
-
-    /// etcd's HashKV: a digest of the key history at revisions up to `rev` (0: the
-    /// current one) that compaction kept, with the compacted and current revisions. Every
-    /// member that applied the same log gets the same digest.
-    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), Error> {
-        let (snap, compact_rev, current_rev) = {
-            let s = self.read_state();
-            (self.db.snapshot(), s.compact_rev, s.current_rev)
-        };
-        // As etcd: the compacted revision itself can no longer be hashed.
-        if rev > 0 && rev <= compact_rev {
-            return Err(Error::Compacted);
-        }
-        if rev > current_rev {
-            return Err(Error::FutureRev);
-        }
-        let rev = if rev <= 0 { current_rev } else { rev };
-        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
-        let end = Revision::new(rev.saturating_add(1), 0).to_key(false);
-        for item in snap.range(&self.kv, ..end) {
-            let (k, v) = item.into_inner()?;
-            sha.update(&(k.len() as u32).to_be_bytes());
-            sha.update(&k);
-            sha.update(&(v.len() as u32).to_be_bytes());
-            sha.update(&v);
-        }
-        Ok((leading_u32(sha.finish().as_ref()), compact_rev, current_rev))
-    }
-
-    /// etcd's Hash: a digest of everything a backup holds (key history, leases, revision
-    /// counters), with the current revision.
-    pub fn hash(&self) -> Result<(u32, i64), Error> {
-        // The revision is read from the same copy as everything hashed.
-        let mut current_rev = 0;
-        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
-        self.dump(|space, k, v| {
-            if space == Space::Meta && k == META_CURRENT_REV {
-                let b: [u8; 8] = v
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("current revision".into()))?;
-                current_rev = i64::from_be_bytes(b);
-            }
-            if space != Space::Meta || Store::is_portable_meta(k) {
-                sha.update(&[space as u8]);
-                sha.update(&(k.len() as u32).to_be_bytes());
-                sha.update(k);
-                sha.update(&(v.len() as u32).to_be_bytes());
-                sha.update(v);
-            }
-            Ok(())
-        })?;
-        Ok((leading_u32(sha.finish().as_ref()), current_rev))
-    }
-
-    /// Rewrites every keyspace of the database (the store's and the raft log's) without
-    /// what compaction and log truncation deleted, so their space is returned to the file
-    /// system (etcd's defragmentation); flushes memtables first so old journals can go.
-    pub fn defragment(&self) -> Result<(), Error> {
-        let before = self.db_size();
-        for name in self.db.list_keyspace_names() {
-            let ks = self.db.keyspace(&name, keyspace_options)?;
-            ks.rotate_memtable_and_wait()?;
-            ks.major_compact()?;
-        }
-        self.db.persist(PersistMode::SyncAll)?;
-        tracing::info!(before, after = self.db_size(), "defragmented");
-        Ok(())
-    }
-
-    /// Committed changes with revisions in `from..=to`, in revision order, as (revision,
-    /// tombstone, record). Stops early at a revision boundary once `limit` records are read;
-    /// the second value is the last revision fully read. Compaction may have removed records
-    /// below the compacted revision; callers check it.
-    pub fn history(
-        &self,
-        from: i64,
-        to: i64,
-        limit: usize,
-    ) -> Result<(Vec<HistoryRecord>, i64), Error> {
-        let mut out: Vec<HistoryRecord> = Vec::new();
-        let start = Revision::new(from.max(0), 0).to_key(false);
-        let end = Revision::new(to.saturating_add(1), 0).to_key(false);
-        for item in self.kv.range(start..end) {
-            let (k, v) = item.into_inner()?;
-            let (rev, tombstone) =
-                Revision::from_key(&k).ok_or_else(|| Error::Corrupt("revision key".into()))?;
-            if out.len() >= limit && out.last().is_some_and(|(r, _, _)| *r != rev.main) {
-                let last = out.last().map_or(from - 1, |(r, _, _)| *r);
-                return Ok((out, last));
-            }
-            let mut kv = KeyValue::decode(v.as_ref())?;
-            if tombstone {
-                kv.mod_revision = rev.main;
-            }
-            out.push((rev.main, tombstone, kv));
-        }
-        Ok((out, to))
+    /// A consistent view of the history for the watch sync thread: the compaction point and
+    /// the current revision with a snapshot taken together, so a compaction that commits
+    /// while a watcher catches up cannot remove records from under it unnoticed.
+    pub fn history_view(&self) -> Result<HistoryView<'_>, Error> {
+        let st = self.read_state()?;
+        Ok(HistoryView {
+            store: self,
+            compact_rev: st.compact_rev,
+            current_rev: st.current_rev,
+            snapshot: self.db.snapshot(),
+        })
     }
 
     /// Starts applying a batch of raft entries; only the apply loop calls this.
-    pub fn write_batch(&self) -> WriteBatch<'_> {
-        WriteBatch {
-            store: self,
-            state: self.state.write().unwrap_or_else(|p| p.into_inner()),
-            batch: self.db.batch(),
-            pending: HashMap::new(),
-        }
+    pub fn write_batch(&self) -> Result<WriteBatch<'_>, Error> {
+        Ok(WriteBatch::new(self, self.write_state()?))
     }
 
     /// Waits (up to `limit`) until the engine has no flush or compaction running, so its
@@ -566,374 +448,209 @@ impl Store {
         Ok(self.db.persist(PersistMode::SyncAll)?)
     }
 
-    fn load(
+    /// The record at `rev`: from `pending` (written in this batch, not yet in fjall), else
+    /// from `from` (a snapshot, or the live keyspace for the apply loop).
+    pub(super) fn load(
         &self,
+        from: Option<&Snapshot>,
         rev: Revision,
         pending: Option<&HashMap<Revision, KeyValue>>,
     ) -> Result<KeyValue, Error> {
         if let Some(kv) = pending.and_then(|p| p.get(&rev)) {
             return Ok(kv.clone());
         }
-        let bytes = self
-            .kv
-            .get(rev.to_key(false))?
+        let key = rev.to_key(false);
+        let bytes = match from {
+            Some(snap) => snap.get(&self.kv, &key)?,
+            None => self.kv.get(&key)?,
+        };
+        let bytes = bytes
             .ok_or_else(|| Error::Corrupt(format!("revision {}/{} missing", rev.main, rev.sub)))?;
         Ok(KeyValue::decode(bytes.as_ref())?)
     }
 }
 
-fn range_at(
-    store: &Store,
-    state: &State,
-    pending: Option<&HashMap<Revision, KeyValue>>,
-    key: &[u8],
-    end: &[u8],
-    cur_rev: i64,
-    opts: RangeOptions,
-) -> Result<RangeResult, Error> {
+/// Checks a read revision against the current and the compacted one; returns the revision
+/// to read at.
+pub(super) fn read_rev(opts: &RangeOptions, cur_rev: i64, compact_rev: i64) -> Result<i64, Error> {
     if opts.rev > cur_rev {
         return Err(Error::FutureRev);
     }
     let rev = if opts.rev <= 0 { cur_rev } else { opts.rev };
-    if rev < state.compact_rev {
+    if rev < compact_rev {
         return Err(Error::Compacted);
     }
-    let mut matching = state.index.range(key, end, rev);
-    if opts.count_only {
-        return Ok(RangeResult {
-            kvs: vec![],
-            count: matching.count() as i64,
-            rev: cur_rev,
-        });
-    }
-    let limit = if opts.limit > 0 {
-        opts.limit as usize
-    } else {
-        usize::MAX
-    };
-    let mut kvs = Vec::new();
-    let mut count = 0i64;
-    for (_, at) in matching.by_ref() {
-        count += 1;
-        if kvs.len() < limit {
-            kvs.push(store.load(at.modified, pending)?);
-        }
-    }
-    Ok(RangeResult {
-        kvs,
-        count,
-        rev: cur_rev,
-    })
+    Ok(rev)
 }
 
-/// A read-only view; holds the shared lock until dropped.
+/// A read-only view at one revision. It holds no lock: each range walks the index under
+/// the shared lock (chunk by chunk) and reads the values from the snapshot taken with the
+/// revision, which compaction cannot change.
 pub struct ReadTxn<'a> {
     store: &'a Store,
-    state: RwLockReadGuard<'a, State>,
+    rev: i64,
+    snapshot: Snapshot,
 }
 
 impl ReadTxn<'_> {
+    /// The compaction point now.
     pub fn compact_rev(&self) -> i64 {
-        self.state.compact_rev
+        self.store.compact_rev()
+    }
+
+    /// The revisions of the keys alive at `rev` in the range, in key order, with their
+    /// count; stops collecting (but not counting) at `limit`.
+    fn walk(
+        &self,
+        key: &[u8],
+        end: &[u8],
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+    ) -> Result<(Vec<Revision>, i64), Error> {
+        let mut revs = Vec::new();
+        let mut count = 0i64;
+        let mut from: Option<Vec<u8>> = None;
+        loop {
+            let st = self.store.read_state()?;
+            // Compaction at or below `rev` keeps everything reachable at `rev`; one past it
+            // (it committed after this view was taken) may have removed what we read.
+            if st.compact_rev > rev {
+                return Err(Error::Compacted);
+            }
+            let start = from.as_deref().unwrap_or(key);
+            // The last key walked, when the chunk ended before the range did.
+            let mut last = None;
+            for (walked, (k, at)) in st
+                .index
+                .range_after(start, from.is_some(), end, rev)
+                .enumerate()
+            {
+                count += 1;
+                if !count_only && revs.len() < limit {
+                    revs.push(at.modified);
+                }
+                if walked + 1 == WALK_CHUNK {
+                    last = Some(k.to_vec());
+                    break;
+                }
+            }
+            drop(st);
+            match last {
+                // The walk goes on after the last key it took.
+                Some(k) => from = Some(k),
+                None => return Ok((revs, count)),
+            }
+        }
     }
 }
 
 impl ReadView for ReadTxn<'_> {
     fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult, Error> {
-        range_at(
-            self.store,
-            &self.state,
-            None,
-            key,
-            end,
-            self.state.current_rev,
-            opts,
-        )
+        let rev = read_rev(&opts, self.rev, self.store.compact_rev())?;
+        let limit = if opts.limit > 0 {
+            opts.limit as usize
+        } else {
+            usize::MAX
+        };
+        let (revs, count) = self.walk(key, end, rev, limit, opts.count_only)?;
+        let mut kvs = Vec::with_capacity(revs.len());
+        for r in revs {
+            kvs.push(self.store.load(Some(&self.snapshot), r, None)?);
+        }
+        Ok(RangeResult {
+            kvs,
+            count,
+            rev: self.rev,
+        })
     }
 
     fn rev(&self) -> i64 {
-        self.state.current_rev
+        self.rev
     }
 }
 
-/// The changes of one batch of raft entries, committed atomically with the applied index.
-pub struct WriteBatch<'a> {
+/// See [`Store::history_view`].
+pub struct HistoryView<'a> {
     store: &'a Store,
-    state: RwLockWriteGuard<'a, State>,
-    batch: OwnedWriteBatch,
-    /// Values written in this batch, not yet readable from fjall.
-    pending: HashMap<Revision, KeyValue>,
+    pub compact_rev: i64,
+    pub current_rev: i64,
+    snapshot: Snapshot,
 }
 
-impl<'a> WriteBatch<'a> {
-    /// Begins the changes of one write request (one revision at most).
-    pub fn txn(&mut self) -> WriteTxn<'_, 'a> {
-        let begin_rev = self.state.current_rev;
-        WriteTxn {
-            wb: self,
-            begin_rev,
-            changes: Vec::new(),
-            staged: Vec::new(),
-            lease_moves: Vec::new(),
-        }
-    }
-
-    pub fn current_rev(&self) -> i64 {
-        self.state.current_rev
-    }
-
-    pub fn compact_rev(&self) -> i64 {
-        self.state.compact_rev
-    }
-
-    pub fn lessor(&self) -> &Lessor {
-        &self.store.lessor
-    }
-
-    fn flush(&mut self) -> Result<(), Error> {
-        let batch = std::mem::replace(&mut self.batch, self.store.db.batch());
-        batch.commit()?;
-        self.pending.clear();
-        Ok(())
-    }
-
-    /// Compacts history at `rev`: reads below it fail from now on, and the records no read at
-    /// or above it can reach are deleted. The caller has checked `rev` is in range.
-    pub fn compact(&mut self, rev: i64) -> Result<(), Error> {
-        // Earlier puts of this batch must be in fjall before deletions of the same keys are
-        // staged, so a record is never inserted and removed in one batch.
-        self.flush()?;
-        let removed = self.state.index.compact(rev);
-        for (r, tombstone) in &removed {
-            let key = r.to_key(*tombstone);
-            // Only the quota's accounting depends on it: a failed read must not stop apply.
-            if let Ok(Some(len)) = self.store.kv.size_of(&key) {
-                let freed = (key.len() + len as usize) as u64;
-                self.state.size_in_use = self.state.size_in_use.saturating_sub(freed);
+impl HistoryView<'_> {
+    /// Committed changes with revisions in `from..=to`, in revision order, as (revision,
+    /// tombstone, record). Stops early at a revision boundary once `limit` records are read;
+    /// the second value is the last revision fully read. Below the compaction point records
+    /// may be gone; callers check `compact_rev` first.
+    pub fn history(
+        &self,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<(Vec<HistoryRecord>, i64), Error> {
+        let mut out: Vec<HistoryRecord> = Vec::new();
+        let start = Revision::new(from.max(0), 0).to_key(false);
+        let end = Revision::new(to.saturating_add(1), 0).to_key(false);
+        for item in self.snapshot.range(&self.store.kv, start..end) {
+            let (k, v) = item.into_inner()?;
+            let (rev, tombstone) =
+                Revision::from_key(&k).ok_or_else(|| Error::Corrupt("revision key".into()))?;
+            if out.len() >= limit && out.last().is_some_and(|(r, _, _)| *r != rev.main) {
+                let last = out.last().map_or(from - 1, |(r, _, _)| *r);
+                return Ok((out, last));
             }
-            self.batch.remove(&self.store.kv, key);
-        }
-        self.state.compact_rev = rev;
-        self.batch.insert(
-            &self.store.meta,
-            META_COMPACT_REV,
-            rev.to_be_bytes().to_vec(),
-        );
-        tracing::info!(rev, removed = removed.len(), "compacted");
-        Ok(())
-    }
-
-    /// Grants a lease; returns its effective TTL.
-    pub fn grant_lease(&mut self, id: i64, ttl: i64) -> Result<i64, Error> {
-        let ttl = self.store.lessor.grant(id, ttl)?;
-        self.state.size_in_use += 16;
-        self.batch.insert(
-            &self.store.leases,
-            id.to_be_bytes().to_vec(),
-            ttl.to_be_bytes().to_vec(),
-        );
-        Ok(ttl)
-    }
-
-    /// Revokes a lease: its keys are deleted at one revision, in key order (so every member
-    /// produces the same events). Returns the deletions.
-    pub fn revoke_lease(&mut self, id: i64) -> Result<Vec<KeyValue>, Error> {
-        let keys = self.store.lessor.keys(id).ok_or(Error::LeaseNotFound)?;
-        let mut txn = self.txn();
-        for k in &keys {
-            txn.delete_range(k, &[]);
-        }
-        let changes = txn.end();
-        self.store.lessor.revoke(id)?;
-        self.state.size_in_use = self.state.size_in_use.saturating_sub(16);
-        self.batch
-            .remove(&self.store.leases, id.to_be_bytes().to_vec());
-        Ok(changes)
-    }
-
-    /// Whether an alarm of this type is raised on any member.
-    pub fn alarmed(&self, alarm: AlarmType) -> bool {
-        self.state.alarms.iter().any(|a| a.alarm == alarm as i32)
-    }
-
-    /// Raises (`on`) or clears an alarm; returns it if that changed anything.
-    pub fn set_alarm(&mut self, alarm: AlarmMember, on: bool) -> Option<AlarmMember> {
-        let alarms = &mut self.state.alarms;
-        let present = alarms.iter().position(|a| *a == alarm);
-        match (present, on) {
-            (None, true) => alarms.push(alarm),
-            (Some(i), false) => {
-                alarms.remove(i);
+            let mut kv = KeyValue::decode(v.as_ref())?;
+            if tombstone {
+                kv.mod_revision = rev.main;
             }
-            _ => return None,
+            out.push((rev.main, tombstone, kv));
         }
-        let encoded = AlarmResponse {
-            header: None,
-            alarms: alarms.clone(),
-        }
-        .encode_to_vec();
-        self.batch.insert(&self.store.meta, META_ALARMS, encoded);
-        Some(alarm)
-    }
-
-    /// Records a raft configuration change (encoded eraftpb.ConfState) and the membership
-    /// after it.
-    pub fn set_membership(&mut self, conf_state: Option<Vec<u8>>, members: &ClusterState) {
-        if let Some(cs) = conf_state {
-            self.batch.insert(&self.store.meta, META_CONF_STATE, cs);
-        }
-        self.batch
-            .insert(&self.store.meta, META_MEMBERS, members.encode_to_vec());
-    }
-
-    /// Writes the batch and the applied index together; readers see it once this returns.
-    pub fn commit(mut self, applied_index: u64, applied_term: u64) -> Result<(), Error> {
-        let meta = &self.store.meta;
-        let cur = self.state.current_rev;
-        self.batch
-            .insert(meta, META_CURRENT_REV, cur.to_be_bytes().to_vec());
-        self.batch.insert(
-            meta,
-            META_APPLIED,
-            (applied_index as i64).to_be_bytes().to_vec(),
-        );
-        self.batch.insert(
-            meta,
-            META_APPLIED_TERM,
-            (applied_term as i64).to_be_bytes().to_vec(),
-        );
-        self.state.applied_index = applied_index;
-        self.state.applied_term = applied_term;
-        self.flush()
+        Ok((out, to))
     }
 }
 
-/// The changes of one write request: every change gets the revision `begin_rev + 1` with
-/// increasing sub revisions; reads see the changes made so far. It either ends (the changes
-/// join the batch) or aborts (the index is restored and nothing is written).
-pub struct WriteTxn<'b, 'a> {
-    wb: &'b mut WriteBatch<'a>,
-    begin_rev: i64,
-    changes: Vec<KeyValue>,
-    /// Storage records of the changes, written to the batch only when the request ends.
-    staged: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Lease attachments the changes make (key, new lease), applied when the request ends.
-    lease_moves: Vec<(Vec<u8>, i64)>,
+/// A store of its own in `dir`, for unit tests.
+#[cfg(test)]
+pub(crate) fn open_for_test(dir: &Path) -> Arc<Store> {
+    let db = Store::open_database(dir).expect("database");
+    Store::open(&db, dir, Arc::new(Lessor::new(1))).expect("store")
 }
 
-impl WriteTxn<'_, '_> {
-    fn next_rev(&self) -> Revision {
-        Revision::new(self.begin_rev + 1, self.changes.len() as i64)
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// Writes `key`; returns the revision of the write.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> i64 {
-        let rev = self.next_rev();
-        let (create_revision, version) = match self.wb.state.index.get(key, rev.main) {
-            Some(at) => (at.created.main, at.version + 1),
-            None => (rev.main, 1),
-        };
-        let kv = KeyValue {
-            key: key.to_vec(),
-            create_revision,
-            mod_revision: rev.main,
-            version,
-            value,
-            lease,
-        };
-        self.staged.push((rev.to_key(false), kv.encode_to_vec()));
-        self.lease_moves.push((key.to_vec(), lease));
-        self.wb.state.index.put(key, rev);
-        self.wb.pending.insert(rev, kv.clone());
-        self.changes.push(kv);
-        rev.main
-    }
-
-    /// Deletes every key alive in the range; returns how many and the revision.
-    pub fn delete_range(&mut self, key: &[u8], end: &[u8]) -> (i64, i64) {
-        let at = self.rev();
-        let keys: Vec<Vec<u8>> = self
-            .wb
-            .state
-            .index
-            .range(key, end, at)
-            .map(|(k, _)| k.to_vec())
-            .collect();
-        for k in &keys {
-            let rev = self.next_rev();
-            let tomb = KeyValue {
-                key: k.clone(),
-                mod_revision: rev.main,
+    #[test]
+    fn a_range_walked_in_chunks_sees_every_key_once_and_counts_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = open_for_test(dir.path());
+        let mut wb = store.write_batch().expect("batch");
+        for k in 0..100 {
+            let mut t = wb.txn();
+            t.put(format!("k{k:03}").as_bytes(), vec![k as u8], 0);
+            t.end();
+        }
+        wb.commit(2, 1).expect("commit");
+        let read = |key: &[u8], end: &[u8], limit| {
+            let opts = RangeOptions {
+                limit,
                 ..Default::default()
             };
-            self.staged.push((rev.to_key(true), tomb.encode_to_vec()));
-            self.lease_moves.push((k.clone(), 0));
-            self.wb.state.index.tombstone(k, rev);
-            self.changes.push(tomb);
-        }
-        if keys.is_empty() && self.changes.is_empty() {
-            (0, self.begin_rev)
-        } else {
-            (keys.len() as i64, self.begin_rev + 1)
-        }
-    }
-
-    pub fn compact_rev(&self) -> i64 {
-        self.wb.state.compact_rev
-    }
-
-    pub fn lessor(&self) -> &Lessor {
-        &self.wb.store.lessor
-    }
-
-    /// Ends the request: the store moves to the new revision if anything changed. Returns
-    /// the changes in order (tombstones carry only key and mod revision).
-    pub fn end(self) -> Vec<KeyValue> {
-        if !self.changes.is_empty() {
-            self.wb.state.current_rev = self.begin_rev + 1;
-        }
-        for (k, v) in self.staged {
-            self.wb.state.size_in_use += (k.len() + v.len()) as u64;
-            self.wb.batch.insert(&self.wb.store.kv, k, v);
-        }
-        for (k, lease) in self.lease_moves {
-            self.wb.store.lessor.move_key(&k, lease);
-        }
-        self.changes
-    }
-
-    /// Undoes every change of this request: the index and the store are as before it.
-    pub fn abort(self) {
-        for (sub, kv) in self.changes.iter().enumerate().rev() {
-            let rev = Revision::new(self.begin_rev + 1, sub as i64);
-            if self.wb.pending.remove(&rev).is_some() {
-                self.wb.state.index.undo_put(&kv.key);
-            } else {
-                self.wb.state.index.undo_tombstone(&kv.key);
-            }
-        }
-    }
-}
-
-impl ReadView for WriteTxn<'_, '_> {
-    fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult, Error> {
-        let wb = &*self.wb;
-        range_at(
-            wb.store,
-            &wb.state,
-            Some(&wb.pending),
-            key,
-            end,
-            self.rev(),
-            opts,
-        )
-    }
-
-    fn rev(&self) -> i64 {
-        if self.changes.is_empty() {
-            self.begin_rev
-        } else {
-            self.begin_rev + 1
-        }
+            store
+                .read()
+                .expect("view")
+                .range(key, end, opts)
+                .expect("range")
+        };
+        let all = read(b"k", b"\0", 0);
+        assert_eq!(all.count, 100);
+        let keys: Vec<Vec<u8>> = all.kvs.iter().map(|kv| kv.key.clone()).collect();
+        let expected: Vec<Vec<u8>> = (0..100).map(|k| format!("k{k:03}").into_bytes()).collect();
+        assert_eq!(keys, expected);
+        let some = read(b"k010", b"k030", 15);
+        assert_eq!((some.count, some.kvs.len()), (20, 15));
+        assert_eq!(some.kvs[14].key, b"k024".to_vec());
+        assert_eq!(read(b"k007", b"", 0).count, 1);
     }
 }

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use super::key_range::KeyRange;
+
 use super::key_index::{KeyAt, KeyIndex};
 use super::revision::Revision;
 
@@ -12,20 +14,6 @@ use super::revision::Revision;
 pub struct TreeIndex {
     // Boxed slices: a key needs no spare capacity, and the map holds a million of them.
     keys: BTreeMap<Box<[u8]>, KeyIndex>,
-}
-
-type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
-
-/// The keys a request names: `end` empty means the single key, `[0]` every key from `key`
-/// on, anything else the half-open range `[key, end)`.
-fn bounds<'a>(key: &'a [u8], end: &'a [u8]) -> Option<KeyBounds<'a>> {
-    match end {
-        [] => Some((Bound::Included(key), Bound::Included(key))),
-        [0] => Some((Bound::Included(key), Bound::Unbounded)),
-        _ if end > key => Some((Bound::Included(key), Bound::Excluded(end))),
-        // An empty or inverted range selects nothing (and BTreeMap::range would panic on it).
-        _ => None,
-    }
 }
 
 impl TreeIndex {
@@ -72,20 +60,82 @@ impl TreeIndex {
         end: &'a [u8],
         at: i64,
     ) -> impl Iterator<Item = (&'a [u8], KeyAt)> + 'a {
-        let iter = bounds(key, end).map(|b| self.keys.range::<[u8], _>(b));
-        iter.into_iter()
+        self.range_after(key, false, end, at)
+    }
+
+    /// [`TreeIndex::range`] from `start` on (`start` itself left out if `exclusive`), for a
+    /// walk that resumes where it stopped.
+    pub fn range_after<'a>(
+        &'a self,
+        start: &'a [u8],
+        exclusive: bool,
+        end: &'a [u8],
+        at: i64,
+    ) -> impl Iterator<Item = (&'a [u8], KeyAt)> + 'a {
+        let bounds = KeyRange::new(start, end).bounds().map(|(lo, hi)| {
+            let lo = match lo {
+                Bound::Included(k) if exclusive => Bound::Excluded(k),
+                lo => lo,
+            };
+            (lo, hi)
+        });
+        let bounds = bounds.filter(|(lo, hi)| match (lo, hi) {
+            // A resumed walk of a single key has nothing after it.
+            (Bound::Excluded(a), Bound::Included(b)) => a < b,
+            _ => true,
+        });
+        bounds
+            .map(|b| self.keys.range::<[u8], _>(b))
+            .into_iter()
             .flatten()
             .filter_map(move |(k, ki)| ki.get(at).map(|a| (&**k, a)))
     }
 
     /// Compacts every key at `at`; returns the revisions storage must delete.
+    #[cfg(test)]
     pub fn compact(&mut self, at: i64) -> Vec<(Revision, bool)> {
         let mut removed = Vec::new();
-        self.keys.retain(|_, ki| {
-            ki.compact(at, &mut removed);
-            !ki.is_empty()
-        });
-        removed
+        let mut from = None;
+        loop {
+            let next = self.compact_chunk(from.as_deref(), usize::MAX, at, &mut removed);
+            match next {
+                Some(k) => from = Some(k),
+                None => return removed,
+            }
+        }
+    }
+
+    /// Compacts at `at` up to `max` keys from `from` on (the first key when `None`),
+    /// pushing the revisions storage must delete to `removed`; returns the key to go on
+    /// from, or `None` when the walk is done.
+    pub fn compact_chunk(
+        &mut self,
+        from: Option<&[u8]>,
+        max: usize,
+        at: i64,
+        removed: &mut Vec<(Revision, bool)>,
+    ) -> Option<Box<[u8]>> {
+        let lo = from.map_or(Bound::Unbounded, Bound::Included);
+        let mut emptied = Vec::new();
+        let mut next = None;
+        for (n, (k, ki)) in self
+            .keys
+            .range_mut::<[u8], _>((lo, Bound::Unbounded))
+            .enumerate()
+        {
+            if n == max {
+                next = Some(k.clone());
+                break;
+            }
+            ki.compact(at, removed);
+            if ki.is_empty() {
+                emptied.push(k.clone());
+            }
+        }
+        for k in emptied {
+            self.keys.remove(&k);
+        }
+        next
     }
 
     pub fn len(&self) -> usize {

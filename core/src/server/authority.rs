@@ -24,6 +24,11 @@ const TYPE_HEADERS: u8 = 0x1;
 const FLAG_END_HEADERS: u8 = 0x4;
 const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;
+/// The largest frame payload the HTTP/2 server accepts (it advertises HTTP/2's default).
+/// A HEADERS frame declaring more is passed through unread, so hyper refuses it with
+/// FRAME_SIZE_ERROR at once instead of this layer buffering up to the 16 MiB a 24-bit
+/// length allows.
+const MAX_FRAME_PAYLOAD: usize = 16 * 1024;
 /// HPACK static table index of `:authority`.
 const AUTHORITY_INDEX: usize = 1;
 
@@ -92,7 +97,7 @@ impl<S> AuthorityFix<S> {
             }
             let len =
                 u32::from_be_bytes([0, self.pending[0], self.pending[1], self.pending[2]]) as usize;
-            if self.pending[3] != TYPE_HEADERS {
+            if self.pending[3] != TYPE_HEADERS || len > MAX_FRAME_PAYLOAD {
                 self.out.extend(self.pending.drain(..FRAME_HEADER));
                 self.passthrough_left = len;
                 continue;
@@ -377,6 +382,27 @@ mod tests {
             &bytes[..bytes.len() - block.len()]
         );
         assert!(out.ends_with(b"http---h:1"));
+    }
+
+    #[test]
+    fn an_oversized_headers_frame_is_passed_on_without_being_buffered() {
+        let mut conn = AuthorityFix::new(());
+        let mut bytes = PREFACE.to_vec();
+        // A HEADERS frame declaring 16 MiB - 1 of payload, of which 64 KiB arrive.
+        bytes.extend([0xff, 0xff, 0xff, TYPE_HEADERS, FLAG_END_HEADERS, 0, 0, 0, 1]);
+        conn.pending = bytes.clone();
+        conn.process();
+        for _ in 0..4 {
+            conn.pending.extend_from_slice(&[0u8; 16 * 1024]);
+            conn.process();
+            assert!(
+                conn.pending.is_empty(),
+                "{} bytes held back",
+                conn.pending.len()
+            );
+        }
+        assert_eq!(conn.out.len(), bytes.len() + 64 * 1024);
+        assert_eq!(&conn.out[..bytes.len()], &bytes[..]);
     }
 
     #[test]

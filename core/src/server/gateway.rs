@@ -39,7 +39,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use super::maintenance::ETCD_API_VERSION;
+use super::maintenance::{ETCD_API_VERSION, ETCD_CLUSTER_VERSION};
 use crate::node::Node;
 
 /// How long `/health` waits for a linearizable read.
@@ -381,7 +381,7 @@ async fn version() -> Response {
         StatusCode::OK,
         &Version {
             etcdserver: ETCD_API_VERSION,
-            etcdcluster: "3.4.0",
+            etcdcluster: ETCD_CLUSTER_VERSION,
         },
     )
 }

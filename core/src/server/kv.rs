@@ -44,7 +44,16 @@ impl Kv for KvService {
         if !r.serializable {
             self.node.wait_linearizable().await?;
         }
-        let mut resp = kv::range(&self.node.store.read(), &r)?;
+        let mut resp = if is_small(&r) {
+            kv::range(&self.node.store.read()?, &r)?
+        } else {
+            // A range over many keys reads their values for a while: off the async workers
+            // (on a 2-core machine there is one), so other requests and headers go on.
+            let store = self.node.store.clone();
+            tokio::task::spawn_blocking(move || kv::range(&store.read()?, &r))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??
+        };
         self.node.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -79,9 +88,19 @@ impl Kv for KvService {
             if !is_serializable(&t) {
                 self.node.wait_linearizable().await?;
             }
-            let view = self.node.store.read();
-            let mut resp = kv::txn_read_only(&view, &t, view.compact_rev())?;
-            drop(view);
+            let store = self.node.store.clone();
+            let small = all_small(&t);
+            let read = move || {
+                let view = store.read()?;
+                kv::txn_read_only(&view, &t, view.compact_rev())
+            };
+            let mut resp = if small {
+                read()?
+            } else {
+                tokio::task::spawn_blocking(read)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))??
+            };
             self.node.fill_header(&mut resp.header);
             return Ok(Response::new(resp));
         }
@@ -96,18 +115,50 @@ impl Kv for KvService {
         req: GrpcRequest<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let c = req.into_inner();
-        // Compaction runs inside the apply loop, so `physical` (wait until the records are
-        // gone) holds for every compaction.
-        match self.node.propose_and_wait(Internal::Compaction(c)).await? {
-            Applied::Compaction(rev) => Ok(Response::new(CompactionResponse {
-                header: Some(self.node.header(rev)),
-            })),
+        let physical = c.physical;
+        let rev = match self.node.propose_and_wait(Internal::Compaction(c)).await? {
+            Applied::Compaction(rev) => rev,
             // Each request kind is answered with its own response kind by the apply loop.
-            other => Err(Status::internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            other => {
+                return Err(Status::internal(format!(
+                    "unexpected apply result {other:?}"
+                )))
+            }
+        };
+        if physical {
+            // As etcd: answer once the compacted history is gone from storage.
+            self.node.wait_compacted(c.revision).await?;
         }
+        Ok(Response::new(CompactionResponse {
+            header: Some(self.node.header(rev)),
+        }))
     }
+}
+
+/// Most keys a range may read on the async worker itself.
+const INLINE_RANGE: i64 = 1_000;
+
+/// Whether a range reads few enough keys to serve inline: one key, or a small limit in key
+/// order without filters.
+fn is_small(r: &RangeRequest) -> bool {
+    let plain = r.sort_order == 0
+        && r.min_mod_revision == 0
+        && r.max_mod_revision == 0
+        && r.min_create_revision == 0
+        && r.max_create_revision == 0;
+    r.range_end.is_empty() || (plain && r.limit > 0 && r.limit <= INLINE_RANGE)
+}
+
+/// Whether every range of a read-only txn (nested ones too) is small.
+fn all_small(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(r)) => is_small(r),
+            Some(Request::RequestTxn(t)) => all_small(t),
+            _ => true,
+        })
 }
 
 /// Bytes a put adds for the storage quota: key, value and etcd's per-record overhead.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use cairn_api::cairnpb::internal_request::Request as Internal;
 use cairn_api::cairnpb::peer_client::PeerClient;
+use cairn_api::cairnpb::LeaseExpiry;
 use cairn_api::etcdserverpb::{
     lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
     LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
@@ -50,7 +51,7 @@ pub(super) async fn renew_local(node: &Node, id: i64) -> Result<i64, Error> {
 
 /// The leader's Peer service, to which followers forward lease calls: only the leader
 /// tracks deadlines.
-fn leader_peer(node: &Node) -> Result<PeerClient<Channel>, Error> {
+pub(super) fn leader_peer(node: &Node) -> Result<PeerClient<Channel>, Error> {
     match node.raft_status.leader() {
         0 => Err(Error::NoLeader),
         leader => node.transport.client(leader).ok_or(Error::NoLeader),
@@ -103,6 +104,8 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, 
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
+    type LeaseKeepAliveStream = KeepAliveStream;
+
     async fn lease_grant(
         &self,
         req: Request<LeaseGrantRequest>,
@@ -203,19 +206,26 @@ impl Lease for LeaseService {
 
 /// How often the leader looks for expired leases.
 const EXPIRY_CHECK: Duration = Duration::from_millis(250);
+/// Leases revoked per raft entry.
+const EXPIRY_BATCH: usize = 1_000;
+/// Expiry entries in flight at once: bounds what a storm of expiries queues, while keeping
+/// the log busy enough that a million leases go within a second or two.
+const EXPIRY_IN_FLIGHT: usize = 4;
 
-/// Runs on every member: while this member leads (its lessor is primary), it proposes a
-/// revoke for each expired lease, and again after `2 × election_timeout` if that revoke has
-/// not been applied by then.
+/// Runs on every member: while this member leads (its lessor is primary), it proposes
+/// revoking expired leases, many per entry and a few entries at a time, and again after
+/// `2 × election_timeout` for any such revoke not applied by then.
 pub async fn expiry_loop(
     node: Arc<Node>,
     election_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(EXPIRY_CHECK);
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             _ = super::stopped(&mut shutdown) => return,
         }
         // The raft loop promotes the lessor when this member becomes leader.
@@ -223,20 +233,19 @@ pub async fn expiry_loop(
         if !lessor.is_primary() {
             continue;
         }
-        for id in lessor.expired(Instant::now(), election_timeout * 2) {
+        while in_flight.len() < EXPIRY_IN_FLIGHT {
+            let ids = lessor.expired(Instant::now(), election_timeout * 2, EXPIRY_BATCH);
+            if ids.is_empty() {
+                break;
+            }
             let node = node.clone();
-            tokio::spawn(async move {
-                match node
-                    .propose_and_wait(Internal::LeaseRevoke(LeaseRevokeRequest { id }))
-                    .await
-                {
-                    Ok(_) => {
-                        crate::metrics::METRICS.leases_expired.inc();
-                        tracing::debug!(lease = id, "expired lease revoked")
-                    }
-                    Err(Error::LeaseNotFound) => {}
+            in_flight.spawn(async move {
+                let n = ids.len();
+                let expiry = Internal::LeaseExpiry(LeaseExpiry { ids });
+                match node.propose_and_wait(expiry).await {
+                    Ok(_) => tracing::debug!(leases = n, "expired leases revoked"),
                     Err(e) => {
-                        tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; will retry")
+                        tracing::warn!(leases = n, error = %e, "revoking expired leases failed; will retry")
                     }
                 }
             });

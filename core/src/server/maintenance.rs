@@ -1,28 +1,23 @@
-//! The Maintenance and Cluster services: member status, alarms and the member list.
+//! The Maintenance service: member status, alarms, hashes, defragmentation, leadership
+//! transfer and backups.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cairn_api::cairnpb::internal_request::Request as Internal;
 use cairn_api::etcdserverpb::{
-    alarm_request::AlarmAction, cluster_server::Cluster, maintenance_server::Maintenance,
-    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
-    HashKvRequest, HashKvResponse, HashRequest, HashResponse, Member, MemberAddRequest,
-    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
-    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
-    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse,
-    StatusRequest, StatusResponse,
+    alarm_request::AlarmAction, maintenance_server::Maintenance, AlarmMember, AlarmRequest,
+    AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse,
+    HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
 };
-use raft::eraftpb::ConfChangeType;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use crate::apply::Applied;
 use crate::error::Error;
-use crate::membership::member_id;
 use crate::node::Node;
 
 /// How long MoveLeader waits for the transferee to take over.
@@ -30,6 +25,8 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The etcd API version Cairn implements; clients gate features on it.
 pub const ETCD_API_VERSION: &str = "3.4.0";
+/// The cluster version reported beside it (`/version`): every member speaks the same one.
+pub const ETCD_CLUSTER_VERSION: &str = ETCD_API_VERSION;
 
 /// An alarm as etcd prints it (the text form of `AlarmMember`).
 fn alarm_text(a: &AlarmMember) -> String {
@@ -127,24 +124,32 @@ fn stream_backup(
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    type SnapshotStream = BoxStream<SnapshotResponse>;
+
     async fn status(
         &self,
         _req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let node = &self.node;
-        let db_size = node.store.db_size() as i64;
+        // Walking the data directory and the meta keyspace is file work: off the workers.
+        let store = node.store.clone();
+        let (db_size, in_use) = tokio::task::spawn_blocking(move || {
+            (store.db_size(), store.size_in_use() + store.meta_size())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         // As etcd: each raised alarm, in its text form.
         let errors = node.store.alarms().iter().map(alarm_text).collect();
         Ok(Response::new(StatusResponse {
             header: Some(node.header(0)),
             version: ETCD_API_VERSION.to_string(),
-            db_size,
+            db_size: db_size as i64,
             leader: node.raft_status.leader(),
             raft_index: node.raft_status.commit_index(),
             raft_term: node.raft_status.term(),
             raft_applied_index: node.applied_index(),
             errors,
-            db_size_in_use: (node.store.size_in_use() + node.store.meta_size()) as i64,
+            db_size_in_use: in_use as i64,
             is_learner: node
                 .membership
                 .member(node.membership.local_id)
@@ -270,126 +275,5 @@ impl Maintenance for MaintenanceService {
             }
             Err(_) => Err(Status::invalid_argument("etcdserver: unknown alarm action")),
         }
-    }
-}
-
-pub struct ClusterService {
-    node: Arc<Node>,
-}
-
-impl ClusterService {
-    pub fn new(node: Arc<Node>) -> Self {
-        ClusterService { node }
-    }
-}
-
-#[tonic::async_trait]
-impl Cluster for ClusterService {
-    async fn member_list(
-        &self,
-        _req: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
-        Ok(Response::new(MemberListResponse {
-            header: Some(self.node.header(0)),
-            members: self.node.membership.members(),
-        }))
-    }
-
-    async fn member_add(
-        &self,
-        req: Request<MemberAddRequest>,
-    ) -> Result<Response<MemberAddResponse>, Status> {
-        let r = req.into_inner();
-        let node = &self.node;
-        node.membership.check_add(&r.peer_ur_ls, r.is_learner)?;
-        // As etcd, the id mixes in the time, so a member re-added at the same URL is new.
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let salt = format!("{:x}", node.membership.cluster_id);
-        let member = Member {
-            id: member_id(&r.peer_ur_ls, &salt, Some(now)),
-            name: String::new(),
-            peer_ur_ls: r.peer_ur_ls,
-            client_ur_ls: vec![],
-            is_learner: r.is_learner,
-        };
-        let change = if r.is_learner {
-            ConfChangeType::AddLearnerNode
-        } else {
-            ConfChangeType::AddNode
-        };
-        let members = node
-            .propose_conf_change(change, member.id, Some(member.clone()))
-            .await?;
-        tracing::info!(member = format!("{:x}", member.id), urls = ?member.peer_ur_ls, learner = member.is_learner, "member added");
-        Ok(Response::new(MemberAddResponse {
-            header: Some(node.header(0)),
-            member: Some(member),
-            members,
-        }))
-    }
-
-    async fn member_remove(
-        &self,
-        req: Request<MemberRemoveRequest>,
-    ) -> Result<Response<MemberRemoveResponse>, Status> {
-        let id = req.into_inner().id;
-        let node = &self.node;
-        if node.membership.member(id).is_none() {
-            return Err(Error::MemberNotFound.into());
-        }
-        let members = node
-            .propose_conf_change(ConfChangeType::RemoveNode, id, None)
-            .await?;
-        tracing::info!(member = format!("{id:x}"), "member removed");
-        Ok(Response::new(MemberRemoveResponse {
-            header: Some(node.header(0)),
-            members,
-        }))
-    }
-
-    async fn member_update(
-        &self,
-        req: Request<MemberUpdateRequest>,
-    ) -> Result<Response<MemberUpdateResponse>, Status> {
-        let r = req.into_inner();
-        let node = &self.node;
-        node.membership.check_update(r.id, &r.peer_ur_ls)?;
-        let members = match node.propose_and_wait(Internal::MemberUpdate(r)).await? {
-            Applied::Members(m) => m,
-            _ => return Err(Error::Storage("apply answered with another kind".into()).into()),
-        };
-        Ok(Response::new(MemberUpdateResponse {
-            header: Some(node.header(0)),
-            members,
-        }))
-    }
-
-    async fn member_promote(
-        &self,
-        req: Request<MemberPromoteRequest>,
-    ) -> Result<Response<MemberPromoteResponse>, Status> {
-        let id = req.into_inner().id;
-        let node = &self.node;
-        match node.membership.member(id) {
-            None => return Err(Error::MemberNotFound.into()),
-            Some(m) if !m.is_learner => return Err(Error::MemberNotLearner.into()),
-            Some(_) => {}
-        }
-        // etcd's rule: a learner is ready once its log matches 90% of the leader's commit
-        // index. Only the leader knows; a follower proposes and lets raft promote.
-        if let Some((matched, committed)) = node.progress(id).await {
-            if (matched as f64) < committed as f64 * 0.9 {
-                return Err(Error::LearnerNotReady.into());
-            }
-        }
-        let members = node
-            .propose_conf_change(ConfChangeType::AddNode, id, None)
-            .await?;
-        Ok(Response::new(MemberPromoteResponse {
-            header: Some(node.header(0)),
-            members,
-        }))
     }
 }

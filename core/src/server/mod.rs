@@ -4,7 +4,9 @@
 //! peer URLs and the gRPC services on every client URL until [`Server::stop`].
 
 mod authority;
+mod cluster;
 mod compactor;
+mod election;
 mod gateway;
 mod grpc_metrics;
 mod kv;
@@ -35,7 +37,7 @@ use protobuf::Message as _;
 use raft::eraftpb::ConfState;
 use tokio::task::JoinHandle;
 
-use crate::apply::Applier;
+use crate::apply::{Applier, Halt};
 use crate::config::Config;
 use crate::error::Error;
 use crate::lease::Lessor;
@@ -56,6 +58,9 @@ pub use maintenance::ETCD_API_VERSION;
 /// gRPC framing and field overhead allowed on top of `--max-request-bytes`, as etcd does,
 /// so an oversized request reaches our own check and gets etcd's error text.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Batches of committed entries the raft thread may hand the apply loop ahead of it.
+const APPLY_QUEUE: usize = 1024;
 
 /// How long a stopping member waits for in-flight requests and streams to finish.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -97,7 +102,7 @@ pub struct Server {
     known: crate::integrity::Known,
     client_addrs: Vec<SocketAddr>,
     peer_addrs: Vec<SocketAddr>,
-    removed: tokio::sync::watch::Receiver<bool>,
+    halted: tokio::sync::watch::Receiver<Option<Halt>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     serving: Vec<JoinHandle<()>>,
     threads: Vec<thread::JoinHandle<()>>,
@@ -186,7 +191,7 @@ impl Server {
         // etcd's minimum lease TTL: 1.5 election timeouts, in whole seconds rounded up.
         let min_ttl = (cfg.election_timeout * 3 / 2).div_ceil(1000) as i64;
         let lessor = Arc::new(Lessor::new(min_ttl));
-        let store = Arc::new(Store::open(&db, &db_dir, lessor.clone())?);
+        let store = Store::open(&db, &db_dir, lessor.clone())?;
         let (local_id, cluster) = identify(&cfg, &db, &store, &tls.peer_dial).await?;
         let membership = Arc::new(Membership::new(local_id, cluster));
         let hub = WatchHub::start(store.clone()).map_err(StartError::Thread)?;
@@ -201,8 +206,10 @@ impl Server {
         let waiters = Arc::new(Waiters::default());
         let raft_status = Arc::new(RaftStatus::default());
         let (applied_tx, applied_rx) = tokio::sync::watch::channel(applied_index);
-        let (removed_tx, removed_rx) = tokio::sync::watch::channel(false);
-        let (apply_tx, apply_rx) = mpsc::channel();
+        let (halt_tx, halted) = tokio::sync::watch::channel(None);
+        // Bounded: a raft thread that outruns apply this far waits for it rather than queue
+        // without limit (the leader also refuses proposals past etcd's apply gap).
+        let (apply_tx, apply_rx) = mpsc::sync_channel(APPLY_QUEUE);
         let (command_tx, command_rx) = mpsc::channel();
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let net = NetThread::start()?;
@@ -222,7 +229,7 @@ impl Server {
             applied: applied_tx,
             hub: hub.clone(),
             membership: membership.clone(),
-            removed: removed_tx,
+            halt: halt_tx.clone(),
         };
         let heartbeat = cfg.heartbeat_interval.max(1);
         let tick = Duration::from_micros(heartbeat * 1000 / TICKS_PER_HEARTBEAT);
@@ -250,7 +257,20 @@ impl Server {
         )?;
         let mut threads = vec![thread::Builder::new()
             .name("apply".into())
-            .spawn(move || applier.run(apply_rx))
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| applier.run(apply_rx));
+                if let Err(panic) = std::panic::catch_unwind(run) {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown cause".into());
+                    tracing::error!(panic = why, "the apply thread panicked; this member stops");
+                    halt_tx.send_replace(Some(Halt::ApplyFailed(format!(
+                        "the apply thread panicked: {why}"
+                    ))));
+                }
+            })
             .map_err(StartError::Thread)?];
         threads.push(
             thread::Builder::new()
@@ -275,6 +295,7 @@ impl Server {
             // etcd's request timeout: 5 s plus two election timeouts.
             request_timeout: Duration::from_millis(5000 + 2 * cfg.election_timeout),
             quota: cfg.quota(),
+            max_pending: cfg.max_pending_requests,
         }));
 
         let mut serving = Vec::new();
@@ -343,7 +364,7 @@ impl Server {
                 .max_decoding_message_size(limit),
             )
             .add_service(
-                ClusterServer::new(maintenance::ClusterService::new(node.clone()))
+                ClusterServer::new(cluster::ClusterService::new(node.clone()))
                     .max_decoding_message_size(limit),
             )
             .add_service(
@@ -382,6 +403,11 @@ impl Server {
                 shutdown_rx.clone(),
             )));
         }
+        serving.push(tokio::spawn(stop_on_apply_failure(
+            node.clone(),
+            halted.clone(),
+            shutdown.clone(),
+        )));
         serving.push(tokio::spawn(lease::expiry_loop(
             node.clone(),
             Duration::from_millis(cfg.election_timeout),
@@ -424,7 +450,7 @@ impl Server {
             known,
             client_addrs,
             peer_addrs,
-            removed: removed_rx,
+            halted,
             shutdown,
             serving,
             threads,
@@ -446,9 +472,11 @@ impl Server {
         self.node.membership.local_id
     }
 
-    /// Turns true when this member has been removed from the cluster.
-    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.removed.clone()
+    /// Becomes `Some` when this member stops on its own: removed from the cluster, or its
+    /// apply loop failed (it then stops serving and leaves raft; [`Server::stop`] is still
+    /// the caller's to call).
+    pub fn halted(&self) -> tokio::sync::watch::Receiver<Option<Halt>> {
+        self.halted.clone()
     }
 
     /// Stops serving, lets in-flight requests finish, stops the raft and apply loops and
@@ -478,6 +506,7 @@ impl Server {
             // Raft is done sending.
             let _ = net.stop.send(());
             let _ = net.thread.join();
+            store.stop_compactor();
             if let Err(e) = store.sync() {
                 tracing::error!(error = %e, "final sync failed");
             }
@@ -490,6 +519,25 @@ impl Server {
         })
         .await;
         tracing::info!("cairn member stopped");
+    }
+}
+
+/// A member whose apply loop failed serves nothing more: it closes its listeners and
+/// leaves raft, so clients move to another member and it acknowledges no entries it cannot
+/// apply.
+async fn stop_on_apply_failure(
+    node: Arc<Node>,
+    mut halted: tokio::sync::watch::Receiver<Option<Halt>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+) {
+    let mut stop = shutdown.subscribe();
+    let failed = tokio::select! {
+        h = halted.wait_for(|h| matches!(h, Some(Halt::ApplyFailed(_)))) => h.is_ok(),
+        _ = stopped(&mut stop) => false,
+    };
+    if failed {
+        shutdown.send_replace(true);
+        node.stop_raft();
     }
 }
 

@@ -11,6 +11,7 @@ use cairn_api::cairnpb::{
 };
 use cairn_api::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    MemberPromoteRequest,
 };
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -191,6 +192,14 @@ impl Peer for PeerService {
         Ok(Response::new(
             lease::time_to_live_local(&self.node, req.into_inner()).await?,
         ))
+    }
+
+    async fn learner_ready(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<RaftAck>, Status> {
+        super::cluster::learner_ready(&self.node, req.into_inner().id).await?;
+        Ok(Response::new(RaftAck {}))
     }
 
     async fn fault(&self, req: Request<FaultRequest>) -> Result<Response<RaftAck>, Status> {

@@ -22,13 +22,13 @@ use cairn_api::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use cairn_api::mvccpb::Event;
-use futures::Stream;
+use futures::{Future, Stream};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::METRICS;
-use crate::mvcc::{RangeOptions, ReadView};
+use crate::mvcc::{KeyRange, RangeOptions, ReadView};
 use crate::node::Node;
 use crate::watch::{Delivery, WatchHub, WatchSpec, WatcherHandle};
 
@@ -71,6 +71,8 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> +
 
 #[tonic::async_trait]
 impl Watch for WatchService {
+    type WatchStream = ResponseStream;
+
     async fn watch(
         &self,
         req: Request<Streaming<WatchRequest>>,
@@ -96,6 +98,7 @@ impl Watch for WatchService {
             control: control_rx,
             deliveries,
             outbox: VecDeque::new(),
+            reading: None,
         })))
     }
 }
@@ -272,7 +275,7 @@ impl Requests {
             ..Default::default()
         };
         // A range end at or before the key selects nothing; "\0" means every key from key on.
-        if !c.range_end.is_empty() && c.range_end != [0] && c.key >= c.range_end {
+        if KeyRange::new(&c.key, &c.range_end).is_empty() {
             return answer.send(refuse("mvcc: watcher range is empty"));
         }
         let mut table = shared.table();
@@ -328,6 +331,15 @@ struct Responses {
     deliveries: mpsc::Receiver<Delivery>,
     /// Made and not yet taken: answers drained ahead of a delivery, and fragments.
     outbox: VecDeque<WatchResponse>,
+    /// Events whose previous values are being read from storage, off the worker; nothing
+    /// else goes out before them.
+    reading: Option<PrevKvRead>,
+}
+
+/// A response being completed with prev_kv by a blocking task, and whether to fragment it.
+struct PrevKvRead {
+    task: tokio::task::JoinHandle<WatchResponse>,
+    fragment: bool,
 }
 
 impl Stream for Responses {
@@ -338,6 +350,19 @@ impl Stream for Responses {
         loop {
             if let Some(r) = this.outbox.pop_front() {
                 return Poll::Ready(Some(Ok(r)));
+            }
+            if let Some(read) = &mut this.reading {
+                let resp = match Pin::new(&mut read.task).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(resp)) => resp,
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Some(Err(Status::internal(e.to_string()))))
+                    }
+                };
+                let fragment = read.fragment;
+                this.reading = None;
+                this.push(resp, fragment);
+                continue;
             }
             match this.control.poll_recv(cx) {
                 Poll::Ready(Some(r)) => return Poll::Ready(Some(Ok(r))),
@@ -356,6 +381,14 @@ impl Stream for Responses {
 }
 
 impl Responses {
+    fn push(&mut self, resp: WatchResponse, fragment: bool) {
+        if fragment {
+            split(resp, self.max_request_bytes, &mut self.outbox);
+        } else {
+            self.outbox.push_back(resp);
+        }
+    }
+
     /// Turns a delivery into responses in the outbox (none if its watcher was cancelled
     /// meanwhile).
     fn forward(&mut self, d: Delivery) {
@@ -382,24 +415,25 @@ impl Responses {
         };
         match d {
             Delivery::Events {
-                revision,
-                mut events,
-                ..
+                revision, events, ..
             } => {
                 drop(table);
-                if prev_kv {
-                    add_prev_kvs(&shared.node, &mut events);
-                }
-                let resp = WatchResponse {
+                let mut resp = WatchResponse {
                     header: Some(shared.node.header(revision)),
                     watch_id: id,
                     events,
                     ..Default::default()
                 };
-                if fragment {
-                    split(resp, self.max_request_bytes, &mut self.outbox);
+                if prev_kv {
+                    // Storage reads: off the worker that polls every stream's body.
+                    let node = shared.node.clone();
+                    let task = tokio::task::spawn_blocking(move || {
+                        add_prev_kvs(&node, &mut resp.events);
+                        resp
+                    });
+                    self.reading = Some(PrevKvRead { task, fragment });
                 } else {
-                    self.outbox.push_back(resp);
+                    self.push(resp, fragment);
                 }
             }
             Delivery::Progress { revision, .. } | Delivery::StreamProgress { revision } => {
@@ -431,7 +465,7 @@ impl Responses {
 /// The previous version of each event's key, read at the revision before the event (left
 /// out if that history is compacted), as etcd does.
 fn add_prev_kvs(node: &Node, events: &mut [Event]) {
-    let view = node.store.read();
+    let Ok(view) = node.store.read() else { return };
     for e in events.iter_mut() {
         let Some(kv) = &e.kv else { continue };
         let opts = RangeOptions {

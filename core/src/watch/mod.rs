@@ -15,37 +15,32 @@ pub use hub::{Delivery, WatchHub, WatchSpec, WatcherHandle};
 
 use cairn_api::mvccpb::{event::EventType, Event, KeyValue};
 
-/// Turns the changes of a write (tombstones carry version 0) into watch events.
+use crate::mvcc::KeyRange;
+
+/// The watch event of one change: a tombstone (version 0, as stored and as the apply loop
+/// reports deletions) is a DELETE, anything else a PUT.
+pub fn event(kv: KeyValue) -> Event {
+    let kind = if kv.version == 0 {
+        EventType::Delete
+    } else {
+        EventType::Put
+    };
+    Event {
+        r#type: kind as i32,
+        kv: Some(kv),
+        prev_kv: None,
+    }
+}
+
+/// Turns the changes of a write into watch events.
 pub fn to_events(changes: Vec<KeyValue>) -> Vec<Event> {
-    changes
-        .into_iter()
-        .map(|kv| {
-            let kind = if kv.version == 0 {
-                EventType::Delete
-            } else {
-                EventType::Put
-            };
-            Event {
-                r#type: kind as i32,
-                kv: Some(kv),
-                prev_kv: None,
-            }
-        })
-        .collect()
+    changes.into_iter().map(event).collect()
 }
 
 /// Whether a watcher with `spec` wants event `e` (its key range and filters).
 pub fn matches(spec: &WatchSpec, e: &Event) -> bool {
     let key = e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice());
     let put = e.r#type == EventType::Put as i32;
-    in_range(&spec.key, &spec.end, key) && if put { !spec.no_put } else { !spec.no_delete }
-}
-
-/// Whether `key` falls in the watched range (`end` empty: one key; `[0]`: from `start` on).
-pub fn in_range(start: &[u8], end: &[u8], key: &[u8]) -> bool {
-    match end {
-        [] => key == start,
-        [0] => key >= start,
-        _ => key >= start && key < end,
-    }
+    KeyRange::new(&spec.key, &spec.end).contains(key)
+        && if put { !spec.no_put } else { !spec.no_delete }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::Duration;
 
-use cairn_api::mvccpb::{event::EventType, Event};
+use cairn_api::mvccpb::Event;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::hub::{Delivery, WatchHub, WatchSpec, WatcherHandle};
@@ -84,7 +84,10 @@ fn round(hub: &Arc<WatchHub>) -> Result<Round, crate::error::Error> {
             .collect();
         (pending, st.current_rev)
     };
-    let compact_rev = hub.store.compact_rev();
+    // The compaction point and the history come from one view: a compaction that commits
+    // after this cannot remove what a watcher at or past the point still needs.
+    let view = hub.store.history_view()?;
+    let compact_rev = view.compact_rev;
     let mut progressed = false;
     let mut live = Vec::new();
     for p in pending {
@@ -111,24 +114,10 @@ fn round(hub: &Arc<WatchHub>) -> Result<Round, crate::error::Error> {
         .min()
         .filter(|from| *from <= current)
     {
-        let (records, upto) = hub.store.history(from, current, HISTORY_BATCH)?;
+        let (records, upto) = view.history(from, current.min(view.current_rev), HISTORY_BATCH)?;
         let events: Vec<(i64, Event)> = records
             .into_iter()
-            .map(|(rev, tombstone, kv)| {
-                let kind = if tombstone {
-                    EventType::Delete
-                } else {
-                    EventType::Put
-                };
-                (
-                    rev,
-                    Event {
-                        r#type: kind as i32,
-                        kv: Some(kv),
-                        prev_kv: None,
-                    },
-                )
-            })
+            .map(|(rev, _, kv)| (rev, super::event(kv)))
             .collect();
         for p in &live {
             if p.next_rev > upto {

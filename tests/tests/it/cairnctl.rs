@@ -317,8 +317,7 @@ fn endpoint(p: &Process) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cairnctl_prints_what_etcdctl_prints() {
-    let Some(etcdctl) = etcdctl_binary() else {
-        eprintln!("etcdctl not installed; skipping");
+    let Some(etcdctl) = crate::harness::reference(etcdctl_binary(), "etcdctl") else {
         return;
     };
     let a = Process::cairn().await;

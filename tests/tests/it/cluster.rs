@@ -366,8 +366,8 @@ async fn membership_session(mut cluster: Cluster, bin: &std::path::Path) -> Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_membership_commands_work_as_against_etcd() {
-    let Some(etcdctl) = crate::harness::etcdctl_binary() else {
-        eprintln!("etcdctl not installed; skipping");
+    let Some(etcdctl) = crate::harness::reference(crate::harness::etcdctl_binary(), "etcdctl")
+    else {
         return;
     };
     let cairnctl = std::path::PathBuf::from(env!("CARGO_BIN_EXE_cairnctl-under-test"));
@@ -376,8 +376,7 @@ async fn etcdctl_membership_commands_work_as_against_etcd() {
     for (e, c) in cairn.iter().zip(&ours) {
         assert_eq!(e, c, "cairnctl and etcdctl differ against Cairn");
     }
-    let Some(bin) = crate::harness::etcd_binary() else {
-        eprintln!("etcd not installed; Cairn checked on its own");
+    let Some(bin) = crate::harness::reference(crate::harness::etcd_binary(), "etcd") else {
         return;
     };
     let etcd = membership_session(Cluster::start_etcd(bin, 3).await, &etcdctl).await;

@@ -96,6 +96,7 @@ const PEER_METHODS: &[&str] = &[
     "/cairnpb.Peer/Members",
     "/cairnpb.Peer/LeaseRenew",
     "/cairnpb.Peer/LeaseTimeToLive",
+    "/cairnpb.Peer/LearnerReady",
 ];
 
 /// A single-member Cairn process with both ports known.
@@ -216,33 +217,57 @@ fn seeded_rng() -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
 }
 
-/// One gRPC call with `messages` as the request stream; reads the answer for a moment.
+/// Methods whose answer may rightly wait (a lock or leadership someone else holds).
+const MAY_BLOCK: &[&str] = &["/v3lockpb.Lock/Lock", "/v3electionpb.Election/Campaign"];
+
+/// How long any other method may take to answer; far above what any takes.
+const ANSWER_WITHIN: Duration = Duration::from_secs(20);
+
+/// One gRPC call with `messages` as the request stream. Every method but those that may
+/// block must answer (a response or a status), however slowly, and no answer may be an
+/// internal error; a stream's messages are then read for a moment (watches and observes
+/// stay open), and an error among them is checked the same way.
 async fn call(ch: Channel, path: &'static str, messages: Vec<Vec<u8>>) {
     let mut grpc = tonic::client::Grpc::new(ch);
     if grpc.ready().await.is_err() {
         return;
     }
     let request = tonic::Request::new(tokio_stream::iter(messages));
-    let answer = async {
-        match grpc
-            .streaming(request, PathAndQuery::from_static(path), Raw)
-            .await
-        {
-            Ok(r) => {
-                let mut stream = r.into_inner();
-                while let Ok(Some(_)) = stream.message().await {}
-            }
-            // A message that does not decode is INTERNAL, as grpc-go (so etcd) answers it;
-            // any other internal error is a handler that failed.
-            Err(status) => assert!(
-                status.code() != tonic::Code::Internal
-                    || status.message().contains("failed to decode"),
-                "{path}: {status:?}"
-            ),
+    let answer = grpc.streaming(request, PathAndQuery::from_static(path), Raw);
+    let answer = if MAY_BLOCK.contains(&path) {
+        match tokio::time::timeout(Duration::from_millis(300), answer).await {
+            Ok(a) => a,
+            Err(_) => return,
         }
+    } else {
+        tokio::time::timeout(ANSWER_WITHIN, answer)
+            .await
+            .unwrap_or_else(|_| panic!("{path} gave no answer within {ANSWER_WITHIN:?}"))
     };
-    // Streams (watches, observes) stay open; a moment's answer is all this needs.
-    let _ = tokio::time::timeout(Duration::from_millis(300), answer).await;
+    let not_internal = |status: &tonic::Status| {
+        // A message that does not decode is INTERNAL, as grpc-go (so etcd) answers it;
+        // any other internal error is a handler that failed.
+        assert!(
+            status.code() != tonic::Code::Internal || status.message().contains("failed to decode"),
+            "{path}: {status:?}"
+        );
+    };
+    match answer {
+        Ok(r) => {
+            let mut stream = r.into_inner();
+            let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                loop {
+                    match stream.message().await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => return,
+                        Err(status) => return not_internal(&status),
+                    }
+                }
+            })
+            .await;
+        }
+        Err(status) => not_internal(&status),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +356,12 @@ fn range_request() -> impl Strategy<Value = RangeRequest> {
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
-        (edge_i64(), edge_i64(), edge_i64(), edge_i64()),
+        // Mostly unfiltered: a limit only reaches storage without filters, and an
+        // unfiltered range with limit i64::MAX once overflowed inside a txn.
+        prop_oneof![
+            3 => Just((0, 0, 0, 0)),
+            1 => (edge_i64(), edge_i64(), edge_i64(), edge_i64()),
+        ],
     )
         .prop_map(
             |(key, range_end, limit, revision, order, target, ser, keys, count, m)| RangeRequest {

@@ -333,6 +333,20 @@ pub fn etcd_binary() -> Option<PathBuf> {
 }
 
 /// The etcdctl binary, if any.
+/// `found` (a reference tool or server), or `None` with a note that the test is skipped.
+/// Under CI (`CI` set) a missing reference fails the test: `.ci/run` installs it, and a
+/// comparison that silently skips checks nothing.
+pub fn reference<T>(found: Option<T>, what: &str) -> Option<T> {
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install {what} (apt-get install -y etcd-server etcd-client)"
+        );
+        eprintln!("{what} not installed: skipped (apt-get install -y etcd-server etcd-client)");
+    }
+    found
+}
+
 pub fn etcdctl_binary() -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)

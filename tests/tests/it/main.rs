@@ -12,6 +12,7 @@ mod errors;
 mod etcdctl;
 mod fuzz;
 mod gateway;
+mod hardening;
 mod harness;
 mod lease;
 mod ops;

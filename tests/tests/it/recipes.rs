@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
-use cairn_client::{Client, ClientOptions, GetOptions};
+use cairn_client::{Client, ClientOptions, Compare, GetOptions, Op, Txn};
 use cairn_recipes::{Election, Error, InstanceEvent, Mutex, Queue, ServiceRegistry, Session};
 use futures::StreamExt;
 
@@ -362,14 +362,19 @@ async fn a_mutex_across_three_members_has_one_holder_at_a_time() {
 }
 
 /// Each client takes and releases the mutex `name` `rounds` times concurrently with the
-/// others: never two holders at once, and fencing tokens strictly increase.
+/// others: never two holders at once, and fencing tokens strictly increase. Inside the
+/// critical section each holder does a read-modify-write of a shared counter across real
+/// round trips, the write guarded by its holder key (the fencing check a protected resource
+/// would make): a mutex that admitted two holders would lose an increment or fail a guard.
 async fn contend(clients: Vec<Client>, name: &'static str, rounds: usize) {
     let inside = Arc::new(AtomicBool::new(false));
     let tokens = Arc::new(StdMutex::new(Vec::new()));
+    let counter = format!("{name}-counter");
     let contenders = clients.len();
     let mut tasks = Vec::new();
+    let reader = clients[0].clone();
     for c in clients {
-        let (inside, tokens) = (inside.clone(), tokens.clone());
+        let (inside, tokens, counter) = (inside.clone(), tokens.clone(), counter.clone());
         tasks.push(tokio::spawn(async move {
             let session = Session::new(&c, 10).await.expect("session");
             let mutex = Mutex::new(&session, name);
@@ -377,7 +382,22 @@ async fn contend(clients: Vec<Client>, name: &'static str, rounds: usize) {
                 let guard = mutex.lock().await.expect("lock");
                 assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
                 tokens.lock().expect("tokens").push(guard.fencing_token());
-                tokio::task::yield_now().await;
+                let seen = c.get(counter.as_str(), None).await.expect("read counter");
+                let n: u64 = seen.kvs.first().map_or(0, |kv| {
+                    String::from_utf8_lossy(&kv.value).parse().expect("number")
+                });
+                let write = Txn::new()
+                    .when([Compare::create_revision(guard.key()).eq(guard.fencing_token())])
+                    .and_then([Op::put(counter.as_str(), (n + 1).to_string(), None)]);
+                let done = c.txn(write).await.expect("guarded write");
+                assert!(
+                    done.succeeded,
+                    "the holder's fencing check failed while it held the lock"
+                );
+                assert!(
+                    inside.load(Ordering::SeqCst),
+                    "the flag was cleared by another holder"
+                );
                 inside.store(false, Ordering::SeqCst);
                 guard.unlock().await.expect("unlock");
             }
@@ -392,6 +412,15 @@ async fn contend(clients: Vec<Client>, name: &'static str, rounds: usize) {
     assert!(
         tokens.windows(2).all(|w| w[0] < w[1]),
         "fencing tokens strictly increase: {tokens:?}"
+    );
+    let total = reader
+        .get(counter.as_str(), None)
+        .await
+        .expect("read counter");
+    assert_eq!(
+        total.kvs[0].value,
+        (contenders * rounds).to_string().into_bytes(),
+        "an increment was lost: two holders overlapped"
     );
 }
 

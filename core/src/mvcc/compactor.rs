@@ -1,0 +1,371 @@
+//! Physical compaction in the background, as etcd's `scheduleCompaction`.
+//!
+//! Applying a Compact request only moves the compaction point (reads below it fail from
+//! then on). This thread then walks the key index a chunk of keys at a time: under the
+//! state lock it compacts those keys' history in the index, and outside it deletes the
+//! records that no read at or after the point can reach, in a batch of their own. The apply
+//! loop waits for at most one chunk of index work, never for the deletions, and the raft
+//! log's journal never carries one giant batch. Once a pass is through, the point is
+//! recorded as finished; a restart that finds it unfinished walks the rebuilt index again,
+//! which holds only the records still on disk, so the work resumes where it stopped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use super::store::{Store, META_FINISHED_COMPACT_REV};
+use crate::error::Error;
+
+/// Keys compacted per hold of the state lock.
+const CHUNK_KEYS: usize = 2_000;
+/// How long the hashes wait for a pass to finish before they give up.
+const IDLE_WAIT: Duration = Duration::from_secs(60);
+
+/// The compactor's handle in the store.
+pub(super) struct Compactor {
+    wake: Mutex<Option<SyncSender<()>>>,
+    stopping: AtomicBool,
+    /// Held for each chunk (index work and its deletions) and by what must not interleave
+    /// with one: a snapshot restore, and the hashes, which need the history to be exactly
+    /// what the compaction point keeps.
+    gate: Mutex<()>,
+    /// The compaction point whose pass has finished (-1: none, or not known).
+    finished: Mutex<i64>,
+    finished_changed: Condvar,
+    finished_watch: tokio::sync::watch::Sender<i64>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single assignment or a chunk that leaves the store
+    // consistent; a panic leaves nothing half-done to protect.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Compactor {
+    pub(super) fn new(finished: i64) -> Compactor {
+        Compactor {
+            wake: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            gate: Mutex::new(()),
+            finished: Mutex::new(finished),
+            finished_changed: Condvar::new(),
+            finished_watch: tokio::sync::watch::Sender::new(finished),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Starts the thread; it works whenever a compaction point is ahead of the finished one
+    /// and ends with the store (or at [`Store::stop_compactor`]).
+    pub(super) fn start(store: &Arc<Store>) -> Result<(), Error> {
+        let (tx, rx) = sync_channel(1);
+        let weak = Arc::downgrade(store);
+        let handle = std::thread::Builder::new()
+            .name("mvcc-compact".into())
+            .spawn(move || run(weak, rx))?;
+        *lock(&store.compactor.thread) = Some(handle);
+        *lock(&store.compactor.wake) = Some(tx);
+        // A pass a restart interrupted (or a restored snapshot's) resumes now.
+        store.compactor.wake();
+        Ok(())
+    }
+
+    /// There may be work: a compaction point moved.
+    pub(super) fn wake(&self) {
+        if let Some(tx) = lock(&self.wake).as_ref() {
+            // A full channel already holds a wake-up.
+            let _ = tx.try_send(());
+        }
+    }
+
+    pub(super) fn gate(&self) -> MutexGuard<'_, ()> {
+        lock(&self.gate)
+    }
+
+    /// The state was replaced (a snapshot restored): nothing is known to be finished.
+    pub(super) fn reset(&self) {
+        self.set_finished(-1);
+        self.wake();
+    }
+
+    fn set_finished(&self, rev: i64) {
+        *lock(&self.finished) = rev;
+        self.finished_changed.notify_all();
+        self.finished_watch.send_replace(rev);
+    }
+
+    fn finished(&self) -> i64 {
+        *lock(&self.finished)
+    }
+}
+
+impl Store {
+    /// Follows the compaction point whose history is physically gone (for `physical`
+    /// compactions, which answer only then).
+    pub fn compacted(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.compactor.finished_watch.subscribe()
+    }
+
+    /// Waits until no compaction is in progress and returns holding the compactor's gate,
+    /// so none starts: the history is then exactly what the compaction point keeps, on
+    /// every member alike (what the hashes need).
+    pub(super) fn compaction_idle(&self) -> Result<MutexGuard<'_, ()>, Error> {
+        let deadline = Instant::now() + IDLE_WAIT;
+        loop {
+            let gate = self.compactor.gate();
+            let target = self.read_state()?.compact_rev;
+            if self.compactor.finished() >= target {
+                return Ok(gate);
+            }
+            drop(gate);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.compactor.stopping.load(Ordering::Relaxed) {
+                return Err(Error::Timeout);
+            }
+            let finished = lock(&self.compactor.finished);
+            let _ = self
+                .compactor
+                .finished_changed
+                .wait_timeout_while(finished, left, |f| *f < target);
+        }
+    }
+
+    /// Stops the compactor after the chunk it is in (server shutdown); the rest of its pass
+    /// resumes at the next start.
+    pub fn stop_compactor(&self) {
+        self.compactor.stopping.store(true, Ordering::Relaxed);
+        lock(&self.compactor.wake).take();
+        let thread = lock(&self.compactor.thread).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(store: Weak<Store>, woken: Receiver<()>) {
+    while woken.recv().is_ok() {
+        let Some(store) = store.upgrade() else { return };
+        loop {
+            if store.compactor.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            let (target, epoch) = match store.read_state() {
+                Ok(st) => (st.compact_rev, st.epoch),
+                Err(_) => return,
+            };
+            if target <= store.compactor.finished() {
+                break;
+            }
+            match pass(&store, target, epoch) {
+                Ok(true) => store.compactor.set_finished(target),
+                // Superseded by a later point or a restored snapshot, or stopping.
+                Ok(false) => continue,
+                Err(e) => {
+                    // Only deletions of unreachable records failed: reads stay correct, and
+                    // the next compaction (or restart) walks again.
+                    tracing::error!(error = %e, rev = target, "compaction pass failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One pass at `target`; false if it was abandoned (a newer point, a restore, a stop).
+fn pass(store: &Store, target: i64, epoch: u64) -> Result<bool, Error> {
+    let started = Instant::now();
+    let mut from: Option<Box<[u8]>> = None;
+    let mut removed_total = 0usize;
+    loop {
+        if store.compactor.stopping.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let _gate = store.compactor.gate();
+        let mut removed = Vec::new();
+        let next = {
+            let mut st = store.write_state()?;
+            if st.compact_rev != target || st.epoch != epoch {
+                return Ok(false);
+            }
+            st.index
+                .compact_chunk(from.as_deref(), CHUNK_KEYS, target, &mut removed)
+        };
+        if !removed.is_empty() {
+            let mut batch = store.db.batch();
+            let mut freed = 0u64;
+            for (rev, tombstone) in &removed {
+                let key = rev.to_key(*tombstone);
+                if let Some(len) = store.kv.size_of(&key)? {
+                    freed += key.len() as u64 + u64::from(len);
+                }
+                batch.remove(&store.kv, key);
+            }
+            batch.commit()?;
+            let _ = store
+                .size_in_use
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                    Some(s.saturating_sub(freed))
+                });
+            removed_total += removed.len();
+        }
+        match next {
+            Some(k) => from = Some(k),
+            None => break,
+        }
+    }
+    let _gate = store.compactor.gate();
+    if store.read_state()?.epoch != epoch {
+        return Ok(false);
+    }
+    // After every deletion in the journal: a restart that finds this finished finds them.
+    let mut batch = store.db.batch();
+    batch.insert(
+        &store.meta,
+        META_FINISHED_COMPACT_REV,
+        target.to_be_bytes().to_vec(),
+    );
+    batch.commit()?;
+    tracing::info!(
+        rev = target,
+        removed = removed_total,
+        took_ms = started.elapsed().as_millis() as u64,
+        "compaction finished"
+    );
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::mvcc::store::open_for_test as open;
+    use crate::mvcc::{RangeOptions, ReadView, Store};
+
+    /// Writes `rounds` versions of `keys` keys, one revision per key per round, from
+    /// raft index `index` on; returns the next index.
+    fn write(store: &Store, keys: usize, rounds: usize, mut index: u64) -> u64 {
+        for r in 0..rounds {
+            let mut wb = store.write_batch().expect("batch");
+            for k in 0..keys {
+                let mut t = wb.txn();
+                t.put(
+                    format!("k{k:05}").as_bytes(),
+                    format!("v{r}").into_bytes(),
+                    0,
+                );
+                t.end();
+            }
+            index += 1;
+            wb.commit(index, 1).expect("commit");
+        }
+        index
+    }
+
+    fn compact(store: &Store, rev: i64, index: u64) {
+        let mut wb = store.write_batch().expect("batch");
+        wb.compact(rev);
+        wb.commit(index, 1).expect("commit");
+    }
+
+    fn wait_finished(store: &Store, rev: i64) {
+        let mut finished = store.compacted();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), finished.wait_for(|f| *f >= rev))
+                .await
+                .expect("compaction finishes")
+                .expect("compactor alive");
+        });
+    }
+
+    #[test]
+    fn a_history_view_keeps_what_a_later_compaction_removes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = open(dir.path());
+        let index = write(&store, 10, 5, 1);
+        let view = store.history_view().expect("view");
+        let (before, _) = view
+            .history(2, view.current_rev, usize::MAX)
+            .expect("history");
+        compact(&store, store.current_rev(), index + 1);
+        wait_finished(&store, store.compact_rev());
+        // The records are gone from storage, but not from the view taken before.
+        let fresh = store.history_view().expect("view");
+        let (after, _) = fresh
+            .history(2, fresh.current_rev, usize::MAX)
+            .expect("history");
+        assert!(after.len() < before.len());
+        let (again, _) = view
+            .history(2, view.current_rev, usize::MAX)
+            .expect("history");
+        assert_eq!(again, before);
+    }
+
+    #[test]
+    fn reads_at_and_after_the_point_are_unchanged_by_the_background_pass() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = open(dir.path());
+        let index = write(&store, 50, 4, 1);
+        let at = store.current_rev() - 30;
+        let read = |rev| {
+            let opts = RangeOptions {
+                rev,
+                ..Default::default()
+            };
+            store
+                .read()
+                .expect("read")
+                .range(b"k", b"\0", opts)
+                .expect("range")
+        };
+        let (at_point, newest) = (read(at), read(0));
+        compact(&store, at, index + 1);
+        wait_finished(&store, at);
+        assert_eq!(read(at), at_point);
+        assert_eq!(read(0), newest);
+        assert_eq!(
+            store.read().expect("read").range(
+                b"k",
+                b"\0",
+                RangeOptions {
+                    rev: at - 1,
+                    ..Default::default()
+                }
+            ),
+            Err(crate::error::Error::Compacted)
+        );
+    }
+
+    #[test]
+    fn an_interrupted_pass_resumes_after_a_restart_and_ends_where_an_uninterrupted_one_does() {
+        let run = |interrupt: bool| {
+            let dir = tempfile::tempdir().expect("dir");
+            let store = open(dir.path());
+            let index = write(&store, 3_000, 3, 1);
+            let at = store.current_rev() - 1_000;
+            if interrupt {
+                // The compaction point is recorded, but the pass never runs before the
+                // "crash": the restart must do all of it.
+                store.stop_compactor();
+                compact(&store, at, index + 1);
+                assert!(store.compactor.finished() < at);
+                store.sync().expect("sync");
+                drop(store);
+                let store = open(dir.path());
+                wait_finished(&store, at);
+                let hash = store.hash_kv(0).expect("hash");
+                (hash, store.size_in_use())
+            } else {
+                compact(&store, at, index + 1);
+                wait_finished(&store, at);
+                let hash = store.hash_kv(0).expect("hash");
+                (hash, store.size_in_use())
+            }
+        };
+        assert_eq!(run(true), run(false));
+    }
+}

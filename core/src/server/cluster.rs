@@ -1,0 +1,153 @@
+//! The Cluster service: the member list and membership changes (add, remove, update,
+//! promote), each a raft configuration change or a replicated update.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cairn_api::cairnpb::internal_request::Request as Internal;
+use cairn_api::etcdserverpb::{
+    cluster_server::Cluster, Member, MemberAddRequest, MemberAddResponse, MemberListRequest,
+    MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
+    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+};
+use raft::eraftpb::ConfChangeType;
+use tonic::{Request, Response, Status};
+
+use crate::apply::Applied;
+use crate::error::Error;
+use crate::membership::member_id;
+use crate::node::Node;
+
+/// etcd's rule, on the leader: a learner is ready once its log matches 90% of the commit
+/// index.
+pub(super) async fn learner_ready(node: &Node, id: u64) -> Result<(), Error> {
+    match node.progress(id).await {
+        Some((matched, committed)) if (matched as f64) >= committed as f64 * 0.9 => Ok(()),
+        Some(_) => Err(Error::LearnerNotReady),
+        // Leadership moved while asking.
+        None => Err(Error::NotLeader),
+    }
+}
+
+pub struct ClusterService {
+    node: Arc<Node>,
+}
+
+impl ClusterService {
+    pub fn new(node: Arc<Node>) -> Self {
+        ClusterService { node }
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_list(
+        &self,
+        _req: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        Ok(Response::new(MemberListResponse {
+            header: Some(self.node.header(0)),
+            members: self.node.membership.members(),
+        }))
+    }
+
+    async fn member_add(
+        &self,
+        req: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        let r = req.into_inner();
+        let node = &self.node;
+        node.membership.check_add(&r.peer_ur_ls, r.is_learner)?;
+        // As etcd, the id mixes in the time, so a member re-added at the same URL is new.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let salt = format!("{:x}", node.membership.cluster_id);
+        let member = Member {
+            id: member_id(&r.peer_ur_ls, &salt, Some(now)),
+            name: String::new(),
+            peer_ur_ls: r.peer_ur_ls,
+            client_ur_ls: vec![],
+            is_learner: r.is_learner,
+        };
+        let change = if r.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let members = node
+            .propose_conf_change(change, member.id, Some(member.clone()))
+            .await?;
+        tracing::info!(member = format!("{:x}", member.id), urls = ?member.peer_ur_ls, learner = member.is_learner, "member added");
+        Ok(Response::new(MemberAddResponse {
+            header: Some(node.header(0)),
+            member: Some(member),
+            members,
+        }))
+    }
+
+    async fn member_remove(
+        &self,
+        req: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let id = req.into_inner().id;
+        let node = &self.node;
+        if node.membership.member(id).is_none() {
+            return Err(Error::MemberNotFound.into());
+        }
+        let members = node
+            .propose_conf_change(ConfChangeType::RemoveNode, id, None)
+            .await?;
+        tracing::info!(member = format!("{id:x}"), "member removed");
+        Ok(Response::new(MemberRemoveResponse {
+            header: Some(node.header(0)),
+            members,
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        req: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let r = req.into_inner();
+        let node = &self.node;
+        node.membership.check_update(r.id, &r.peer_ur_ls)?;
+        let members = match node.propose_and_wait(Internal::MemberUpdate(r)).await? {
+            Applied::Members(m) => m,
+            _ => return Err(Error::Storage("apply answered with another kind".into()).into()),
+        };
+        Ok(Response::new(MemberUpdateResponse {
+            header: Some(node.header(0)),
+            members,
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let id = req.into_inner().id;
+        let node = &self.node;
+        match node.membership.member(id) {
+            None => return Err(Error::MemberNotFound.into()),
+            Some(m) if !m.is_learner => return Err(Error::MemberNotLearner.into()),
+            Some(_) => {}
+        }
+        // Only the leader knows how far the learner's log matches: a follower asks it, as
+        // etcd forwards the promotion.
+        if node.is_leader() {
+            learner_ready(node, id).await?;
+        } else {
+            super::lease::leader_peer(node)?
+                .learner_ready(MemberPromoteRequest { id })
+                .await?;
+        }
+        let members = node
+            .propose_conf_change(ConfChangeType::AddNode, id, None)
+            .await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: Some(node.header(0)),
+            members,
+        }))
+    }
+}
