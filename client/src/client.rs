@@ -10,7 +10,9 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::auth::{AuthChannel, Session, Stamp};
 use crate::tls::{Connector, TlsOptions};
+use tonic::service::interceptor::InterceptedService;
 use tonic::Status;
 
 use crate::Error;
@@ -41,6 +43,28 @@ pub struct ClientOptions {
     /// Certificates to trust and present. With it, endpoints given without a scheme are
     /// dialed with TLS; `https://` endpoints without it trust the system's roots.
     pub tls: Option<TlsOptions>,
+    /// A user to log in as (with [`ClientOptions::password`]); see the `auth` calls.
+    pub user: Option<String>,
+    /// The user's password.
+    pub password: Option<String>,
+}
+
+impl ClientOptions {
+    /// These options with a user to log in as. The client logs in when it connects, and
+    /// again whenever the server no longer accepts its token.
+    pub fn with_user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self.password = Some(password.into());
+        self
+    }
+
+    /// The login, if both a user and a password are given (as etcd's clients require).
+    fn login(&self) -> Option<(String, String)> {
+        match (&self.user, &self.password) {
+            (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => Some((u.clone(), p.clone())),
+            _ => None,
+        }
+    }
 }
 
 impl Default for ClientOptions {
@@ -52,6 +76,8 @@ impl Default for ClientOptions {
             keep_alive_timeout: Duration::from_secs(5),
             max_retries: 8,
             tls: None,
+            user: None,
+            password: None,
         }
     }
 }
@@ -101,6 +127,8 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
+    /// The credentials calls carry (shared by clones; see `auth`).
+    pub(crate) session: Arc<Session>,
 }
 
 /// `host:port` or `http(s)://host:port` → a URL; without a scheme, `https` when TLS is
@@ -179,14 +207,26 @@ impl Client {
                 (url, channel)
             })
             .collect();
-        Ok(Client {
+        let session = Arc::new(Session::new(options.login()));
+        let client = Client {
             inner: Arc::new(Inner {
                 endpoints,
                 current: AtomicUsize::new(first_up),
                 options,
                 connector,
             }),
-        })
+            session,
+        };
+        client.login().await?;
+        Ok(client)
+    }
+
+    /// This client's connections with other credentials.
+    pub(crate) fn with_session(&self, session: Session) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            session: Arc::new(session),
+        }
     }
 
     /// `endpoint` as a URL, with the scheme this client dials it with when it has none.
@@ -204,10 +244,15 @@ impl Client {
             .collect()
     }
 
-    /// The endpoint calls go to now, and its channel.
-    pub(crate) fn current(&self) -> (usize, Channel) {
+    /// The endpoint calls go to now, and its channel (carrying the client's credentials).
+    pub(crate) fn current(&self) -> (usize, AuthChannel) {
         let i = self.inner.current.load(Ordering::Relaxed) % self.inner.endpoints.len();
-        (i, self.inner.endpoints[i].1.clone())
+        (i, self.stamped(self.inner.endpoints[i].1.clone()))
+    }
+
+    /// `channel` with this client's credentials on every call.
+    pub(crate) fn stamped(&self, channel: Channel) -> AuthChannel {
+        InterceptedService::new(channel, Stamp(self.session.clone()))
     }
 
     /// Moves on from endpoint `from` (unless another caller already did).
@@ -230,20 +275,46 @@ impl Client {
     }
 
     /// Runs a unary call against the current endpoint, moving to the next one and retrying
-    /// as `retry` allows.
-    pub(crate) async fn call<T, F, Fut>(&self, retry: Retry, mut f: F) -> Result<T, Error>
+    /// as `retry` allows. A call refused for its token (expired, invalidated) logs in again
+    /// and is retried once: the server refused it before doing anything.
+    pub(crate) async fn call<T, F, Fut>(&self, retry: Retry, f: F) -> Result<T, Error>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(AuthChannel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_as(self, retry, f).await
+    }
+
+    /// [`Client::call`] without any credentials (the login itself).
+    pub(crate) async fn call_plain<T, F, Fut>(&self, retry: Retry, f: F) -> Result<T, Error>
+    where
+        F: FnMut(AuthChannel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_as(&self.with_session(Session::default()), retry, f)
+            .await
+    }
+
+    async fn call_as<T, F, Fut>(&self, who: &Client, retry: Retry, mut f: F) -> Result<T, Error>
+    where
+        F: FnMut(AuthChannel, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let timeout = self.inner.options.request_timeout;
         let mut delays = self.backoff();
+        let mut relogged = false;
         loop {
-            let (i, channel) = self.current();
+            let (i, channel) = who.current();
+            let logins = who.logins();
             let err = match f(channel, timeout).await {
                 Ok(v) => return Ok(v),
                 Err(s) => Error::from(s),
             };
+            if !relogged && err.needs_login() && who.session.can_login() {
+                relogged = true;
+                who.relogin(logins).await?;
+                continue;
+            }
             if !retry.allows(&err) {
                 return Err(err);
             }

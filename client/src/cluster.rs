@@ -9,7 +9,6 @@ use cairn_api::etcdserverpb::{
     MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse,
     StatusRequest, StatusResponse,
 };
-use tonic::transport::Channel;
 
 use crate::client::{request, Retry};
 use crate::{Client, Error};
@@ -106,7 +105,10 @@ impl Client {
     }
 
     /// A Maintenance client for the member behind `endpoint`.
-    async fn maintenance(&self, endpoint: &str) -> Result<MaintenanceClient<Channel>, Error> {
+    async fn maintenance(
+        &self,
+        endpoint: &str,
+    ) -> Result<MaintenanceClient<crate::auth::AuthChannel>, Error> {
         let channel = match self.inner.endpoints.iter().find(|(u, _)| u == endpoint) {
             Some((_, ch)) => ch.clone(),
             None => {
@@ -117,7 +119,7 @@ impl Client {
                     .await?
             }
         };
-        Ok(MaintenanceClient::new(channel).max_decoding_message_size(usize::MAX))
+        Ok(MaintenanceClient::new(self.stamped(channel)).max_decoding_message_size(usize::MAX))
     }
 
     /// The raised alarms (NOSPACE when the storage quota was exhausted), cluster-wide.
@@ -209,7 +211,7 @@ impl Client {
                         .find(|(u, _)| *u == url)
                         .map(|(_, c)| c.clone())
                         .ok_or(Error::NoLeader)?;
-                    return Ok(MaintenanceClient::new(channel)
+                    return Ok(MaintenanceClient::new(self.stamped(channel))
                         .move_leader(MoveLeaderRequest { target_id: target })
                         .await?
                         .into_inner());

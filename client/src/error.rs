@@ -128,6 +128,19 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The text etcd's Go client gives this error: a known etcd error by its message, any
+    /// other status as gRPC-Go prints it (`rpc error: code = … desc = …`).
+    pub fn go_text(&self) -> String {
+        match self {
+            Error::Server(s) if !s.message().starts_with("etcdserver: ") => {
+                format!("rpc error: code = {:?} desc = {}", s.code(), s.message())
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 fn is_connect_failure(msg: &str) -> bool {
     let m = msg.to_ascii_lowercase();
     m.contains("connection refused")
@@ -169,6 +182,8 @@ impl From<Status> for Error {
             "etcdserver: leader changed" => Error::LeaderChanged,
             "etcdserver: request timed out" => Error::Timeout,
             "etcdserver: member not found" => Error::MemberNotFound,
+            // The auth package's own errors (etcd sends some unmapped, as UNKNOWN).
+            m if m.starts_with("auth: ") => Error::Server(s),
             _ if matches!(
                 s.code(),
                 Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown

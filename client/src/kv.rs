@@ -6,6 +6,7 @@ use cairn_api::etcdserverpb::{
     RangeRequest, RangeResponse,
 };
 
+use crate::auth::AuthChannel;
 use crate::client::{request, Retry};
 use crate::{Client, Error};
 
@@ -39,6 +40,15 @@ pub(crate) enum KeyRange {
 }
 
 impl KeyRange {
+    /// The key a request sends: as etcd's clients, an empty key with a prefix or from-key
+    /// range is `"\0"`, so the range is every key.
+    pub(crate) fn key(&self, key: Vec<u8>) -> Vec<u8> {
+        match self {
+            KeyRange::Prefix | KeyRange::FromKey if key.is_empty() => vec![0],
+            _ => key,
+        }
+    }
+
     pub(crate) fn end(&self, key: &[u8]) -> Vec<u8> {
         match self {
             KeyRange::Single => vec![],
@@ -166,7 +176,7 @@ impl GetOptions {
     pub fn into_request(self, key: Vec<u8>) -> RangeRequest {
         RangeRequest {
             range_end: self.range.end(&key),
-            key,
+            key: self.range.key(key),
             ..self.req
         }
     }
@@ -236,14 +246,14 @@ impl DeleteOptions {
     pub fn into_request(self, key: Vec<u8>) -> DeleteRangeRequest {
         DeleteRangeRequest {
             range_end: self.range.end(&key),
-            key,
+            key: self.range.key(key),
             prev_kv: self.prev_kv,
         }
     }
 }
 
 impl Client {
-    fn kv(channel: tonic::transport::Channel) -> KvClient<tonic::transport::Channel> {
+    fn kv(channel: AuthChannel) -> KvClient<AuthChannel> {
         KvClient::new(channel).max_decoding_message_size(usize::MAX)
     }
 

@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+mod auth;
 /// The backup file format of `Maintenance.Snapshot`.
 pub mod backup;
 mod client;
@@ -45,6 +46,9 @@ pub mod tls;
 mod txn;
 mod watch;
 
+pub use auth::Permission;
+/// The kind of a [`Permission`]: READ, WRITE or READWRITE.
+pub use cairn_api::authpb::permission::Type as PermissionType;
 pub use cairn_api::etcdserverpb::range_request::{SortOrder, SortTarget};
 /// What one operation of a transaction answered.
 pub use cairn_api::etcdserverpb::response_op::Response as TxnOpResponse;

@@ -115,6 +115,9 @@ enum Ended {
     Member,
     /// A final error was delivered: stop.
     Final,
+    /// The server no longer took the token (the login count it was sent with): log in
+    /// again and resume.
+    Relogin(u64),
 }
 
 impl Client {
@@ -141,6 +144,7 @@ impl Client {
         // The first revision not yet delivered; 0 until the first watch is created.
         let mut next = options.start_revision.max(0);
         let mut delays = self.backoff();
+        let mut relogged = false;
         loop {
             let (i, channel) = self.current();
             match self
@@ -148,7 +152,24 @@ impl Client {
                 .await
             {
                 Ended::Consumer | Ended::Final => return,
+                Ended::Relogin(seen) => {
+                    // Once in a row: a login that does not help is a final answer.
+                    if relogged {
+                        let e = Error::Server(tonic::Status::unauthenticated(
+                            "etcdserver: invalid auth token",
+                        ));
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    relogged = true;
+                    if let Err(e) = self.relogin(seen).await {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    continue;
+                }
                 Ended::Member => {
+                    relogged = false;
                     self.rotate(i);
                     let delay = match delays.next() {
                         Some(d) => d,
@@ -166,7 +187,7 @@ impl Client {
 
     async fn watch_once(
         &self,
-        channel: tonic::transport::Channel,
+        channel: crate::auth::AuthChannel,
         key: &[u8],
         options: &WatchOptions,
         next: &mut i64,
@@ -180,7 +201,7 @@ impl Client {
             filters.push(FilterType::Nodelete as i32);
         }
         let create = WatchCreateRequest {
-            key: key.to_vec(),
+            key: options.range.key(key.to_vec()),
             range_end: options.range.end(key),
             start_revision: *next,
             progress_notify: options.progress_notify,
@@ -188,6 +209,7 @@ impl Client {
             prev_kv: options.prev_kv,
             ..Default::default()
         };
+        let logins = self.logins();
         let (req_tx, req_rx) = mpsc::channel(1);
         let _ = req_tx
             .send(WatchRequest {
@@ -224,6 +246,13 @@ impl Client {
             let header = resp.header;
             let revision = resp.header.as_ref().map_or(0, |h| h.revision);
             if resp.canceled {
+                // A refused token: worth a new login if this client has credentials.
+                let token_refused = ["invalid auth token", "revision of auth store is old"]
+                    .iter()
+                    .any(|r| resp.cancel_reason.contains(r));
+                if token_refused && self.session.can_login() {
+                    return Ended::Relogin(logins);
+                }
                 let e = if resp.compact_revision > 0 {
                     Error::Compacted {
                         compact_revision: resp.compact_revision,

@@ -187,6 +187,27 @@ pub struct Config {
     #[arg(long = "peer-client-cert-auth", env = "CAIRN_PEER_CLIENT_CERT_AUTH", action = clap::ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub peer_client_cert_auth: bool,
 
+    /// How auth tokens are made: `simple` (random, kept by the members, sliding TTL), or
+    /// `jwt,pub-key=<path>,priv-key=<path>,sign-method=<RS256|PS256|ES256|HS256|…>[,ttl=5m]`.
+    #[arg(
+        long = "auth-token",
+        env = "CAIRN_AUTH_TOKEN",
+        default_value = "simple"
+    )]
+    pub auth_token: String,
+
+    /// How long a simple token lives after its last use, in seconds.
+    #[arg(
+        long = "auth-token-ttl",
+        env = "CAIRN_AUTH_TOKEN_TTL",
+        default_value_t = 300
+    )]
+    pub auth_token_ttl: u64,
+
+    /// bcrypt cost of stored password hashes (4 to 31).
+    #[arg(long = "bcrypt-cost", env = "CAIRN_BCRYPT_COST", default_value_t = crate::auth::DEFAULT_BCRYPT_COST)]
+    pub bcrypt_cost: u32,
+
     /// Serve the test-only Peer.Fault call, which cuts raft traffic with chosen members.
     #[arg(
         long = "experimental-fault-injection",

@@ -71,6 +71,48 @@ pub enum Error {
     Removed,
     #[error("etcdserver: server stopped")]
     Stopped,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// etcd 3.5's answer to a grant without a permission (3.4 crashed on it).
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    /// A login with a password for a user that has none (certificate-only); etcd has no
+    /// gRPC code for it, so it is UNKNOWN with the auth package's text.
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    /// An error etcd has no gRPC code for: UNKNOWN, with its own text.
+    #[error("{0}")]
+    Unmapped(&'static str),
     /// The storage engine failed; the member stops applying rather than diverge.
     #[error("etcdserver: storage failure: {0}")]
     Storage(String),
@@ -91,7 +133,25 @@ impl Error {
             | Error::DuplicateKey
             | Error::InvalidSortOption
             | Error::RequestTooLarge
-            | Error::MemberBadUrls => Code::InvalidArgument,
+            | Error::MemberBadUrls
+            | Error::UserEmpty
+            | Error::RoleEmpty
+            | Error::AuthFailed
+            | Error::InvalidAuthMgmt
+            | Error::AuthOldRevision
+            | Error::PermissionNotGiven => Code::InvalidArgument,
+            Error::RootUserNotExist
+            | Error::RootRoleNotExist
+            | Error::UserAlreadyExist
+            | Error::UserNotFound
+            | Error::RoleAlreadyExist
+            | Error::RoleNotFound
+            | Error::RoleNotGranted
+            | Error::PermissionNotGranted
+            | Error::AuthNotEnabled => Code::FailedPrecondition,
+            Error::PermissionDenied => Code::PermissionDenied,
+            Error::InvalidAuthToken => Code::Unauthenticated,
+            Error::NoPasswordUser | Error::Unmapped(_) => Code::Unknown,
             Error::Compacted | Error::FutureRev => Code::OutOfRange,
             Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
             Error::LeaseExists
@@ -112,6 +172,22 @@ impl Error {
             Error::Storage(_) => Code::Internal,
             Error::Corrupt(_) => Code::DataLoss,
         }
+    }
+}
+
+impl Error {
+    /// The status etcd's Maintenance service answers an auth failure with: its admin
+    /// check returns the auth package's own errors, unmapped, so they reach clients as
+    /// UNKNOWN with `auth: ...` texts.
+    pub fn raw_auth_status(self) -> Status {
+        let text = match &self {
+            Error::UserEmpty => "auth: user name is empty",
+            Error::PermissionDenied => "auth: permission denied",
+            Error::UserNotFound => "auth: user not found",
+            Error::InvalidAuthToken => "auth: invalid auth token",
+            _ => return self.into(),
+        };
+        Status::unknown(text)
     }
 }
 

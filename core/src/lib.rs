@@ -18,6 +18,7 @@
 //! ```
 
 pub mod apply;
+pub mod auth;
 pub mod backup;
 pub mod cli;
 pub mod config;

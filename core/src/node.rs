@@ -6,7 +6,9 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_api::cairnpb::{internal_request::Request, ConfChangeContext, InternalRequest};
+use cairn_api::cairnpb::{
+    internal_request::Request, ConfChangeContext, InternalRequest, RequestHeader,
+};
 use cairn_api::etcdserverpb::{
     alarm_request::AlarmAction, AlarmRequest, AlarmType, Member, ResponseHeader,
 };
@@ -15,6 +17,7 @@ use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::{Answer, Applied};
+use crate::auth::AuthInfo;
 use crate::error::Error;
 use crate::membership::Membership;
 use crate::mvcc::Store;
@@ -36,6 +39,8 @@ pub struct Node {
     max_pending: usize,
     /// Linearizable reads waiting for their read index.
     pending_reads: AtomicUsize,
+    /// `--client-cert-auth`: a certificate's Common Name identifies a client without a token.
+    client_cert_auth: bool,
 }
 
 /// etcd's `maxGapBetweenApplyAndCommitIndex`: proposals are refused while applying lags
@@ -56,6 +61,7 @@ pub struct NodeParts {
     pub quota: Option<u64>,
     /// `--experimental-max-pending-requests`.
     pub max_pending: usize,
+    pub client_cert_auth: bool,
 }
 
 impl Node {
@@ -74,6 +80,7 @@ impl Node {
             quota: p.quota,
             max_pending: p.max_pending.max(1),
             pending_reads: AtomicUsize::new(0),
+            client_cert_auth: p.client_cert_auth,
         }
     }
 
@@ -83,11 +90,28 @@ impl Node {
     }
 
     /// Replicates `request` through raft and returns what applying it produced. Returns only
-    /// after the entry is durable on a quorum and applied to this member's store.
+    /// after the entry is durable on a quorum and applied to this member's store. For the
+    /// member's own requests, which auth never refuses; a client's go through
+    /// [`Node::propose_as`].
     pub async fn propose_and_wait(&self, request: Request) -> Result<Applied, Error> {
+        self.propose(None, request).await
+    }
+
+    /// [`Node::propose_and_wait`] for a client's request: the apply step checks it against
+    /// `who`'s permissions at its place in the log.
+    pub async fn propose_as(&self, who: &AuthInfo, request: Request) -> Result<Applied, Error> {
+        self.propose(Some(who.header()), request).await
+    }
+
+    async fn propose(
+        &self,
+        header: Option<RequestHeader>,
+        request: Request,
+    ) -> Result<Applied, Error> {
         let id = self.ids.next();
         let data = InternalRequest {
             id,
+            header,
             request: Some(request),
         }
         .encode_to_vec();
@@ -108,6 +132,10 @@ impl Node {
             crate::metrics::METRICS.proposals_failed.inc();
         }
         result
+    }
+
+    pub fn client_cert_auth(&self) -> bool {
+        self.client_cert_auth
     }
 
     /// Proposals waiting to be applied.
@@ -217,8 +245,12 @@ impl Node {
         Err(Error::NoSpace)
     }
 
-    pub async fn propose_for<T: Answer>(&self, request: Request) -> Result<T, Error> {
-        let applied = self.propose_and_wait(request).await?;
+    pub async fn propose_for<T: Answer>(
+        &self,
+        who: &AuthInfo,
+        request: Request,
+    ) -> Result<T, Error> {
+        let applied = self.propose_as(who, request).await?;
         // Each request kind is answered with its own response kind by the apply loop.
         let mut resp = T::from_applied(applied)
             .ok_or_else(|| Error::Storage("apply answered with another kind".into()))?;

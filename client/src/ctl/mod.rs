@@ -1,6 +1,7 @@
 //! `cairnctl`: the command line for Cairn (and etcd), with etcdctl's commands, flags and
 //! output (`-w simple` and `-w json`), built on this crate. The binary calls `ctl::main`.
 
+mod auth;
 mod concurrency;
 mod json;
 mod ops;
@@ -78,11 +79,41 @@ struct Cli {
     /// without certificate flags).
     #[arg(long = "insecure-transport", global = true, env = "CAIRNCTL_INSECURE_TRANSPORT", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     insecure_transport: bool,
+    /// The user to log in as: `name[:password]` (asks for the password when it is not
+    /// given here or with --password).
+    #[arg(long, global = true, env = "CAIRNCTL_USER")]
+    user: Option<String>,
+    /// The password of --user.
+    #[arg(long, global = true, env = "CAIRNCTL_PASSWORD")]
+    password: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 impl Cli {
+    /// The login `--user` and `--password` ask for, if any (etcdctl's parsing: the first
+    /// `:` splits name and password; a name alone asks for the password).
+    fn login(&self) -> Result<Option<(String, String)>, Fail> {
+        let Some(user) = &self.user else {
+            return Ok(None);
+        };
+        if let Some(password) = &self.password {
+            return Ok(Some((user.clone(), password.clone())));
+        }
+        match user.split_once(':') {
+            Some((name, password)) => Ok(Some((name.to_string(), password.to_string()))),
+            None => {
+                eprint!("Password: ");
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                Ok(Some((
+                    user.clone(),
+                    line.trim_end_matches(['\n', '\r']).to_string(),
+                )))
+            }
+        }
+    }
+
     /// The TLS options the flags ask for: none unless a certificate flag is given or
     /// `--insecure-transport=false` (etcdctl's rule); `https://` endpoints get TLS anyway,
     /// verified unless `--insecure-skip-tls-verify`.
@@ -123,6 +154,21 @@ fn hex_id(s: &str) -> Result<i64, String> {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// User related commands.
+    User {
+        #[command(subcommand)]
+        cmd: auth::UserCmd,
+    },
+    /// Role related commands.
+    Role {
+        #[command(subcommand)]
+        cmd: auth::RoleCmd,
+    },
+    /// Enable, disable or show authentication.
+    Auth {
+        #[command(subcommand)]
+        cmd: auth::AuthCmd,
+    },
     /// Puts the given key into the store.
     Put {
         key: String,
@@ -348,6 +394,8 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+/// etcdctl's exit code when it cannot connect (or log in).
+const EXIT_BAD_CONNECTION: i32 = 2;
 /// etcdctl's exit code for bad arguments.
 const EXIT_BAD_ARGS: i32 = 128;
 /// etcdctl's exit code for an unsupported feature (an output format a command lacks).
@@ -475,10 +523,13 @@ async fn run(cli: Cli, restore: Option<Restore>) -> Result<(), Fail> {
         return Err(bad_feature("table not supported as output format"));
     }
     let tls = cli.tls().map_err(|e| bad_args(&e.to_string()))?;
+    let login = cli.login()?;
     let opts = ClientOptions {
         connect_timeout: cli.dial_timeout,
         request_timeout: cli.command_timeout,
         tls,
+        user: login.as_ref().map(|(u, _)| u.clone()),
+        password: login.map(|(_, p)| p),
         ..Default::default()
     };
     if let Cmd::Snapshot { cmd } = &cli.cmd {
@@ -486,8 +537,21 @@ async fn run(cli: Cli, restore: Option<Restore>) -> Result<(), Fail> {
             return done;
         }
     }
-    let client = Client::connect(&cli.endpoints, opts).await?;
+    let client = match Client::connect(&cli.endpoints, opts).await {
+        Ok(c) => c,
+        // As etcdctl: a login that fails is a failed connection (exit 2).
+        Err(e @ crate::Error::Server(_)) => {
+            return Err(Box::new(Exit {
+                code: EXIT_BAD_CONNECTION,
+                message: e.go_text(),
+            }))
+        }
+        Err(e) => return Err(e.into()),
+    };
     match cli.cmd {
+        Cmd::User { cmd } => auth::user(&client, cmd, json).await?,
+        Cmd::Role { cmd } => auth::role(&client, cmd, json).await?,
+        Cmd::Auth { cmd } => auth::auth(&client, cmd).await?,
         Cmd::Put {
             key,
             value,
@@ -1076,7 +1140,10 @@ pub fn main_with(restore: Option<Restore>) -> i32 {
                 .downcast_ref::<Exit>()
                 .is_some_and(|x| x.message.is_empty())
             {
-                eprintln!("Error: {e}");
+                match e.downcast_ref::<crate::Error>() {
+                    Some(client) => eprintln!("Error: {}", client.go_text()),
+                    None => eprintln!("Error: {e}"),
+                }
             }
             e.downcast_ref::<Exit>().map_or(1, |x| x.code)
         }

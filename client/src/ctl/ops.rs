@@ -189,13 +189,17 @@ pub async fn defrag(client: &Client, endpoints: Vec<String>) -> Result<(), Fail>
         match client.defragment(&client.url_of(&ep)).await {
             Ok(_) => println!("Finished defragmenting etcd member[{ep}]"),
             Err(e) => {
-                eprintln!("Failed to defragment etcd member[{ep}] ({e})");
+                eprintln!("Failed to defragment etcd member[{ep}] ({})", e.go_text());
                 failed = true;
             }
         }
     }
     if failed {
-        return Err("defragment failed".into());
+        // As etcdctl: each failure was reported; the exit code says the rest.
+        return Err(Box::new(super::Exit {
+            code: 1,
+            message: String::new(),
+        }));
     }
     Ok(())
 }
@@ -210,6 +214,7 @@ pub async fn hashkv(
 ) -> Result<(), Fail> {
     let mut rows = Vec::new();
     let mut items = Vec::new();
+    let mut failed = None;
     for ep in endpoints {
         match client.hash_kv(&client.url_of(&ep), rev).await {
             Ok(h) => {
@@ -229,8 +234,15 @@ pub async fn hashkv(
                 ));
                 rows.push(vec![ep, h.hash.to_string()]);
             }
-            Err(e) => eprintln!("Failed to get the hash of endpoint {ep} ({e})"),
+            Err(e) => {
+                eprintln!("Failed to get the hash of endpoint {ep} ({})", e.go_text());
+                failed = Some(e);
+            }
         }
+    }
+    // As etcdctl: any failure is the answer (the last one), with nothing listed.
+    if let Some(e) = failed {
+        return Err(e.into());
     }
     if json {
         println!("[{}]", items.join(","));

@@ -157,13 +157,30 @@ async fn run_exec(exec: &[String], batch: &WatchBatch) -> Result<(), Fail> {
 async fn follow(client: Client, req: Request, json_out: bool) -> Result<(), Fail> {
     let mut watch = client.watch(req.key, Some(req.options));
     while let Some(batch) = futures::StreamExt::next(&mut watch).await {
-        let batch = batch?;
+        let batch = match batch {
+            Ok(b) => b,
+            // As etcdctl: the server's reason, and exit 5.
+            Err(e @ crate::Error::Compacted { .. }) => return Err(canceled(&e.to_string())),
+            Err(crate::Error::Server(s)) if s.code() == tonic::Code::Cancelled => {
+                return Err(canceled(s.message()))
+            }
+            Err(e) => return Err(e.into()),
+        };
         print(&batch, json_out);
         if !req.exec.is_empty() {
             run_exec(&req.exec, &batch).await?;
         }
     }
     Ok(())
+}
+
+/// etcdctl's end of a watch the server cancelled.
+fn canceled(reason: &str) -> Fail {
+    eprintln!("watch was canceled ({reason})");
+    Box::new(Exit {
+        code: 5,
+        message: "watch is canceled by the server".into(),
+    })
 }
 
 /// `watch`: one watch until interrupted, or `-i`.

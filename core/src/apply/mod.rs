@@ -29,6 +29,7 @@ use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType};
 use tokio::sync::watch;
 
 use self::kv::header;
+use crate::auth::{AuthApplied, AuthInfo};
 use crate::error::Error;
 use crate::membership::{self, Membership};
 use crate::mvcc::{Store, WriteBatch, WriteTxn};
@@ -67,6 +68,8 @@ pub enum Applied {
     Alarm(AlarmResponse),
     /// Expired leases were revoked: how many were still there.
     Expired(usize),
+    /// An auth change or login took effect.
+    Auth(AuthApplied),
 }
 
 /// A response kind the apply loop produces, carrying a header the gRPC edge completes.
@@ -213,7 +216,10 @@ impl Applier {
                     wb.set_membership(None, state);
                     Ok(Applied::Members(state.members.clone()))
                 }
-                request => apply_request(&mut wb, request, &mut changes),
+                request => {
+                    let who = req.header.as_ref().map(AuthInfo::from_header);
+                    apply_request(&mut wb, request, who.as_ref(), e.index, &mut changes)
+                }
             };
             if let Err(Error::Storage(_) | Error::Corrupt(_)) = &result {
                 return result.map(|_| ());
@@ -312,18 +318,47 @@ fn adds_data(req: &Request) -> bool {
     }
 }
 
-/// Applies one request in `wb`, collecting the events it made in `changes`. Public for the
-/// fuzz target (`fuzz/`), which drives the handlers without raft.
+/// Whether `who` may make this write, against the auth state at this point in the log
+/// (so every member decides alike). Reads were checked by the member that served them.
+fn check_auth(wb: &WriteBatch<'_>, who: &AuthInfo, req: &Request) -> Result<(), Error> {
+    let auth = wb.store().auth();
+    if !auth.is_enabled() {
+        return Ok(());
+    }
+    match req {
+        Request::Put(p) => auth.check_put(who, p, wb.lessor()),
+        Request::DeleteRange(d) => auth.check_delete(who, d),
+        Request::Txn(t) => auth.check_txn(who, t, wb.lessor()),
+        Request::LeaseRevoke(r) => auth.check_lease_keys(who, r.id, wb.lessor()),
+        // Auth changes check the administrator themselves; compaction, lease grants and
+        // alarms need no permission in etcd.
+        _ => Ok(()),
+    }
+}
+
+/// Applies one request in `wb` at raft index `index`, collecting the events it made in
+/// `changes`; `who` made it (None: the member itself). Public for the fuzz target
+/// (`fuzz/`), which drives the handlers without raft.
 pub fn apply_request(
     wb: &mut WriteBatch<'_>,
     req: Request,
+    who: Option<&AuthInfo>,
+    index: u64,
     changes: &mut Vec<Changes>,
 ) -> ApplyResult {
+    if let Some(who) = who {
+        check_auth(wb, who, &req)?;
+    }
     // Every member refuses the same entries, whichever member raised the alarm.
     if adds_data(&req) && wb.alarmed(AlarmType::Nospace) {
         return Err(Error::NoSpace);
     }
     match req {
+        Request::Auth(a) => {
+            let store = wb.store();
+            let applied = store.auth().apply(a, who, index, wb.batch_mut())?;
+            Ok(Applied::Auth(applied))
+        }
         Request::Alarm(a) => {
             let alarm = AlarmMember {
                 member_id: a.member_id,

@@ -34,6 +34,7 @@ impl Store {
         for (space, ks) in [
             (Space::Meta, &self.meta),
             (Space::Lease, &self.leases),
+            (Space::Auth, self.auth.keyspace()),
             (Space::Kv, &self.kv),
         ] {
             for item in snap.iter(ks) {
@@ -54,7 +55,7 @@ impl Store {
         let _gate = self.compactor.gate();
         let mut state = self.write_state()?;
         let mut b = self.db.batch();
-        for ks in [&self.meta, &self.leases, &self.kv] {
+        for ks in [&self.meta, &self.leases, self.auth.keyspace(), &self.kv] {
             for item in ks.iter() {
                 b.remove(ks, item.key()?.to_vec());
             }
@@ -65,6 +66,7 @@ impl Store {
                 Space::Kv => &self.kv,
                 Space::Meta => &self.meta,
                 Space::Lease => &self.leases,
+                Space::Auth => self.auth.keyspace(),
             };
             b.insert(ks, k, v);
         }
@@ -77,6 +79,7 @@ impl Store {
         self.published.set(&state);
         self.size_in_use
             .store(size, std::sync::atomic::Ordering::Relaxed);
+        self.auth.reload()?;
         drop(state);
         self.compactor.reset();
         Ok(())

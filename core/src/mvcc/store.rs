@@ -30,6 +30,7 @@ use super::compactor::Compactor;
 use super::revision::Revision;
 use super::tree_index::TreeIndex;
 use super::write::WriteBatch;
+use crate::auth::AuthStore;
 use crate::error::Error;
 use crate::lease::Lessor;
 
@@ -127,6 +128,8 @@ pub enum Space {
     Kv = 0,
     Meta = 1,
     Lease = 2,
+    /// Users, roles, permissions and the auth switch.
+    Auth = 3,
 }
 
 impl Space {
@@ -135,6 +138,7 @@ impl Space {
             0 => Some(Space::Kv),
             1 => Some(Space::Meta),
             2 => Some(Space::Lease),
+            3 => Some(Space::Auth),
             _ => None,
         }
     }
@@ -163,6 +167,8 @@ pub struct Store {
     /// The compactor lowers it as it deletes, outside the state lock.
     pub(super) size_in_use: AtomicU64,
     pub(super) compactor: Compactor,
+    /// Users, roles and permissions: replicated state beside the key space.
+    pub(super) auth: AuthStore,
 }
 
 pub(super) fn read_i64(ks: &Keyspace, key: &[u8]) -> Result<Option<i64>, Error> {
@@ -188,6 +194,7 @@ impl Store {
         let leases = db.keyspace("lease", keyspace_options)?;
         let (state, size_in_use) = load_state(&kv, &meta, &leases, &lessor, 0)?;
         let finished = read_i64(&meta, META_FINISHED_COMPACT_REV)?.unwrap_or(-1);
+        let auth = AuthStore::open(db)?;
         let published = Published::default();
         published.set(&state);
         let store = Arc::new(Store {
@@ -201,6 +208,7 @@ impl Store {
             published,
             size_in_use: AtomicU64::new(size_in_use),
             compactor: Compactor::new(finished),
+            auth,
         });
         Compactor::start(&store)?;
         Ok(store)
@@ -331,6 +339,10 @@ impl Store {
 
     pub fn lessor(&self) -> &Lessor {
         &self.lessor
+    }
+
+    pub fn auth(&self) -> &AuthStore {
+        &self.auth
     }
 
     /// The compaction point: reads below it fail.

@@ -73,6 +73,16 @@ impl<'a> WriteBatch<'a> {
         &self.store.lessor
     }
 
+    /// The store this batch writes to (for the auth store beside the key space).
+    pub fn store(&self) -> &'a Store {
+        self.store
+    }
+
+    /// The batch itself, for state kept beside the key space (auth) that commits with it.
+    pub fn batch_mut(&mut self) -> &mut OwnedWriteBatch {
+        &mut self.batch
+    }
+
     /// Compacts history at `rev`, as etcd's apply step does: reads below it fail from the
     /// moment this batch commits, and the background compactor then removes the records no
     /// read at or above it can reach, in chunks, without holding up writes. The caller has

@@ -39,6 +39,16 @@ impl ClusterService {
     }
 }
 
+impl ClusterService {
+    /// Membership changes are the administrator's (etcd's
+    /// `checkMembershipOperationPermission`); listing members is anyone's.
+    async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let who = super::auth::who(&self.node, req).await?;
+        self.node.store.auth().check_admin(&who)?;
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_list(
@@ -55,9 +65,12 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        let r = req.into_inner();
         let node = &self.node;
-        node.membership.check_add(&r.peer_ur_ls, r.is_learner)?;
+        // As etcd: the URLs are checked before the caller's permission.
+        node.membership
+            .check_add(&req.get_ref().peer_ur_ls, req.get_ref().is_learner)?;
+        self.admin(&req).await?;
+        let r = req.into_inner();
         // As etcd, the id mixes in the time, so a member re-added at the same URL is new.
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -90,6 +103,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.admin(&req).await?;
         let id = req.into_inner().id;
         let node = &self.node;
         if node.membership.member(id).is_none() {
@@ -109,6 +123,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.admin(&req).await?;
         let r = req.into_inner();
         let node = &self.node;
         node.membership.check_update(r.id, &r.peer_ur_ls)?;
@@ -126,6 +141,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.admin(&req).await?;
         let id = req.into_inner().id;
         let node = &self.node;
         match node.membership.member(id) {

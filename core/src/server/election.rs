@@ -24,9 +24,9 @@ impl ElectionService for SelfClient {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let caller = self.as_caller(&req).await?;
         let r = req.into_inner();
-        let client = self.get().await?;
-        let session = Session::with_lease(client, r.lease);
+        let session = Session::with_lease(&caller.client, r.lease);
         let election = Election::new(&session, &name(&r.name)?);
         let leadership = self
             .until_stopped(async { election.campaign(r.value).await.map_err(status) })
@@ -46,6 +46,7 @@ impl ElectionService for SelfClient {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let caller = self.as_caller(&req).await?;
         let r = req.into_inner();
         let leader = r
             .leader
@@ -57,7 +58,7 @@ impl ElectionService for SelfClient {
                 r.value,
                 Some(PutOptions::new().with_lease(leader.lease)),
             )]);
-        let done = self.get().await?.txn(txn).await.map_err(status)?;
+        let done = caller.client.txn(txn).await.map_err(status)?;
         if !done.succeeded {
             return Err(status(cairn_recipes::Error::NotLeader));
         }
@@ -70,9 +71,9 @@ impl ElectionService for SelfClient {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
+        let caller = self.as_caller(&req).await?;
         let r = req.into_inner();
-        let client = self.get().await?;
-        let session = Session::with_lease(client, 0);
+        let session = Session::with_lease(&caller.client, 0);
         let kv = Election::new(&session, &name(&r.name)?)
             .leader()
             .await
@@ -87,19 +88,23 @@ impl ElectionService for SelfClient {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
+        let (client, token) = self.as_caller(&req).await?.into_parts();
         let r = req.into_inner();
-        let client = self.get().await?;
-        let session = Session::with_lease(client, 0);
+        let session = Session::with_lease(&client, 0);
         let changes = Election::new(&session, &name(&r.name)?).observe();
         let this = self.clone();
         let mut stop = self.shutdown.clone();
         let stopped = async move { super::stopped(&mut stop).await };
-        let stream = changes.take_until(stopped).map(move |kv| match kv {
-            Ok(kv) => Ok(LeaderResponse {
-                header: this.header(),
-                kv: Some(kv),
-            }),
-            Err(e) => Err(status(e)),
+        let stream = changes.take_until(stopped).map(move |kv| {
+            // The caller's token lives as long as the stream.
+            let _ = &token;
+            match kv {
+                Ok(kv) => Ok(LeaderResponse {
+                    header: this.header(),
+                    kv: Some(kv),
+                }),
+                Err(e) => Err(status(e)),
+            }
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -108,6 +113,7 @@ impl ElectionService for SelfClient {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        let caller = self.as_caller(&req).await?;
         let leader = req
             .into_inner()
             .leader
@@ -115,7 +121,7 @@ impl ElectionService for SelfClient {
         let txn = Txn::new()
             .when([Compare::create_revision(leader.key.clone()).eq(leader.rev)])
             .and_then([Op::delete(leader.key, None)]);
-        self.get().await?.txn(txn).await.map_err(status)?;
+        caller.client.txn(txn).await.map_err(status)?;
         Ok(Response::new(ResignResponse {
             header: self.header(),
         }))

@@ -17,10 +17,16 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Router;
 use cairn_api::etcdserverpb::{
-    cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, watch_client::WatchClient, AlarmRequest,
+    auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    AlarmRequest, AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthRoleDeleteRequest,
+    AuthRoleGetRequest, AuthRoleGrantPermissionRequest, AuthRoleListRequest,
+    AuthRoleRevokePermissionRequest, AuthStatusRequest, AuthUserAddRequest,
+    AuthUserChangePasswordRequest, AuthUserDeleteRequest, AuthUserGetRequest,
+    AuthUserGrantRoleRequest, AuthUserListRequest, AuthUserRevokeRoleRequest, AuthenticateRequest,
     CompactionRequest, DefragmentRequest, DeleteRangeRequest, HashRequest, LeaseGrantRequest,
     LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
     MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
@@ -39,6 +45,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use super::auth::PeerIdentity;
 use super::maintenance::{ETCD_API_VERSION, ETCD_CLUSTER_VERSION};
 use crate::node::Node;
 
@@ -91,18 +98,37 @@ impl Gateway {
         Ok(endpoint.connect_with_connector_lazy(Connector::new(config)))
     }
 
+    /// etcd's refusal of a gateway request over TLS from a client certificate with a
+    /// Common Name while auth is on: the gateway cannot pass that identity on.
+    fn refuse_common_name(&self, peer: &Option<Extension<PeerIdentity>>) -> Option<Response> {
+        let named = peer
+            .as_ref()
+            .is_some_and(|Extension(p)| p.common_name.is_some());
+        if !(named && self.node.client_cert_auth() && self.node.store.auth().is_enabled()) {
+            return None;
+        }
+        let mut r = Response::new(Body::from(
+            "CommonName of client sending a request against gateway will be ignored and not used as expected\n",
+        ));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        Some(r)
+    }
+
     /// One JSON request, one gRPC call, one JSON response.
-    async fn unary<Req, Resp, F, Fut>(&self, body: &[u8], call: F) -> Response
+    async fn unary<Req, Resp, F, Fut>(&self, from: &Caller, body: &[u8], call: F) -> Response
     where
         Req: DeserializeOwned + Default,
         Resp: Serialize,
-        F: FnOnce(Channel, Req) -> Fut,
+        F: FnOnce(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
+        if let Some(refused) = self.refuse_common_name(&from.peer) {
+            return refused;
+        }
         let result = async {
             let req = parse::<Req>(body)?;
             let channel = self.channel().await?;
-            call(channel, req).await
+            call(channel, from.request(req)).await
         }
         .await;
         match result {
@@ -113,20 +139,23 @@ impl Gateway {
 
     /// A stream of responses, one `{"result": …}` line each; the requests are the JSON
     /// objects of the body, in order.
-    async fn streaming<Req, Resp, F, Fut, S>(&self, body: &[u8], call: F) -> Response
+    async fn streaming<Req, Resp, F, Fut, S>(&self, from: &Caller, body: &[u8], call: F) -> Response
     where
         Req: DeserializeOwned + Default,
         Resp: Serialize + Send + 'static,
-        F: FnOnce(Channel, Vec<Req>) -> Fut,
+        F: FnOnce(Channel, Vec<Req>, tonic::metadata::MetadataMap) -> Fut,
         Fut: Future<Output = Result<(tonic::Response<S>, Box<dyn std::any::Any + Send>), Status>>,
         S: Stream<Item = Result<Resp, Status>> + Send + 'static,
     {
+        if let Some(refused) = self.refuse_common_name(&from.peer) {
+            return refused;
+        }
         let result = async {
             let reqs = parse_all::<Req>(body)?;
             // A connection of its own: a JSON client that stops reading its stream must not
             // take the flow-control window the other gateway requests share.
             let channel = self.new_channel()?;
-            call(channel, reqs).await
+            call(channel, reqs, from.metadata()).await
         }
         .await;
         let (stream, guard) = match result {
@@ -151,6 +180,51 @@ impl Gateway {
             .body(Body::from_stream(lines))
             .unwrap_or_else(|_| internal())
     }
+}
+
+/// What a gateway request says about its sender: the HTTP headers carrying a token (etcd's
+/// `Authorization`, and grpc-gateway's `Grpc-Metadata-Token`), and the connection's
+/// certificate identity.
+pub(super) struct Caller {
+    headers: HeaderMap,
+    peer: Option<Extension<PeerIdentity>>,
+}
+
+impl Caller {
+    /// A gRPC request carrying the sender's token, marked as the gateway's so the member's
+    /// own certificate on the connection names nobody.
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        *r.metadata_mut() = self.metadata();
+        r
+    }
+
+    fn metadata(&self) -> tonic::metadata::MetadataMap {
+        let mut md = tonic::metadata::MetadataMap::new();
+        for (header, key) in [
+            (header::AUTHORIZATION.as_str(), super::auth::AUTHORIZATION),
+            ("grpc-metadata-token", super::auth::TOKEN),
+        ] {
+            if let Some(v) = self
+                .headers
+                .get(header)
+                .and_then(|v| tonic::metadata::AsciiMetadataValue::try_from(v.as_bytes()).ok())
+            {
+                md.insert(key, v);
+            }
+        }
+        md.insert(
+            super::auth::FROM_GATEWAY,
+            tonic::metadata::AsciiMetadataValue::from_static("application/json"),
+        );
+        md
+    }
+}
+
+fn with_metadata<T>(msg: T, md: tonic::metadata::MetadataMap) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    *r.metadata_mut() = md;
+    r
 }
 
 #[derive(Serialize)]
@@ -263,15 +337,21 @@ fn error(status: &Status) -> Response {
 /// `POST path` → one unary call of `$client::$method` with a `$req` from the body.
 macro_rules! unary {
     ($client:ident, $method:ident, $req:ty) => {
-        post(|State(g): State<Gateway>, body: Bytes| async move {
-            g.unary(&body, |ch, req: $req| async move {
-                $client::new(ch)
-                    .max_decoding_message_size(usize::MAX)
-                    .$method(req)
-                    .await
-            })
-            .await
-        })
+        post(
+            |State(g): State<Gateway>,
+             peer: Option<Extension<PeerIdentity>>,
+             headers: HeaderMap,
+             body: Bytes| async move {
+                let from = Caller { headers, peer };
+                g.unary(&from, &body, |ch, req: tonic::Request<$req>| async move {
+                    $client::new(ch)
+                        .max_decoding_message_size(usize::MAX)
+                        .$method(req)
+                        .await
+                })
+                .await
+            },
+        )
     };
 }
 
@@ -279,36 +359,51 @@ macro_rules! unary {
 /// a watch must be), responses as lines.
 macro_rules! streaming {
     ($client:ident, $method:ident, $req:ty, bidi, $open:expr) => {
-        post(|State(g): State<Gateway>, body: Bytes| async move {
-            g.streaming(&body, |ch, reqs: Vec<$req>| async move {
-                let (tx, rx) = tokio::sync::mpsc::channel(reqs.len().max(1));
-                for r in reqs {
-                    // The channel has room for every request.
-                    let _ = tx.try_send(r);
-                }
-                // Open: the request side stays open as long as the response streams.
-                let keep = $open.then_some(tx);
-                let resp = $client::new(ch)
-                    .max_decoding_message_size(usize::MAX)
-                    .$method(tokio_stream::wrappers::ReceiverStream::new(rx))
-                    .await?;
-                Ok((resp, Box::new(keep) as Box<dyn std::any::Any + Send>))
-            })
-            .await
-        })
+        post(
+            |State(g): State<Gateway>,
+             peer: Option<Extension<PeerIdentity>>,
+             headers: HeaderMap,
+             body: Bytes| async move {
+                let from = Caller { headers, peer };
+                g.streaming(&from, &body, |ch, reqs: Vec<$req>, md| async move {
+                    let (tx, rx) = tokio::sync::mpsc::channel(reqs.len().max(1));
+                    for r in reqs {
+                        // The channel has room for every request.
+                        let _ = tx.try_send(r);
+                    }
+                    // Open: the request side stays open as long as the response streams.
+                    let keep = $open.then_some(tx);
+                    let resp = $client::new(ch)
+                        .max_decoding_message_size(usize::MAX)
+                        .$method(with_metadata(
+                            tokio_stream::wrappers::ReceiverStream::new(rx),
+                            md,
+                        ))
+                        .await?;
+                    Ok((resp, Box::new(keep) as Box<dyn std::any::Any + Send>))
+                })
+                .await
+            },
+        )
     };
     ($client:ident, $method:ident, $req:ty) => {
-        post(|State(g): State<Gateway>, body: Bytes| async move {
-            g.streaming(&body, |ch, mut reqs: Vec<$req>| async move {
-                let req = reqs.drain(..).next().unwrap_or_default();
-                let resp = $client::new(ch)
-                    .max_decoding_message_size(usize::MAX)
-                    .$method(req)
-                    .await?;
-                Ok((resp, Box::new(()) as Box<dyn std::any::Any + Send>))
-            })
-            .await
-        })
+        post(
+            |State(g): State<Gateway>,
+             peer: Option<Extension<PeerIdentity>>,
+             headers: HeaderMap,
+             body: Bytes| async move {
+                let from = Caller { headers, peer };
+                g.streaming(&from, &body, |ch, mut reqs: Vec<$req>, md| async move {
+                    let req = reqs.drain(..).next().unwrap_or_default();
+                    let resp = $client::new(ch)
+                        .max_decoding_message_size(usize::MAX)
+                        .$method(with_metadata(req, md))
+                        .await?;
+                    Ok((resp, Box::new(()) as Box<dyn std::any::Any + Send>))
+                })
+                .await
+            },
+        )
     };
 }
 
@@ -496,6 +591,90 @@ fn cluster_routes() -> Router<Gateway> {
         )
 }
 
+fn auth_routes() -> Router<Gateway> {
+    Router::new()
+        .route(
+            "/v3/auth/enable",
+            unary!(AuthClient, auth_enable, AuthEnableRequest),
+        )
+        .route(
+            "/v3/auth/disable",
+            unary!(AuthClient, auth_disable, AuthDisableRequest),
+        )
+        .route(
+            "/v3/auth/status",
+            unary!(AuthClient, auth_status, AuthStatusRequest),
+        )
+        .route(
+            "/v3/auth/authenticate",
+            unary!(AuthClient, authenticate, AuthenticateRequest),
+        )
+        .route(
+            "/v3/auth/user/add",
+            unary!(AuthClient, user_add, AuthUserAddRequest),
+        )
+        .route(
+            "/v3/auth/user/get",
+            unary!(AuthClient, user_get, AuthUserGetRequest),
+        )
+        .route(
+            "/v3/auth/user/list",
+            unary!(AuthClient, user_list, AuthUserListRequest),
+        )
+        .route(
+            "/v3/auth/user/delete",
+            unary!(AuthClient, user_delete, AuthUserDeleteRequest),
+        )
+        .route(
+            "/v3/auth/user/changepw",
+            unary!(
+                AuthClient,
+                user_change_password,
+                AuthUserChangePasswordRequest
+            ),
+        )
+        .route(
+            "/v3/auth/user/grant",
+            unary!(AuthClient, user_grant_role, AuthUserGrantRoleRequest),
+        )
+        .route(
+            "/v3/auth/user/revoke",
+            unary!(AuthClient, user_revoke_role, AuthUserRevokeRoleRequest),
+        )
+        .route(
+            "/v3/auth/role/add",
+            unary!(AuthClient, role_add, AuthRoleAddRequest),
+        )
+        .route(
+            "/v3/auth/role/get",
+            unary!(AuthClient, role_get, AuthRoleGetRequest),
+        )
+        .route(
+            "/v3/auth/role/list",
+            unary!(AuthClient, role_list, AuthRoleListRequest),
+        )
+        .route(
+            "/v3/auth/role/delete",
+            unary!(AuthClient, role_delete, AuthRoleDeleteRequest),
+        )
+        .route(
+            "/v3/auth/role/grant",
+            unary!(
+                AuthClient,
+                role_grant_permission,
+                AuthRoleGrantPermissionRequest
+            ),
+        )
+        .route(
+            "/v3/auth/role/revoke",
+            unary!(
+                AuthClient,
+                role_revoke_permission,
+                AuthRoleRevokePermissionRequest
+            ),
+        )
+}
+
 fn recipe_routes() -> Router<Gateway> {
     Router::new()
         .route("/v3/lock/lock", unary!(LockClient, lock, LockRequest))
@@ -530,6 +709,7 @@ pub fn router(gateway: Gateway, body_limit: usize) -> Router {
         lease_routes(),
         cluster_routes(),
         recipe_routes(),
+        auth_routes(),
     ];
     routes
         .into_iter()

@@ -39,8 +39,10 @@ impl Kv for KvService {
         &self,
         req: GrpcRequest<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        let who = super::auth::who(&self.node, &req).await?;
         let r = req.into_inner();
         validate::check_range(&r)?;
+        self.node.store.auth().check_range(&who, &r)?;
         if !r.serializable {
             self.node.wait_linearizable().await?;
         }
@@ -59,11 +61,12 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: GrpcRequest<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let who = super::auth::who(&self.node, &req).await?;
         let p = req.into_inner();
         validate::check_put(&p)?;
         self.node.check_quota(put_cost(&p)).await?;
         Ok(Response::new(
-            self.node.propose_for(Internal::Put(p)).await?,
+            self.node.propose_for(&who, Internal::Put(p)).await?,
         ))
     }
 
@@ -71,19 +74,25 @@ impl Kv for KvService {
         &self,
         req: GrpcRequest<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let who = super::auth::who(&self.node, &req).await?;
         let d = req.into_inner();
         validate::check_delete(&d)?;
         Ok(Response::new(
-            self.node.propose_for(Internal::DeleteRange(d)).await?,
+            self.node
+                .propose_for(&who, Internal::DeleteRange(d))
+                .await?,
         ))
     }
 
     async fn txn(&self, req: GrpcRequest<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let who = super::auth::who(&self.node, &req).await?;
         let t = req.into_inner();
         validate::check_txn(&t, self.max_txn_ops)?;
         validate::check_duplicates(&t.success)?;
         validate::check_duplicates(&t.failure)?;
         if kv::is_read_only(&t) {
+            let store = &self.node.store;
+            store.auth().check_txn(&who, &t, store.lessor())?;
             // Reads need no log entry: serve them behind the read barrier.
             if !is_serializable(&t) {
                 self.node.wait_linearizable().await?;
@@ -106,7 +115,7 @@ impl Kv for KvService {
         }
         self.node.check_quota(txn_cost(&t)).await?;
         Ok(Response::new(
-            self.node.propose_for(Internal::Txn(t)).await?,
+            self.node.propose_for(&who, Internal::Txn(t)).await?,
         ))
     }
 
@@ -114,9 +123,11 @@ impl Kv for KvService {
         &self,
         req: GrpcRequest<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        // No permission needed (etcd's rule), but a token given must check out.
+        let who = super::auth::who(&self.node, &req).await?;
         let c = req.into_inner();
         let physical = c.physical;
-        let rev = match self.node.propose_and_wait(Internal::Compaction(c)).await? {
+        let rev = match self.node.propose_as(&who, Internal::Compaction(c)).await? {
             Applied::Compaction(rev) => rev,
             // Each request kind is answered with its own response kind by the apply loop.
             other => {

@@ -110,6 +110,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        // No permission needed (etcd's rule), but a token given must check out.
+        let who = super::auth::who(&self.node, &req).await?;
         let mut g = req.into_inner();
         if g.ttl > MAX_LEASE_TTL {
             return Err(Error::LeaseTtlTooLarge.into());
@@ -121,7 +123,7 @@ impl Lease for LeaseService {
         // etcd's per-lease overhead.
         self.node.check_quota(64).await?;
         Ok(Response::new(
-            self.node.propose_for(Internal::LeaseGrant(g)).await?,
+            self.node.propose_for(&who, Internal::LeaseGrant(g)).await?,
         ))
     }
 
@@ -129,8 +131,10 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        // Revoking deletes the lease's keys: the apply step checks write on each.
+        let who = super::auth::who(&self.node, &req).await?;
         let revoke = Internal::LeaseRevoke(req.into_inner());
-        Ok(Response::new(self.node.propose_for(revoke).await?))
+        Ok(Response::new(self.node.propose_for(&who, revoke).await?))
     }
 
     async fn lease_keep_alive(

@@ -78,10 +78,86 @@ impl SelfClient {
     pub(super) fn header(&self) -> Option<ResponseHeader> {
         Some(self.node.header(0))
     }
+
+    /// The client of itself acting as `req`'s caller, as etcd's services pass their
+    /// caller's context on: with auth on, it carries a token for the caller made by this
+    /// member (ended with the call), or none for an anonymous caller; and never the
+    /// member's own certificate as an identity.
+    pub(super) async fn as_caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let client = self.get().await?;
+        let auth = self.node.store.auth();
+        let who = super::auth::who(&self.node, req).await.map_err(unmapped)?;
+        if !auth.is_enabled() {
+            return Ok(Caller {
+                client: client.clone(),
+                token: None,
+            });
+        }
+        let client = client
+            .with_metadata(super::auth::FROM_GATEWAY, "cairn")
+            .map_err(status)?;
+        if who.is_anonymous() {
+            return Ok(Caller {
+                client,
+                token: None,
+            });
+        }
+        let token = auth
+            .tokens()
+            .local(&who.username, who.revision)
+            .map_err(unmapped)?;
+        Ok(Caller {
+            client: client.with_token(&token).map_err(status)?,
+            token: Some(LocalToken {
+                node: self.node.clone(),
+                token,
+            }),
+        })
+    }
+}
+
+/// A caller's identity through the member's client of itself.
+pub(super) struct Caller {
+    pub(super) client: Client,
+    token: Option<LocalToken>,
+}
+
+impl Caller {
+    /// The client, and what must live as long as its use (a stream's).
+    pub(super) fn into_parts(self) -> (Client, Option<LocalToken>) {
+        (self.client, self.token)
+    }
+}
+
+/// A token made for one call; it ends with the call.
+pub(super) struct LocalToken {
+    node: Arc<Node>,
+    token: String,
+}
+
+impl Drop for LocalToken {
+    fn drop(&mut self) {
+        self.node.store.auth().tokens().forget(&self.token);
+    }
+}
+
+/// As etcd's lock and election services, which return their client's errors as plain
+/// errors: UNKNOWN, with the error's text.
+fn unmapped(e: crate::error::Error) -> Status {
+    Status::unknown(e.to_string())
 }
 
 pub(super) fn status(e: impl Into<RecipeError>) -> Status {
     match e.into() {
+        // Auth refusals reach etcd's callers as UNKNOWN with the text (see `unmapped`).
+        RecipeError(cairn_recipes::Error::Client(cairn_client::Error::Server(s)))
+            if matches!(
+                s.code(),
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+            ) || s.message() == "etcdserver: user name is empty" =>
+        {
+            Status::unknown(s.message())
+        }
         RecipeError(cairn_recipes::Error::Client(cairn_client::Error::Server(s))) => s,
         RecipeError(cairn_recipes::Error::Client(c)) => Status::new(c.code(), c.to_string()),
         // etcd's election server returns these as plain errors: code UNKNOWN.
@@ -114,9 +190,9 @@ pub(super) fn name(bytes: &[u8]) -> Result<String, Status> {
 #[tonic::async_trait]
 impl Lock for SelfClient {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let caller = self.as_caller(&req).await?;
         let r = req.into_inner();
-        let client = self.get().await?;
-        let session = Session::with_lease(client, r.lease);
+        let session = Session::with_lease(&caller.client, r.lease);
         let mutex = Mutex::new(&session, &name(&r.name)?);
         // Dropping this future (the caller gave up, or the server stops) removes the
         // waiting key.
@@ -133,8 +209,9 @@ impl Lock for SelfClient {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
+        let caller = self.as_caller(&req).await?;
         let key = req.into_inner().key;
-        self.get().await?.delete(key, None).await.map_err(status)?;
+        caller.client.delete(key, None).await.map_err(status)?;
         Ok(Response::new(UnlockResponse {
             header: self.header(),
         }))

@@ -58,6 +58,21 @@ impl MaintenanceService {
     }
 }
 
+impl MaintenanceService {
+    /// etcd's check for defragment, snapshot and the hashes: the administrator only, and
+    /// the auth package's errors as they are (UNKNOWN, `auth: …`).
+    async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let who = super::auth::who(&self.node, req)
+            .await
+            .map_err(Error::raw_auth_status)?;
+        self.node
+            .store
+            .auth()
+            .check_admin(&who)
+            .map_err(Error::raw_auth_status)
+    }
+}
+
 /// Streams a backup file in chunks with the bytes still to come, as etcd does; the file is
 /// removed once sent, once the client goes away, or when the server stops (a stalled client
 /// holds up neither shutdown nor a blocking thread).
@@ -188,8 +203,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<BoxStream<SnapshotResponse>>, Status> {
+        self.admin(&req).await?;
         let store = self.node.store.clone();
         let dir = self.backup_dir.clone();
         let file = tokio::task::spawn_blocking(move || crate::backup::write(&store, &dir))
@@ -202,8 +218,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.admin(&req).await?;
         let store = self.node.store.clone();
         tokio::task::spawn_blocking(move || store.defragment())
             .await
@@ -212,7 +229,8 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.admin(&req).await?;
         let store = self.node.store.clone();
         let (hash, rev) = tokio::task::spawn_blocking(move || store.hash())
             .await
@@ -229,6 +247,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.admin(&req).await?;
         let rev = req.into_inner().revision;
         let store = self.node.store.clone();
         let (hash, compact_revision, current) =
@@ -245,6 +264,11 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // No permission needed (etcd's rule), but a token given must check out; as the
+        // admin checks here, the failure is the auth package's own.
+        let who = super::auth::who(&self.node, &req)
+            .await
+            .map_err(Error::raw_auth_status)?;
         let req = req.into_inner();
         match AlarmAction::try_from(req.action) {
             // As etcd, alarm answers carry no header.
@@ -269,7 +293,8 @@ impl Maintenance for MaintenanceService {
                         alarms: vec![],
                     }));
                 }
-                let mut resp: AlarmResponse = self.node.propose_for(Internal::Alarm(req)).await?;
+                let mut resp: AlarmResponse =
+                    self.node.propose_for(&who, Internal::Alarm(req)).await?;
                 resp.header = None;
                 Ok(Response::new(resp))
             }

@@ -3,6 +3,7 @@
 //! apply loop and the raft Ready loop on their own threads, serves the Peer service on the
 //! peer URLs and the gRPC services on every client URL until [`Server::stop`].
 
+mod auth;
 mod authority;
 mod cluster;
 mod compactor;
@@ -28,8 +29,8 @@ use cairn_api::cairnpb::{
     ClusterState, MemberAttributes, MembersRequest,
 };
 use cairn_api::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use cairn_api::v3electionpb::election_server::ElectionServer;
 use cairn_api::v3lockpb::lock_server::LockServer;
@@ -176,6 +177,21 @@ impl Server {
         let auto_compaction =
             compactor::parse(&cfg.auto_compaction_mode, &cfg.auto_compaction_retention)
                 .map_err(StartError::Flag)?;
+        let tokens = crate::auth::TokenProvider::parse(
+            &cfg.auth_token,
+            Duration::from_secs(cfg.auth_token_ttl),
+        )
+        .map_err(StartError::Flag)?;
+        let bcrypt_cost = if (4..=31).contains(&cfg.bcrypt_cost) {
+            cfg.bcrypt_cost
+        } else {
+            // As etcd: a cost out of range falls back to the default, with a warning.
+            tracing::warn!(
+                given = cfg.bcrypt_cost,
+                "--bcrypt-cost must be 4 to 31; using the default"
+            );
+            crate::auth::DEFAULT_BCRYPT_COST
+        };
         let data_dir = cfg.data_dir();
         let member_dir = data_dir.join("member");
         let db_dir = member_dir.join("db");
@@ -192,6 +208,7 @@ impl Server {
         let min_ttl = (cfg.election_timeout * 3 / 2).div_ceil(1000) as i64;
         let lessor = Arc::new(Lessor::new(min_ttl));
         let store = Store::open(&db, &db_dir, lessor.clone())?;
+        store.auth().set_tokens(tokens);
         let (local_id, cluster) = identify(&cfg, &db, &store, &tls.peer_dial).await?;
         let membership = Arc::new(Membership::new(local_id, cluster));
         let hub = WatchHub::start(store.clone()).map_err(StartError::Thread)?;
@@ -296,6 +313,7 @@ impl Server {
             request_timeout: Duration::from_millis(5000 + 2 * cfg.election_timeout),
             quota: cfg.quota(),
             max_pending: cfg.max_pending_requests,
+            client_cert_auth: cfg.client_cert_auth,
         }));
 
         let mut serving = Vec::new();
@@ -382,6 +400,10 @@ impl Server {
                 LeaseServer::new(lease::LeaseService::new(node.clone(), shutdown_rx.clone()))
                     .max_decoding_message_size(limit),
             )
+            .add_service(
+                AuthServer::new(auth::AuthService::new(node.clone(), bcrypt_cost))
+                    .max_decoding_message_size(limit),
+            )
             .add_service(LockServer::new(recipes.clone()).max_decoding_message_size(limit))
             .add_service(ElectionServer::new(recipes).max_decoding_message_size(limit));
         // Every call counted by service, method and code.
@@ -407,6 +429,10 @@ impl Server {
             node.clone(),
             halted.clone(),
             shutdown.clone(),
+        )));
+        serving.push(tokio::spawn(auth::sweep_tokens(
+            node.clone(),
+            shutdown_rx.clone(),
         )));
         serving.push(tokio::spawn(lease::expiry_loop(
             node.clone(),

@@ -12,8 +12,9 @@ use futures::Stream;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
+use super::auth::PeerIdentity;
 use super::authority::AuthorityFix;
 use super::StartError;
 use crate::config::Config;
@@ -25,12 +26,20 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub type Accepted = AuthorityFix<Conn<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 impl Connected for Accepted {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerIdentity;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    /// Once per connection: the user the client certificate names.
+    fn connect_info(&self) -> PeerIdentity {
         match self.get_ref() {
-            Conn::Plain(s) => s.connect_info(),
-            Conn::Tls(s) => s.get_ref().0.connect_info(),
+            Conn::Plain(_) => PeerIdentity::default(),
+            Conn::Tls(s) => PeerIdentity {
+                common_name: s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| crate::auth::common_name(leaf)),
+            },
         }
     }
 }

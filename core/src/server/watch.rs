@@ -90,6 +90,7 @@ impl Watch for WatchService {
             deliver,
             progress_due: false,
             shutdown: self.shutdown.clone(),
+            credentials: super::auth::Credentials::of(&self.node, &req),
         };
         tokio::spawn(requests.run(req.into_inner(), self.progress_interval));
         Ok(Response::new(Box::pin(Responses {
@@ -156,6 +157,8 @@ struct Requests {
     progress_due: bool,
     /// A client that stops reading must not hold up shutdown.
     shutdown: watch::Receiver<bool>,
+    /// Who opened the stream: each watcher it creates needs read on its keys.
+    credentials: super::auth::Credentials,
 }
 
 impl Requests {
@@ -232,10 +235,11 @@ impl Requests {
     async fn handle(&mut self, req: WatchRequest) -> bool {
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => {
+                let allowed = self.allowed(&c).await;
                 let Some(permit) = self.reserve().await else {
                     return false;
                 };
-                self.create(c, permit);
+                self.create(c, allowed, permit);
             }
             Some(RequestUnion::CancelRequest(c)) => {
                 let Some(permit) = self.reserve().await else {
@@ -262,9 +266,22 @@ impl Requests {
         true
     }
 
+    /// Whether the stream's caller may read what `c` watches (a token is checked anew for
+    /// each watcher, as etcd does; a watcher once created is not checked again).
+    async fn allowed(&self, c: &WatchCreateRequest) -> Result<(), crate::error::Error> {
+        let node = &self.shared.node;
+        let who = self.credentials.resolve(node).await?;
+        node.store.auth().check_read(&who, &c.key, &c.range_end)
+    }
+
     /// Registers the watcher and queues its created answer while the table is locked (see
     /// `Shared::table`).
-    fn create(&self, c: WatchCreateRequest, answer: mpsc::Permit<'_, WatchResponse>) {
+    fn create(
+        &self,
+        c: WatchCreateRequest,
+        allowed: Result<(), crate::error::Error>,
+        answer: mpsc::Permit<'_, WatchResponse>,
+    ) {
         let shared = &self.shared;
         let refuse = |reason: &str| WatchResponse {
             header: Some(shared.node.header(0)),
@@ -274,6 +291,9 @@ impl Requests {
             cancel_reason: reason.to_string(),
             ..Default::default()
         };
+        if let Err(e) = allowed {
+            return answer.send(refuse(&super::auth::watch_refusal(&e)));
+        }
         // A range end at or before the key selects nothing; "\0" means every key from key on.
         if KeyRange::new(&c.key, &c.range_end).is_empty() {
             return answer.send(refuse("mvcc: watcher range is empty"));

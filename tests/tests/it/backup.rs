@@ -408,3 +408,35 @@ async fn a_flipped_byte_in_the_data_dir_stops_the_member_naming_the_file() {
         "{err}"
     );
 }
+
+/// Restores backup `file` with `cairnctl snapshot restore` into a new single-member cluster
+/// and starts it.
+pub(crate) async fn restore_and_start(file: &Path) -> Process {
+    let (client_port, peer) = (free_port(), free_port());
+    let initial = format!("solo=http://127.0.0.1:{peer}");
+    let args = member_args("solo", peer, &initial, "new", false);
+    let file = file.display().to_string();
+    let restore = |data: &Path| {
+        let (ok, out, err) = run(
+            &cairnctl(),
+            &[
+                "snapshot",
+                "restore",
+                &file,
+                &format!("--data-dir={}", data.display()),
+                "--name=solo",
+                &format!("--initial-cluster={initial}"),
+                &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            ],
+        );
+        assert!(ok, "restore: {out}{err}");
+    };
+    let m = Process::member_with(
+        PathBuf::from(env!("CARGO_BIN_EXE_cairn-member")),
+        client_port,
+        args,
+        restore,
+    );
+    wait_ready(m.addr).await;
+    m
+}

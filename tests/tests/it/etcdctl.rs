@@ -18,7 +18,7 @@ fn drop_string_field(line: &mut String, name: &str) {
 
 /// Blanks what legitimately differs between two servers and two runs: ids, raft term, log
 /// timestamps and client ids.
-fn normalize(out: &str) -> String {
+pub(crate) fn normalize(out: &str) -> String {
     let mut s: String = out
         .lines()
         .map(|l| {

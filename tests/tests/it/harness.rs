@@ -156,16 +156,22 @@ impl Process {
 
     /// A Cairn member process with its own data directory.
     pub async fn cairn() -> Process {
+        Self::cairn_with(&[]).await
+    }
+
+    /// The same with `extra` flags.
+    pub async fn cairn_with(extra: &[&str]) -> Process {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let peer = free_port();
-        let args = vec![
+        let mut args = vec![
             format!("--data-dir={}", dir.path().join("data").display()),
             format!("--listen-client-urls=http://127.0.0.1:{port}"),
             format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
             format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
             "--log-level=warn".into(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         Self::start(
             PathBuf::from(env!("CARGO_BIN_EXE_cairn-member")),
             args,
@@ -242,11 +248,16 @@ impl Process {
 
     /// The reference etcd, if its binary is installed (`ETCD_BIN` or `etcd` on PATH).
     pub async fn etcd() -> Option<Process> {
+        Self::etcd_with(&[]).await
+    }
+
+    /// The same with `extra` flags.
+    pub async fn etcd_with(extra: &[&str]) -> Option<Process> {
         let program = etcd_binary()?;
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let peer = free_port();
-        let args = vec![
+        let mut args = vec![
             format!("--data-dir={}", dir.path().join("data").display()),
             format!("--listen-client-urls=http://127.0.0.1:{port}"),
             format!("--advertise-client-urls=http://127.0.0.1:{port}"),
@@ -255,6 +266,7 @@ impl Process {
             format!("--initial-cluster=default=http://127.0.0.1:{peer}"),
             "--log-level=error".into(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         Some(Self::start(program, args, port, dir).await)
     }
 

@@ -1,6 +1,7 @@
 //! Integration tests: real members (embedded or processes) and real clients. One test
 //! binary with modules, so the workspace builds one test executable.
 
+mod auth;
 mod backup;
 mod cairnctl;
 mod client;

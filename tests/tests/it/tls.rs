@@ -467,3 +467,102 @@ async fn a_trusted_ca_alone_requires_client_certificates_as_in_etcd() {
     assert!(!is_served(port, Some(ca.client(None))).await);
     member.stop().await;
 }
+
+/// With `--client-cert-auth` and auth on, a client certificate's Common Name is the user
+/// of a request without a token (a password-less user suits it); a token wins over the
+/// certificate; the lock service acts as the certificate's user, not the member's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_names_its_user_unless_a_token_does() {
+    use cairn_client::{Permission, PermissionType};
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new(dir.path(), "auth");
+    let server = ca.issue("member");
+    let ports = (free_port(), free_port());
+    let initial = format!("solo={}", url(ports.1));
+    let _m = tls_member("solo", ports, &initial, "new", tls_flags(&ca, &server));
+    let root_cert = ca.issue("root");
+    let carol_cert = ca.issue("carol");
+    let admin = wait_serving(ports.0, &ca.client(Some(&root_cert))).await;
+    admin.user_add("root", "rootpw", false).await.expect("root");
+    admin
+        .user_grant_role("root", "root")
+        .await
+        .expect("root role");
+    admin.role_add("reader").await.expect("role");
+    admin
+        .role_grant_permission("reader", Permission::key(PermissionType::Read, "k1"))
+        .await
+        .expect("grant");
+    admin
+        .role_grant_permission("reader", Permission::readwrite_prefix("carol-lock"))
+        .await
+        .expect("grant");
+    admin
+        .user_add("carol", "", true)
+        .await
+        .expect("carol, certificate only");
+    admin
+        .user_grant_role("carol", "reader")
+        .await
+        .expect("grant role");
+    admin.put("k1", "v", None).await.expect("put");
+    admin.auth_enable().await.expect("enable");
+
+    // The certificate named root: an administrator without a password.
+    assert_eq!(admin.user_list().await.expect("admin").users.len(), 2);
+    let carol = Client::connect([url(ports.0)], options(ca.client(Some(&carol_cert))))
+        .await
+        .expect("connect as carol");
+    assert_eq!(
+        carol
+            .get("k1", None)
+            .await
+            .expect("read as carol")
+            .kvs
+            .len(),
+        1
+    );
+    let refused = carol
+        .put("k1", "x", None)
+        .await
+        .expect_err("carol reads only");
+    assert!(refused.is_permission_denied(), "{refused:?}");
+    // A token names its own user, whatever the certificate says.
+    let as_root = Client::connect(
+        [url(ports.0)],
+        options(ca.client(Some(&carol_cert))).with_user("root", "rootpw"),
+    )
+    .await
+    .expect("login");
+    as_root
+        .put("k1", "by root", None)
+        .await
+        .expect("the token's user writes");
+    // The lock service runs as carol, who may lock under carol-lock only.
+    let lease = carol.lease_grant(10, 0).await.expect("lease").id;
+    let connector = Connector::new(Some(
+        ca.client(Some(&carol_cert))
+            .client_config()
+            .expect("tls config"),
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(url(ports.0))
+        .expect("url")
+        .connect_with_connector(connector)
+        .await
+        .expect("connect");
+    let mut lock = cairn_api::v3lockpb::lock_client::LockClient::new(channel);
+    lock.lock(cairn_api::v3lockpb::LockRequest {
+        name: b"carol-lock".to_vec(),
+        lease,
+    })
+    .await
+    .expect("carol may lock here");
+    let denied = lock
+        .lock(cairn_api::v3lockpb::LockRequest {
+            name: b"elsewhere".to_vec(),
+            lease,
+        })
+        .await
+        .expect_err("not there");
+    assert_eq!(denied.message(), "etcdserver: permission denied");
+}
