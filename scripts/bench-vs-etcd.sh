@@ -8,6 +8,7 @@
 #   SIZES=3 ONLY='^put' OUT=/tmp/b.md scripts/bench-vs-etcd.sh  # only workloads matching ONLY
 #   KEYS=0 scripts/bench-vs-etcd.sh     # without the million-key load and restart (1 member)
 #   REPEAT=3 scripts/bench-vs-etcd.sh   # each workload 3 times per server; the median run counts
+#   AUTH=0 scripts/bench-vs-etcd.sh     # without the auth-on rows (1 member)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -17,6 +18,7 @@ OUT="${OUT:-docs/benchmarks.md}"
 ONLY="${ONLY:-}"
 KEYS="${KEYS:-1000000}"
 REPEAT="${REPEAT:-1}"
+AUTH="${AUTH:-1}"
 
 if ! command -v etcd >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null
@@ -158,6 +160,42 @@ million() {
   rm -rf "$WORK/$kind-1-0"
 }
 
+# AUTH_WORKLOADS: what the auth rows run, as a user with read and write on every key (not
+# root, whose requests skip the permission check).
+AUTH_WORKLOADS=(
+  "put, 64 clients|--clients 64 --conns 8 --total $(n_of 20000) --key-space-size 100000 put"
+  "range linearizable, 64 clients|--clients 64 --conns 8 --total $(n_of 40000) range --consistency l"
+  "Authenticate (bcrypt cost 10), 16 clients|--clients 16 --conns 4 --duration $(n_of 5) authenticate"
+)
+
+# with_auth <etcd|cairn>: on a fresh member with auth on, the AUTH_WORKLOADS as user bench.
+with_auth() {
+  local kind="$1" w label args ctl
+  rm -rf "$WORK/$kind-1-0"
+  start_cluster "$kind" 1
+  ctl=(env ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS")
+  "${ctl[@]}" user add root:rootpw >/dev/null
+  "${ctl[@]}" user grant-role root root >/dev/null
+  "${ctl[@]}" role add bench >/dev/null
+  "${ctl[@]}" role grant-permission bench readwrite "" --prefix >/dev/null
+  "${ctl[@]}" user add bench:benchpw >/dev/null
+  "${ctl[@]}" user grant-role bench bench >/dev/null
+  "${ctl[@]}" auth enable >/dev/null
+  for w in "${AUTH_WORKLOADS[@]}"; do
+    label="${w%%|*}"; args="${w#*|}"
+    if [ -n "$ONLY" ] && ! [[ "auth: $label" =~ $ONLY ]]; then continue; fi
+    echo "[1 member] $kind, auth on: $label" >&2
+    runs=()
+    for ((r = 0; r < REPEAT; r++)); do
+      # shellcheck disable=SC2086
+      runs+=("$("$BENCH" --endpoints "$ENDPOINTS" --user bench:benchpw --json $args)")
+    done
+    RESULT["$kind|auth: $label"]="$(median_run throughput "${runs[@]}")"
+  done
+  stop_cluster
+  rm -rf "$WORK/$kind-1-0"
+}
+
 field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
 
 # ratio <cairn> <etcd>: Cairn's value over etcd's, two decimals.
@@ -208,6 +246,7 @@ for n in $SIZES; do
       echo "[1 member] $kind: $KEYS keys, then a restart" >&2
       million "$kind"
     fi
+    if [ "$n" = 1 ] && [ "$AUTH" != 0 ]; then with_auth "$kind"; fi
   done
   for w in "${WORKLOADS[@]}"; do
     label="${w%%|*}"; e="${RESULT["etcd|$label"]:-}"; c="${RESULT["cairn|$label"]:-}"
@@ -222,6 +261,20 @@ for n in $SIZES; do
     row 1 "$KEYS keys: data dir" MiB "$((RESULT["etcd|keys-disk"] / 1024))" "$((RESULT["cairn|keys-disk"] / 1024))"
     row 1 "$KEYS keys: restart to the first acknowledged put" ms "${RESULT["etcd|keys-restart"]}" "${RESULT["cairn|keys-restart"]}"
     row 1 "$KEYS keys: RSS after the restart" MiB "$((RESULT["etcd|keys-rss-restart"] / 1024))" "$((RESULT["cairn|keys-rss-restart"] / 1024))"
+  fi
+  if [ "$n" = 1 ] && [ "$AUTH" != 0 ]; then
+    for w in "${AUTH_WORKLOADS[@]}"; do
+      label="${w%%|*}"; e="${RESULT["etcd|auth: $label"]:-}"; c="${RESULT["cairn|auth: $label"]:-}"
+      if [ -z "$e" ] || [ -z "$c" ]; then continue; fi
+      row 1 "auth on: $label" "ops/s" "$(field "$e" throughput)" "$(field "$c" throughput)"
+      # Each server against itself with auth off (the goal: Cairn keeps 0.9 or more).
+      off_e="${RESULT["etcd|$label"]:-}"; off_c="${RESULT["cairn|$label"]:-}"
+      if [ -n "$off_e" ] && [ -n "$off_c" ]; then
+        row 1 "auth on / auth off: $label" "ratio" \
+          "$(ratio "$(field "$e" throughput)" "$(field "$off_e" throughput)")" \
+          "$(ratio "$(field "$c" throughput)" "$(field "$off_c" throughput)")"
+      fi
+    done
   fi
   if [ "$n" -ge 3 ]; then
     row "$n" "leader failover (SIGKILL) under 16 writers: longest gap between acks" ms \

@@ -18,7 +18,7 @@ use clap::Parser;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::report::Report;
-use crate::workload::{Worker, Workload};
+use crate::workload::{Ch, Token, Worker, Workload};
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "cairn-bench", version, about)]
@@ -59,6 +59,10 @@ pub struct Args {
     /// deadline, a request stuck on a dead leader does not hide how soon writes resume.
     #[arg(long, default_value_t = 0)]
     timeout_ms: u64,
+    /// Log in as `name:password` and send the token with every request (a server with auth
+    /// on).
+    #[arg(long)]
+    user: Option<String>,
     /// One JSON object on stdout instead of the text report.
     #[arg(long)]
     json: bool,
@@ -162,7 +166,34 @@ async fn drive(
     report
 }
 
-async fn connect(args: &Args) -> Result<Vec<Channel>, Box<dyn std::error::Error + Send + Sync>> {
+impl Args {
+    /// `--user`'s name and password.
+    fn login(&self) -> Option<(String, String)> {
+        let (name, password) = self.user.as_deref()?.split_once(':')?;
+        Some((name.to_string(), password.to_string()))
+    }
+}
+
+/// The connections, each sending `--user`'s token (one login for all of them).
+async fn connect(args: &Args) -> Result<Vec<Ch>, Box<dyn std::error::Error + Send + Sync>> {
+    let raw = dial(args).await?;
+    let token = match args.login() {
+        Some((name, password)) => {
+            let resp = cairn_api::etcdserverpb::auth_client::AuthClient::new(raw[0].clone())
+                .authenticate(cairn_api::etcdserverpb::AuthenticateRequest { name, password })
+                .await?
+                .into_inner();
+            Some(resp.token.parse()?)
+        }
+        None => None,
+    };
+    Ok(raw
+        .into_iter()
+        .map(|ch| tonic::service::interceptor::InterceptedService::new(ch, Token(token.clone())))
+        .collect())
+}
+
+async fn dial(args: &Args) -> Result<Vec<Channel>, Box<dyn std::error::Error + Send + Sync>> {
     let mut channels = Vec::new();
     for i in 0..args.conns.max(1) {
         let ep = &args.endpoints[i % args.endpoints.len()];

@@ -20,11 +20,28 @@ use clap::Subcommand;
 use futures::StreamExt;
 use rand::Rng;
 use tokio::sync::mpsc;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::Args;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A connection whose calls carry the `--user`'s token, if any.
+pub type Ch = InterceptedService<Channel, Token>;
+
+/// Adds a token (gRPC metadata `token`, as etcd's clients send it) to every call.
+#[derive(Clone, Default)]
+pub struct Token(pub Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("token", t.clone());
+        }
+        Ok(req)
+    }
+}
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum Workload {
@@ -49,6 +66,9 @@ pub enum Workload {
     WatchLatency,
     /// Lease keep-alive round trips, one lease per client.
     LeaseKeepalive,
+    /// Logins (Authenticate with `--user`'s name and password): the password check is
+    /// bcrypt's, on purpose slow.
+    Authenticate,
     /// Lock acquire + release cycles under contention (all clients on one lock).
     Lock {
         /// Through the server's v3lock Lock/Unlock service (as `etcdctl lock`) instead of
@@ -70,6 +90,7 @@ impl Workload {
             Workload::Watch { watchers } => format!("watch-{watchers}"),
             Workload::WatchLatency => "watch-latency".into(),
             Workload::LeaseKeepalive => "lease-keepalive".into(),
+            Workload::Authenticate => "authenticate".into(),
             Workload::Lock { service: true, .. } => "lock-service".into(),
             Workload::Lock { .. } => "lock".into(),
         }
@@ -111,12 +132,12 @@ pub struct Worker {
 }
 
 enum Kind {
-    Put(KvClient<Channel>),
-    Range(KvClient<Channel>, bool),
-    TxnPut(KvClient<Channel>),
-    TxnMixed(KvClient<Channel>),
+    Put(KvClient<Ch>),
+    Range(KvClient<Ch>, bool),
+    TxnPut(KvClient<Ch>),
+    TxnMixed(KvClient<Ch>),
     Watch {
-        kv: KvClient<Channel>,
+        kv: KvClient<Ch>,
         watchers: usize,
         /// (revision, latency) from every watcher.
         seen: mpsc::UnboundedReceiver<(i64, Duration)>,
@@ -131,8 +152,13 @@ enum Kind {
         session: cairn_recipes::Session,
         name: String,
     },
+    Authenticate {
+        auth: cairn_api::etcdserverpb::auth_client::AuthClient<Ch>,
+        name: String,
+        password: String,
+    },
     LockService {
-        lock: LockClient<Channel>,
+        lock: LockClient<Ch>,
         lease: i64,
         name: String,
         _keeper: tokio::task::JoinHandle<()>,
@@ -140,7 +166,7 @@ enum Kind {
 }
 
 /// Sets up one worker per client.
-pub async fn prepare(args: &Args, channels: &[Channel]) -> Result<Vec<Worker>, BoxError> {
+pub async fn prepare(args: &Args, channels: &[Ch]) -> Result<Vec<Worker>, BoxError> {
     let keys = Arc::new(Keys {
         key_size: args.key_size,
         val_size: args.val_size,
@@ -159,15 +185,23 @@ pub async fn prepare(args: &Args, channels: &[Channel]) -> Result<Vec<Worker>, B
             Workload::Watch { watchers } => watch(kv, channels, c, *watchers).await?,
             Workload::WatchLatency => watch(kv, channels, c, 1).await?,
             Workload::LeaseKeepalive => keep_alive(ch).await?,
+            Workload::Authenticate => {
+                let (name, password) = args.login().ok_or("authenticate needs --user")?;
+                Kind::Authenticate {
+                    auth: cairn_api::etcdserverpb::auth_client::AuthClient::new(ch),
+                    name,
+                    password,
+                }
+            }
             Workload::Lock {
                 service: false,
                 name,
             } => {
-                let client = cairn_client::Client::connect(
-                    args.endpoints.clone(),
-                    cairn_client::ClientOptions::default(),
-                )
-                .await?;
+                let mut options = cairn_client::ClientOptions::default();
+                if let Some((user, password)) = args.login() {
+                    options = options.with_user(user, password);
+                }
+                let client = cairn_client::Client::connect(args.endpoints.clone(), options).await?;
                 Kind::Mutex {
                     session: cairn_recipes::Session::new(&client, 30).await?,
                     name: name.clone(),
@@ -263,6 +297,17 @@ impl Worker {
                 requests.send(LeaseKeepAliveRequest { id: *id }).await?;
                 responses.next().await.ok_or("keep-alive stream ended")??;
             }
+            Kind::Authenticate {
+                auth,
+                name,
+                password,
+            } => {
+                auth.authenticate(cairn_api::etcdserverpb::AuthenticateRequest {
+                    name: name.clone(),
+                    password: password.clone(),
+                })
+                .await?;
+            }
             Kind::Mutex { session, name } => {
                 let guard = cairn_recipes::Mutex::new(session, name).lock().await?;
                 guard.unlock().await?;
@@ -301,8 +346,8 @@ fn put_op(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
 /// Opens the watchers (one stream each, spread over the connections) for client `c`; only
 /// client 0 gets watchers, the others would only add puts nobody waits for.
 async fn watch(
-    kv: KvClient<Channel>,
-    channels: &[Channel],
+    kv: KvClient<Ch>,
+    channels: &[Ch],
     c: usize,
     watchers: usize,
 ) -> Result<Kind, BoxError> {
@@ -352,7 +397,7 @@ async fn watch(
 
 /// A lease and its keep-alive stream, with the first keep-alive answered.
 async fn lease_stream(
-    ch: Channel,
+    ch: Ch,
     ttl: i64,
 ) -> Result<
     (
@@ -379,7 +424,7 @@ async fn lease_stream(
     Ok((id, requests, responses))
 }
 
-async fn keep_alive(ch: Channel) -> Result<Kind, BoxError> {
+async fn keep_alive(ch: Ch) -> Result<Kind, BoxError> {
     let (id, requests, responses) = lease_stream(ch, 60).await?;
     Ok(Kind::KeepAlive {
         id,
@@ -389,7 +434,7 @@ async fn keep_alive(ch: Channel) -> Result<Kind, BoxError> {
 }
 
 /// A lease kept alive in the background, as `etcdctl lock` keeps its session.
-async fn lock_service(ch: Channel, name: &str) -> Result<Kind, BoxError> {
+async fn lock_service(ch: Ch, name: &str) -> Result<Kind, BoxError> {
     let (id, tx, mut responses) = lease_stream(ch.clone(), 30).await?;
     let keeper = tokio::spawn(async move {
         loop {

@@ -14,7 +14,7 @@ use cairn_api::etcdserverpb::{
     request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest,
 };
 
-use super::store::{AuthStore, ROOT};
+use super::store::{self, AuthStore, ROOT};
 use super::AuthInfo;
 use crate::error::Error;
 use crate::lease::Lessor;
@@ -43,19 +43,13 @@ impl AuthStore {
         if who.revision < self.revision() {
             return Err(Error::AuthOldRevision);
         }
-        let st = self.read();
-        let Some(user) = st.users.get(&who.username) else {
-            return Err(Error::PermissionDenied);
-        };
-        if user.roles.iter().any(|r| r == ROOT) {
-            return Ok(());
-        }
-        let perms = self
-            .perms_of(&st, &who.username)
-            .ok_or(Error::PermissionDenied)?;
-        let ok = match access {
-            Access::Read => perms.can_read(key, end),
-            Access::Write => perms.can_write(key, end),
+        let ok = match self.access(&who.username).as_deref() {
+            None => false,
+            Some(store::Access::Root) => true,
+            Some(store::Access::Keys(p)) => match access {
+                Access::Read => p.can_read(key, end),
+                Access::Write => p.can_write(key, end),
+            },
         };
         if ok {
             Ok(())
@@ -73,7 +67,7 @@ impl AuthStore {
             return Err(Error::UserEmpty);
         }
         let st = self.read();
-        let user = st.users.get(&who.username).ok_or(Error::UserNotFound)?;
+        let user = st.users.get(&*who.username).ok_or(Error::UserNotFound)?;
         if user.roles.iter().any(|r| r == ROOT) {
             Ok(())
         } else {
@@ -149,7 +143,7 @@ impl AuthStore {
 
     /// etcd's UserGet rule: the administrator, or the user asking about itself.
     pub fn check_user_get(&self, who: &AuthInfo, name: &str) -> Result<(), Error> {
-        if self.is_enabled() && !who.username.is_empty() && who.username == name {
+        if self.is_enabled() && !who.username.is_empty() && &*who.username == name {
             return Ok(());
         }
         self.check_admin(who)

@@ -21,6 +21,8 @@ pub use cert::common_name;
 pub use store::{AuthApplied, AuthStore, ROOT};
 pub use token::{random_prefix, TokenInfo, TokenProvider, DEFAULT_TTL};
 
+use std::sync::Arc;
+
 use cairn_api::cairnpb::RequestHeader;
 
 /// etcd's bcrypt cost (`--bcrypt-cost`).
@@ -28,23 +30,24 @@ pub const DEFAULT_BCRYPT_COST: u32 = 10;
 
 /// Who a request comes from: a user and the auth revision their credentials were checked
 /// at. The default (no name, revision 0) is anonymous.
+/// (The name is shared, not copied, between the token table and each request.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuthInfo {
-    pub username: String,
+    pub username: Arc<str>,
     pub revision: u64,
 }
 
 impl AuthInfo {
     pub fn header(&self) -> RequestHeader {
         RequestHeader {
-            username: self.username.clone(),
+            username: self.username.to_string(),
             auth_revision: self.revision,
         }
     }
 
     pub fn from_header(h: &RequestHeader) -> AuthInfo {
         AuthInfo {
-            username: h.username.clone(),
+            username: h.username.as_str().into(),
             revision: h.auth_revision,
         }
     }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 
 use cairn_api::authpb::{Permission, Role, User, UserAddOptions};
 use cairn_api::cairnpb::{auth_request::Request as AuthOp, AuthRequest};
@@ -42,11 +42,43 @@ pub(super) struct State {
     pub(super) revision: u64,
     pub(super) users: BTreeMap<String, User>,
     pub(super) roles: BTreeMap<String, Role>,
+    /// What each user may do, derived from the users and roles whenever they change, so a
+    /// request's check is one lookup.
+    pub(super) access: HashMap<String, Arc<Access>>,
+}
+
+/// One user's rights, merged across roles.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Access {
+    /// The root role: everything.
+    Root,
+    Keys(UserPerms),
 }
 
 impl State {
     fn has_root_role(&self, user: &User) -> bool {
         user.roles.iter().any(|r| r == ROOT)
+    }
+
+    /// Rebuilds `access` from the users and roles.
+    fn derive(&mut self) {
+        self.access = self
+            .users
+            .iter()
+            .map(|(name, u)| {
+                let access = if self.has_root_role(u) {
+                    Access::Root
+                } else {
+                    let perms = u
+                        .roles
+                        .iter()
+                        .filter_map(|r| self.roles.get(r))
+                        .flat_map(|r| r.key_permission.iter());
+                    Access::Keys(UserPerms::build(perms))
+                };
+                (name.clone(), Arc::new(access))
+            })
+            .collect();
     }
 }
 
@@ -66,9 +98,8 @@ pub struct AuthStore {
     /// Copies of the state's switch and revision, read on every request without the lock.
     enabled: AtomicBool,
     revision: AtomicU64,
-    /// Merged permissions per user, built on first use after each change.
-    perms: Mutex<HashMap<String, Arc<UserPerms>>>,
-    tokens: RwLock<Arc<TokenProvider>>,
+    /// Set once when the member starts (`--auth-token`); simple tokens of 300 s until then.
+    tokens: OnceLock<TokenProvider>,
 }
 
 impl AuthStore {
@@ -81,8 +112,7 @@ impl AuthStore {
             revision: AtomicU64::new(state.revision),
             ks,
             state: RwLock::new(state),
-            perms: Mutex::default(),
-            tokens: RwLock::new(Arc::new(TokenProvider::default())),
+            tokens: OnceLock::new(),
         };
         Ok(store)
     }
@@ -102,16 +132,14 @@ impl AuthStore {
         Ok(())
     }
 
-    /// Sets how tokens are issued and checked (`--auth-token`), before anything is applied.
-    pub fn set_tokens(&self, tokens: TokenProvider) {
-        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+    /// Sets how tokens are issued and checked (`--auth-token`), before any is; false if
+    /// tokens were already in use.
+    pub fn set_tokens(&self, tokens: TokenProvider) -> bool {
+        self.tokens.set(tokens).is_ok()
     }
 
-    pub fn tokens(&self) -> Arc<TokenProvider> {
-        self.tokens
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    pub fn tokens(&self) -> &TokenProvider {
+        self.tokens.get_or_init(TokenProvider::default)
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -135,24 +163,11 @@ impl AuthStore {
     fn publish(&self, s: &State) {
         self.enabled.store(s.enabled, Ordering::Release);
         self.revision.store(s.revision, Ordering::Release);
-        self.perms.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    /// The merged permissions of `user`, if the user exists.
-    pub(super) fn perms_of(&self, state: &State, user: &str) -> Option<Arc<UserPerms>> {
-        let mut cache = self.perms.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = cache.get(user) {
-            return Some(p.clone());
-        }
-        let u = state.users.get(user)?;
-        let perms = u
-            .roles
-            .iter()
-            .filter_map(|r| state.roles.get(r))
-            .flat_map(|r| r.key_permission.iter());
-        let built = Arc::new(UserPerms::build(perms));
-        cache.insert(user.to_string(), built.clone());
-        Some(built)
+    /// What `user` may do, if the user exists.
+    pub(super) fn access(&self, user: &str) -> Option<Arc<Access>> {
+        self.read().access.get(user).cloned()
     }
 
     /// The stored bcrypt hash and options of `name`, for a login's password check.
@@ -229,6 +244,7 @@ impl AuthStore {
         let Some(effect) = apply_op(&mut next, op)? else {
             return Ok(AuthApplied::Done);
         };
+        next.derive();
         persist(&self.ks, &before, &next, batch);
         self.publish(&next);
         *self.write() = next;
@@ -456,5 +472,6 @@ fn load(ks: &Keyspace) -> Result<State, Error> {
             return Err(corrupt());
         }
     }
+    s.derive();
     Ok(s)
 }

@@ -11,7 +11,7 @@
 //!   with `revision of auth store is old`, so the client logs in again.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -27,7 +27,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// simple token is as current as the member that holds it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenInfo {
-    pub user: String,
+    pub user: Arc<str>,
     pub revision: Option<u64>,
 }
 
@@ -164,7 +164,7 @@ impl TokenProvider {
 /// etcd's simple tokens; see the module docs.
 pub struct SimpleTokens {
     ttl: Duration,
-    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    tokens: Mutex<HashMap<String, (Arc<str>, Instant)>>,
 }
 
 impl SimpleTokens {
@@ -175,7 +175,7 @@ impl SimpleTokens {
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<str>, Instant)>> {
         // Each operation is one map call: consistent after a panic.
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -187,12 +187,11 @@ impl SimpleTokens {
     fn assign_for(&self, token: &str, user: &str, ttl: Duration) {
         let now = Instant::now();
         let expires = now.checked_add(ttl).unwrap_or(now + self.ttl);
-        self.map()
-            .insert(token.to_string(), (user.to_string(), expires));
+        self.map().insert(token.to_string(), (user.into(), expires));
     }
 
     /// The token's user; each use moves its expiry to a TTL from now.
-    fn info(&self, token: &str) -> Option<String> {
+    fn info(&self, token: &str) -> Option<Arc<str>> {
         let now = Instant::now();
         let mut map = self.map();
         let (user, expires) = map.get_mut(token)?;
@@ -205,7 +204,7 @@ impl SimpleTokens {
     }
 
     fn invalidate_user(&self, user: &str) {
-        self.map().retain(|_, (u, _)| u != user);
+        self.map().retain(|_, (u, _)| &**u != user);
     }
 
     fn clear(&self) {
@@ -325,7 +324,7 @@ impl JwtTokens {
         v.required_spec_claims = ["exp".to_string()].into_iter().collect();
         match jsonwebtoken::decode::<Claims>(token, &self.verifying, &v) {
             Ok(data) => Ok(TokenInfo {
-                user: data.claims.username,
+                user: data.claims.username.into(),
                 revision: Some(data.claims.revision),
             }),
             Err(e) => {
@@ -346,12 +345,12 @@ mod tests {
         let a = t.assign_simple("abc", 7, "alice");
         assert_eq!(a, "abc.7");
         assert_eq!(t.simple_index(&a), Some(7));
-        assert_eq!(t.check(&a).expect("valid").user, "alice");
+        assert_eq!(&*t.check(&a).expect("valid").user, "alice");
         t.invalidate_user("alice");
         assert_eq!(t.check(&a), Err(Error::InvalidAuthToken));
         let short = SimpleTokens::new(Duration::ZERO);
         short.assign("x.1", "bob");
-        assert_eq!(short.info("x.1"), None, "expired at once");
+        assert!(short.info("x.1").is_none(), "expired at once");
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl Credentials {
             Some(Err(())) => Err(Error::InvalidAuthToken),
             None => Ok(match &self.common_name {
                 Some(cn) => AuthInfo {
-                    username: cn.clone(),
+                    username: cn.as_str().into(),
                     revision: node.store.auth().revision(),
                 },
                 None => AuthInfo::default(),
@@ -93,9 +93,17 @@ impl Credentials {
     }
 }
 
-/// Who `req` comes from (see the module docs).
-pub(crate) async fn who<T>(node: &Node, req: &Request<T>) -> Result<AuthInfo, Error> {
-    Credentials::of(node, req).resolve(node).await
+/// Who `req` comes from (see the module docs). The token is read in place: this runs for
+/// every request.
+pub(crate) async fn who<T: Sync>(node: &Node, req: &Request<T>) -> Result<AuthInfo, Error> {
+    let md = req.metadata();
+    match md.get(TOKEN).or_else(|| md.get(AUTHORIZATION)) {
+        Some(token) => {
+            let token = token.to_str().map_err(|_| Error::InvalidAuthToken)?;
+            node.identify_token(token).await
+        }
+        None => Credentials::of(node, req).resolve(node).await,
+    }
 }
 
 /// The cancel reason etcd gives a watch the caller may not make: the gRPC status as Go
@@ -153,7 +161,11 @@ impl AuthService {
     }
 
     /// Proposes an auth change as `req`'s caller; answers with a fresh header.
-    async fn change<T>(&self, req: &Request<T>, op: AuthOp) -> Result<ResponseHeader, Status> {
+    async fn change<T: Sync>(
+        &self,
+        req: &Request<T>,
+        op: AuthOp,
+    ) -> Result<ResponseHeader, Status> {
         let who = who(&self.node, req).await?;
         let internal = Internal::Auth(AuthRequest { request: Some(op) });
         match self.node.propose_as(&who, internal).await? {
@@ -183,7 +195,7 @@ impl AuthService {
     }
 
     /// The caller, after this member has applied everything committed before the call.
-    async fn reader<T>(&self, req: &Request<T>) -> Result<AuthInfo, Status> {
+    async fn reader<T: Sync>(&self, req: &Request<T>) -> Result<AuthInfo, Status> {
         let who = who(&self.node, req).await?;
         self.node.wait_linearizable().await?;
         Ok(who)

@@ -42,7 +42,7 @@ impl ClusterService {
 impl ClusterService {
     /// Membership changes are the administrator's (etcd's
     /// `checkMembershipOperationPermission`); listing members is anyone's.
-    async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    async fn admin<T: Sync>(&self, req: &Request<T>) -> Result<(), Status> {
         let who = super::auth::who(&self.node, req).await?;
         self.node.store.auth().check_admin(&who)?;
         Ok(())

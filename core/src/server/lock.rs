@@ -83,7 +83,7 @@ impl SelfClient {
     /// caller's context on: with auth on, it carries a token for the caller made by this
     /// member (ended with the call), or none for an anonymous caller; and never the
     /// member's own certificate as an identity.
-    pub(super) async fn as_caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+    pub(super) async fn as_caller<T: Sync>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let client = self.get().await?;
         let auth = self.node.store.auth();
         let who = super::auth::who(&self.node, req).await.map_err(unmapped)?;

@@ -61,7 +61,7 @@ impl MaintenanceService {
 impl MaintenanceService {
     /// etcd's check for defragment, snapshot and the hashes: the administrator only, and
     /// the auth package's errors as they are (UNKNOWN, `auth: …`).
-    async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    async fn admin<T: Sync>(&self, req: &Request<T>) -> Result<(), Status> {
         let who = super::auth::who(&self.node, req)
             .await
             .map_err(Error::raw_auth_status)?;

@@ -508,6 +508,36 @@ async fn permission_kinds_hold_on_every_path(endpoints: Vec<String>) {
     session.close().await.expect("close");
 }
 
+/// The recipes run as a user with read-write on the prefix they are named under, and fail
+/// with a permission error elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipes_run_under_auth_on_their_prefix_and_are_refused_elsewhere() {
+    let m = Process::cairn().await;
+    let ep = vec![m.addr.to_string()];
+    with_users(&ep, &[("svc", vec![Permission::readwrite_prefix("svc/")])]).await;
+    let svc = login(&ep, "svc").await;
+    let session = cairn_recipes::Session::new(&svc, 10)
+        .await
+        .expect("session");
+    let queue = cairn_recipes::Queue::new(svc.clone(), "svc/jobs");
+    queue.enqueue("job-1").await.expect("enqueue");
+    assert_eq!(queue.dequeue().await.expect("dequeue"), b"job-1");
+    let registry = cairn_recipes::ServiceRegistry::new(svc.clone(), "svc/registry/");
+    registry
+        .register(&session, "api", "api-1", "10.0.0.1:80")
+        .await
+        .expect("register");
+    assert_eq!(registry.discover("api").await.expect("discover").len(), 1);
+    let topic = cairn_recipes::Topic::new(svc.clone(), "svc/events");
+    topic.publish("hello").await.expect("publish");
+    let refused = cairn_recipes::Queue::new(svc.clone(), "other/jobs")
+        .enqueue("x")
+        .await
+        .expect_err("outside the prefix");
+    assert_eq!(refused.to_string(), "etcdserver: permission denied");
+    session.close().await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permission_kinds_hold_on_every_path_on_one_member() {
     let m = Process::cairn().await;
