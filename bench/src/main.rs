@@ -24,50 +24,55 @@ use crate::workload::{Ch, Token, Worker, Workload};
 #[command(name = "cairn-bench", version, about)]
 pub struct Args {
     /// Comma-separated client URLs or host:port.
-    #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:2379",
+        value_delimiter = ','
+    )]
     endpoints: Vec<String>,
     /// gRPC connections, shared round-robin by the clients.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, global = true, default_value_t = 1)]
     conns: usize,
     /// Concurrent clients (each with one request in flight).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, global = true, default_value_t = 1)]
     clients: usize,
     /// Requests in all (ignored with --duration).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, global = true, default_value_t = 10_000)]
     total: u64,
     /// Run for this many seconds instead of a number of requests.
-    #[arg(long)]
+    #[arg(long, global = true)]
     duration: Option<u64>,
     /// Key size in bytes.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, global = true, default_value_t = 8)]
     key_size: usize,
     /// Value size in bytes.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, global = true, default_value_t = 8)]
     val_size: usize,
     /// Distinct keys the workload spreads over.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, global = true, default_value_t = 1)]
     key_space_size: u64,
     /// Take the keys of the key space in order rather than at random: `--total` equal to
     /// `--key-space-size` writes every key exactly once.
-    #[arg(long)]
+    #[arg(long, global = true)]
     sequential_keys: bool,
     /// Requests per second in all (0: as fast as the clients go).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, global = true, default_value_t = 0)]
     rate: u64,
     /// Give up on a request after this many milliseconds (0: wait as long as it takes), as
     /// a client with a deadline does; the client then sends its next request. With a
     /// deadline, a request stuck on a dead leader does not hide how soon writes resume.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, global = true, default_value_t = 0)]
     timeout_ms: u64,
     /// Log in as `name:password` and send the token with every request (a server with auth
     /// on).
-    #[arg(long)]
+    #[arg(long, global = true)]
     user: Option<String>,
     /// One JSON object on stdout instead of the text report.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     /// No progress bar (it goes to stderr; off by itself when stderr is not a terminal).
-    #[arg(long)]
+    #[arg(long, global = true)]
     no_progress: bool,
     #[command(subcommand)]
     workload: Workload,
@@ -117,6 +122,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
     }
     let elapsed = started.elapsed();
     progress.finish_and_clear();
+    if let Some(why) = report.stopped_early() {
+        return Err(why.to_string().into());
+    }
     report.print(&args.workload.name(), elapsed, args.json);
     Ok(())
 }
@@ -131,7 +139,12 @@ struct Limits {
     timeout: Option<Duration>,
 }
 
-/// One client: requests back to back (or paced) until the total or the deadline.
+/// How long a client goes on with nothing but errors before the run stops.
+const GIVE_UP: Duration = Duration::from_secs(10);
+
+/// One client: requests back to back (or paced) until the total or the deadline. After an
+/// error it backs off (50 ms doubling to 1 s) instead of hammering a member that is down,
+/// and it stops after `GIVE_UP` without one success.
 async fn drive(
     mut worker: Worker,
     limits: Limits,
@@ -140,6 +153,8 @@ async fn drive(
 ) -> Report {
     let mut report = Report::default();
     let mut ticker = limits.pace.map(tokio::time::interval);
+    let mut backoff = Duration::ZERO;
+    let mut last_success = Instant::now();
     loop {
         match limits.deadline {
             Some(d) if Instant::now() >= d => break,
@@ -159,8 +174,27 @@ async fn drive(
             Ok(latencies) => {
                 progress.inc(1);
                 report.record(&latencies, started.elapsed());
+                backoff = Duration::ZERO;
+                last_success = Instant::now();
             }
-            Err(e) => report.error(e.to_string()),
+            Err(e) => {
+                report.error(e.to_string());
+                if last_success.elapsed() > GIVE_UP {
+                    report.gave_up(format!(
+                        "nothing answered for {}s (is the member up?); last error: {e}",
+                        GIVE_UP.as_secs()
+                    ));
+                    break;
+                }
+                // Only when the member cannot be reached: timeouts and refusals during a
+                // failover are what the failover row measures, back to back.
+                let text = e.to_string().to_ascii_lowercase();
+                if text.contains("transport error") || text.contains("connect") {
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                    tokio::time::sleep(backoff).await;
+                }
+            }
         }
     }
     report
@@ -210,4 +244,20 @@ async fn dial(args: &Args) -> Result<Vec<Channel>, Box<dyn std::error::Error + S
         channels.push(channel);
     }
     Ok(channels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_may_come_before_or_after_the_workload() {
+        let before = Args::try_parse_from(["cairn-bench", "--json", "--clients", "4", "range"]);
+        let after = Args::try_parse_from(["cairn-bench", "range", "--json", "--clients", "4"]);
+        for args in [before, after] {
+            let args = args.expect("parses");
+            assert!(args.json);
+            assert_eq!(args.clients, 4);
+        }
+    }
 }

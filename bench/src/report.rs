@@ -15,6 +15,8 @@ pub struct Report {
     latencies: Vec<u64>,
     completions: Vec<u64>,
     errors: BTreeMap<String, u64>,
+    /// Why a client stopped early (nothing answered), if one did.
+    gave_up: Option<String>,
 }
 
 impl Report {
@@ -41,7 +43,20 @@ impl Report {
         *self.errors.entry(e).or_default() += 1;
     }
 
+    /// A client stopped because nothing answered.
+    pub fn gave_up(&mut self, why: String) {
+        self.gave_up = Some(why);
+    }
+
+    /// Why the run stopped early, if it did.
+    pub fn stopped_early(&self) -> Option<&str> {
+        self.gave_up.as_deref()
+    }
+
     pub fn merge(&mut self, other: Report) {
+        if other.gave_up.is_some() {
+            self.gave_up = other.gave_up;
+        }
         self.latencies.extend(other.latencies);
         self.completions.extend(other.completions);
         for (e, n) in other.errors {

@@ -289,6 +289,17 @@ impl Client {
         Box::pin(self.login()).await
     }
 
+    /// The token this client presents, if any.
+    #[cfg(feature = "cli")]
+    pub(crate) fn session_token(&self) -> Option<String> {
+        self.session
+            .token
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|t| t.to_str().ok().map(str::to_string))
+    }
+
     /// How many logins this session made (to tell whether a re-login happened since).
     pub(crate) fn logins(&self) -> u64 {
         self.session
@@ -297,9 +308,13 @@ impl Client {
     }
 
     /// A client on the same connections that presents `token` instead of its own
-    /// credentials (a service passing its caller's identity on).
+    /// credentials (a service passing its caller's identity on); metadata added with
+    /// [`Client::with_metadata`] stays.
     pub fn with_token(&self, token: &str) -> Result<Client, Error> {
-        let session = Session::default();
+        let session = Session {
+            extra: self.session.extra.clone(),
+            ..Default::default()
+        };
         session.set_token(token)?;
         Ok(self.with_session(session))
     }

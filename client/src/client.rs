@@ -27,7 +27,7 @@ use crate::Error;
 /// };
 /// assert_eq!(opts.connect_timeout, Duration::from_secs(2));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// How long establishing a connection to one endpoint may take.
     pub connect_timeout: Duration,
@@ -47,6 +47,22 @@ pub struct ClientOptions {
     pub user: Option<String>,
     /// The user's password.
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    /// Every field but the password, which is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("keep_alive_interval", &self.keep_alive_interval)
+            .field("keep_alive_timeout", &self.keep_alive_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("tls", &self.tls)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
 }
 
 impl ClientOptions {
@@ -219,6 +235,39 @@ impl Client {
         };
         client.login().await?;
         Ok(client)
+    }
+
+    /// A client that dials its endpoints only when first used: for checking members that may
+    /// be down (`endpoint health`), where failing to connect is the answer, not an error.
+    pub fn connect_lazy<E: AsRef<str>>(
+        endpoints: impl IntoIterator<Item = E>,
+        options: ClientOptions,
+    ) -> Result<Client, Error> {
+        let urls: Vec<String> = endpoints
+            .into_iter()
+            .map(|e| normalize(e.as_ref(), options.tls.is_some()))
+            .collect();
+        if urls.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        let connector = options.connector(&urls)?;
+        let mut endpoints = Vec::new();
+        for url in urls {
+            let channel = options
+                .endpoint(&url)?
+                .connect_with_connector_lazy(connector.clone());
+            endpoints.push((url, channel));
+        }
+        let session = Arc::new(Session::new(options.login()));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints,
+                current: AtomicUsize::new(0),
+                options,
+                connector,
+            }),
+            session,
+        })
     }
 
     /// This client's connections with other credentials.

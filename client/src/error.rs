@@ -150,16 +150,36 @@ fn is_connect_failure(msg: &str) -> bool {
         || m.contains("client error (connect)")
 }
 
-/// The whole chain of a status's sources, for telling connect failures apart.
-fn describe(status: &Status) -> String {
-    let mut out = status.message().to_string();
-    let mut source = std::error::Error::source(status);
+/// `first` and the texts of `source`'s chain, each once (tonic and hyper repeat their
+/// sources' texts in their own), with a hint when the failure says the two ends disagree
+/// on TLS.
+fn chain(first: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut out = first;
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let text = s.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
         source = s.source();
     }
+    let lower = out.to_ascii_lowercase();
+    if lower.contains("h2 protocol error") || lower.contains("http2 error") {
+        out.push_str(" (does the member serve TLS? then use an https:// endpoint, or --cacert)");
+    } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+        out.push_str(" (does the member serve plain HTTP? then use an http:// endpoint)");
+    }
     out
+}
+
+/// The whole chain of a status's sources, for telling connect failures apart.
+fn describe(status: &Status) -> String {
+    chain(
+        status.message().to_string(),
+        std::error::Error::source(status),
+    )
 }
 
 impl From<Status> for Error {
@@ -184,6 +204,8 @@ impl From<Status> for Error {
             "etcdserver: member not found" => Error::MemberNotFound,
             // The auth package's own errors (etcd sends some unmapped, as UNKNOWN).
             m if m.starts_with("auth: ") => Error::Server(s),
+            // The connection itself failed (HTTP/2 to a TLS port, say): not an answer.
+            m if m.starts_with("h2 protocol error") => Error::Unavailable(describe(&s)),
             _ if matches!(
                 s.code(),
                 Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown
@@ -198,13 +220,6 @@ impl From<Status> for Error {
 
 impl From<tonic::transport::Error> for Error {
     fn from(e: tonic::transport::Error) -> Error {
-        let mut out = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            out.push_str(": ");
-            out.push_str(&s.to_string());
-            source = s.source();
-        }
-        Error::Unavailable(out)
+        Error::Unavailable(chain(e.to_string(), std::error::Error::source(&e)))
     }
 }

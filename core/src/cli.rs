@@ -1,7 +1,6 @@
 //! The `cairn` command: parse flags, set up logging, run a member until SIGINT/SIGTERM.
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use crate::apply::Halt;
 use crate::config::Config;
@@ -56,20 +55,9 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// Runs the `cairn` binary; returns the process exit code.
 pub fn main() -> i32 {
     let cfg = Config::parse();
-    let filter = match EnvFilter::try_new(&cfg.log_level) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("cairn: --log-level {:?}: {e}", cfg.log_level);
-            return 2;
-        }
-    };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cfg.log_format == "json" {
-        logs.json().init();
-    } else {
-        logs.init();
+    if let Err(e) = crate::logging::init(&cfg.log_level, &cfg.log_format) {
+        eprintln!("cairn: {e}");
+        return 2;
     }
     let runtime = match runtime() {
         Ok(rt) => rt,

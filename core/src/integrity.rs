@@ -2,7 +2,7 @@
 //!
 //! The storage engine checksums what it reads (journal batches, table blocks), but it names
 //! no file when a check fails, and it only reads a block when something asks for it. So at
-//! every clean stop (and after a defragmentation) the member records the SHA-256 and length
+//! every clean stop the member records the SHA-256 and length
 //! of each file that is never modified once written — the tables and version files of the
 //! database and the raft snapshots — in `member/integrity`, itself checksummed; at start,
 //! before opening anything, it checks every recorded file that still exists. A file that

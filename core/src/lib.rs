@@ -25,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod integrity;
 pub mod lease;
+pub mod logging;
 pub mod membership;
 pub mod metrics;
 pub mod mvcc;

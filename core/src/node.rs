@@ -216,8 +216,6 @@ impl Node {
         let _ = self.commands.send(Command::Stop);
     }
 
-    /// [`Node::propose_and_wait`] for requests answered with a response of kind `T`, its
-    /// header completed with this member's identity.
     /// etcd's quota check before a write that adds `cost` bytes: refused while the NOSPACE
     /// alarm is raised; a write that would go over the quota raises it (through raft, so
     /// every member refuses such writes from then on) and is refused.
@@ -245,6 +243,8 @@ impl Node {
         Err(Error::NoSpace)
     }
 
+    /// [`Node::propose_as`] for requests answered with a response of kind `T`, its header
+    /// completed with this member's identity.
     pub async fn propose_for<T: Answer>(
         &self,
         who: &AuthInfo,

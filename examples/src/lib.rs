@@ -13,3 +13,17 @@ pub async fn connect() -> Result<Client, Error> {
     }
     Client::connect(endpoints.split(','), options).await
 }
+
+/// Ends an example: an error is printed as a sentence (`error: etcdserver: permission
+/// denied`), not in Rust's debug form, and the exit code is 1.
+pub fn finish(result: Result<(), Box<dyn std::error::Error>>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+pub mod readme;

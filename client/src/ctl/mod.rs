@@ -1,5 +1,6 @@
 //! `cairnctl`: the command line for Cairn (and etcd), with etcdctl's commands, flags and
-//! output (`-w simple` and `-w json`), built on this crate. The binary calls `ctl::main`.
+//! output (`-w simple`, `json` and, for listings, `table`), built on this crate. The
+//! binaries (`cairnctl` in the server crate, the tests' copy) call `ctl::main_with`.
 
 mod auth;
 mod concurrency;
@@ -38,7 +39,8 @@ struct Cli {
         value_delimiter = ','
     )]
     endpoints: Vec<String>,
-    /// Output format: simple or json.
+    /// Output format: simple, json, or table (table for member, endpoint and snapshot
+    /// status listings, as etcdctl).
     #[arg(
         short = 'w',
         long = "write-out",
@@ -47,10 +49,10 @@ struct Cli {
         default_value = "simple"
     )]
     write_out: String,
-    /// Dial timeout for client connections, in seconds.
+    /// Dial timeout for client connections (a duration such as 2s or 500ms).
     #[arg(long = "dial-timeout", global = true, env = "CAIRNCTL_DIAL_TIMEOUT", default_value = "2s", value_parser = seconds)]
     dial_timeout: Duration,
-    /// Timeout of short-running commands.
+    /// Timeout of short-running commands (a duration such as 5s).
     #[arg(long = "command-timeout", global = true, env = "CAIRNCTL_COMMAND_TIMEOUT", default_value = "5s", value_parser = seconds)]
     command_timeout: Duration,
     /// Verify certificates of TLS-enabled servers using this CA bundle.
@@ -154,6 +156,8 @@ fn hex_id(s: &str) -> Result<i64, String> {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Prints the version of cairnctl and the API it speaks.
+    Version,
     /// User related commands.
     User {
         #[command(subcommand)]
@@ -537,6 +541,23 @@ async fn run(cli: Cli, restore: Option<Restore>) -> Result<(), Fail> {
             return done;
         }
     }
+    if let Cmd::Version = cli.cmd {
+        println!("cairnctl version: {}", env!("CARGO_PKG_VERSION"));
+        println!("API version: 3.4");
+        return Ok(());
+    }
+    // A health check reports members that are down rather than failing to connect to them.
+    if let Cmd::Endpoint {
+        cmd: EndpointCmd::Health { .. },
+    } = &cli.cmd
+    {
+        let client = Client::connect_lazy(&cli.endpoints, opts.clone())?;
+        // A failed login shows in each endpoint's check.
+        let _ = client.login().await;
+        if let Cmd::Endpoint { cmd } = cli.cmd {
+            return endpoint(&client, &cli.endpoints, cmd, json, table).await;
+        }
+    }
     let client = match Client::connect(&cli.endpoints, opts).await {
         Ok(c) => c,
         // As etcdctl: a login that fails is a failed connection (exit 2).
@@ -549,6 +570,8 @@ async fn run(cli: Cli, restore: Option<Restore>) -> Result<(), Fail> {
         Err(e) => return Err(e.into()),
     };
     match cli.cmd {
+        // Answered before connecting (below).
+        Cmd::Version => {}
         Cmd::User { cmd } => auth::user(&client, cmd, json).await?,
         Cmd::Role { cmd } => auth::role(&client, cmd, json).await?,
         Cmd::Auth { cmd } => auth::auth(&client, cmd).await?,
@@ -1041,12 +1064,8 @@ async fn endpoint(
             let mut rows = Vec::new();
             let mut unhealthy = false;
             for ep in targets(client, given, cluster).await? {
-                let one = Client::connect([client.url_of(&ep)], client.inner.options.clone()).await;
                 let started = Instant::now();
-                let result = match one {
-                    Ok(c) => c.get("health", None).await.map(|_| ()),
-                    Err(e) => Err(e),
-                };
+                let result = health(client, &ep).await;
                 let took = started.elapsed();
                 match result {
                     Ok(()) => {
@@ -1075,7 +1094,7 @@ async fn endpoint(
                             ep.clone(),
                             "false".into(),
                             format!("{took:?}"),
-                            e.to_string(),
+                            e.clone(),
                         ]);
                         if !json && !table {
                             eprintln!("{ep} is unhealthy: failed to commit proposal: {e}");
@@ -1096,6 +1115,35 @@ async fn endpoint(
     Ok(())
 }
 
+/// etcdctl's health check of one endpoint: a read through it; a refusal for lack of
+/// permission still shows a member that answers, and what does not answer in time is
+/// etcd's `context deadline exceeded`.
+async fn health(client: &Client, ep: &str) -> Result<(), String> {
+    let mut options = client.inner.options.clone();
+    // One try within the command's time, as etcdctl's one Get with a deadline.
+    options.max_retries = 0;
+    let one = Client::connect(
+        [client.url_of(ep)],
+        ClientOptions {
+            user: None,
+            password: None,
+            ..options.clone()
+        },
+    )
+    .await
+    .map_err(|_| "context deadline exceeded".to_string())?;
+    let one = match &client.session_token() {
+        Some(token) => one.with_token(token).map_err(|e| e.to_string())?,
+        None => one,
+    };
+    match one.get("health", None).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_permission_denied() => Ok(()),
+        Err(e) if e.is_unavailable() => Err("context deadline exceeded".into()),
+        Err(e) => Err(e.go_text()),
+    }
+}
+
 /// Runs `cairnctl` with the process's arguments; returns the exit code. `snapshot restore`
 /// is unavailable; the `cairnctl` binary uses [`main_with`].
 pub fn main() -> i32 {
@@ -1108,13 +1156,29 @@ pub fn main_with(restore: Option<Restore>) -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            use clap::error::ContextKind;
             use clap::error::ErrorKind;
             let code = match e.kind() {
                 ErrorKind::DisplayHelp
                 | ErrorKind::DisplayVersion
                 | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
-                // etcdctl: an unknown command is a plain error, wrong arguments are 128.
-                ErrorKind::InvalidSubcommand => 1,
+                // etcdctl: an unknown command or flag, or a flag value that does not parse,
+                // is a plain error; arguments a command cannot use are 128.
+                ErrorKind::InvalidSubcommand
+                | ErrorKind::InvalidValue
+                | ErrorKind::ValueValidation => 1,
+                ErrorKind::UnknownArgument => {
+                    let arg = e
+                        .get(ContextKind::InvalidArg)
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
+                    if arg.starts_with('-') {
+                        let flag = arg.split('=').next().unwrap_or(&arg);
+                        eprintln!("Error: unknown flag: {flag}");
+                        return 1;
+                    }
+                    EXIT_BAD_ARGS
+                }
                 _ => EXIT_BAD_ARGS,
             };
             let _ = e.print();

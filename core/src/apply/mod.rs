@@ -346,12 +346,13 @@ pub fn apply_request(
     index: u64,
     changes: &mut Vec<Changes>,
 ) -> ApplyResult {
-    if let Some(who) = who {
-        check_auth(wb, who, &req)?;
-    }
-    // Every member refuses the same entries, whichever member raised the alarm.
+    // Every member refuses the same entries, whichever member raised the alarm; as etcd's
+    // capped applier wraps its auth applier, the quota comes first.
     if adds_data(&req) && wb.alarmed(AlarmType::Nospace) {
         return Err(Error::NoSpace);
+    }
+    if let Some(who) = who {
+        check_auth(wb, who, &req)?;
     }
     match req {
         Request::Auth(a) => {

@@ -126,8 +126,10 @@ impl AuthStore {
     /// before are dropped: they vouched for users of another state.
     pub fn reload(&self) -> Result<(), Error> {
         let state = load(&self.ks)?;
-        self.publish(&state);
+        let (enabled, revision) = (state.enabled, state.revision);
         *self.write() = state;
+        self.enabled.store(enabled, Ordering::Release);
+        self.revision.store(revision, Ordering::Release);
         self.tokens().clear();
         Ok(())
     }
@@ -160,22 +162,18 @@ impl AuthStore {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, s: &State) {
-        self.enabled.store(s.enabled, Ordering::Release);
-        self.revision.store(s.revision, Ordering::Release);
-    }
-
     /// What `user` may do, if the user exists.
     pub(super) fn access(&self, user: &str) -> Option<Arc<Access>> {
         self.read().access.get(user).cloned()
     }
 
-    /// The stored bcrypt hash and options of `name`, for a login's password check.
-    pub fn credentials(&self, name: &str) -> Option<(Vec<u8>, bool)> {
+    /// The stored bcrypt hash of `name`, whether it has no password, and the auth revision
+    /// they are as of (read together), for a login's password check.
+    pub fn credentials(&self, name: &str) -> Option<(Vec<u8>, bool, u64)> {
         let st = self.read();
         let u = st.users.get(name)?;
         let no_password = u.options.as_ref().is_some_and(|o| o.no_password);
-        Some((u.password.clone(), no_password))
+        Some((u.password.clone(), no_password, st.revision))
     }
 
     /// The roles of `name`, sorted.
@@ -231,6 +229,11 @@ impl AuthStore {
             if !st.users.contains_key(&a.name) {
                 return Err(Error::AuthFailed);
             }
+            // The password was checked against an older state (changed since?): refused,
+            // and the member that took the login checks again.
+            if a.auth_revision != 0 && a.auth_revision != st.revision {
+                return Err(Error::AuthOldRevision);
+            }
             drop(st);
             // Every member registers the same simple token: `<prefix>.<index>`.
             let token = self.tokens().assign_simple(&a.simple_token, index, &a.name);
@@ -246,8 +249,12 @@ impl AuthStore {
         };
         next.derive();
         persist(&self.ks, &before, &next, batch);
-        self.publish(&next);
+        // The state before the revision: a request that sees the new revision finds the
+        // new rights.
+        let (enabled, revision) = (next.enabled, next.revision);
         *self.write() = next;
+        self.enabled.store(enabled, Ordering::Release);
+        self.revision.store(revision, Ordering::Release);
         let tokens = self.tokens();
         match effect {
             TokenEffect::None => {}

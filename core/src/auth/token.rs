@@ -22,6 +22,8 @@ use crate::error::Error;
 
 /// etcd's default token TTL (`--auth-token-ttl`), and JWT's default `ttl`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// The longest TTL taken: deadlines past it would overflow the clock's arithmetic.
+const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Who a token names; `revision` is the auth revision it was issued at (JWT only: a
 /// simple token is as current as the member that holds it).
@@ -66,7 +68,7 @@ impl TokenProvider {
             "simple" | "" => Ok(TokenProvider::Simple(SimpleTokens::new(if ttl.is_zero() {
                 DEFAULT_TTL
             } else {
-                ttl
+                ttl.min(MAX_TTL)
             }))),
             "jwt" => JwtTokens::from_options(parts).map(TokenProvider::Jwt),
             other => Err(format!(
@@ -96,7 +98,7 @@ impl TokenProvider {
         match self {
             TokenProvider::Simple(s) => {
                 let token = format!("{}.0", random_prefix());
-                s.assign_for(&token, user, Duration::from_secs(10 * 365 * 24 * 3600));
+                s.assign_for(&token, user, MAX_TTL);
                 Ok(token)
             }
             TokenProvider::Jwt(j) => j.sign(user, revision),
@@ -249,7 +251,7 @@ impl JwtTokens {
             .parse()
             .map_err(|_| format!("auth: invalid auth signature method {method:?}"))?;
         let ttl = match opts.get("ttl") {
-            Some(t) => crate::config::parse_duration(t)?,
+            Some(t) => crate::config::parse_duration(t)?.min(MAX_TTL),
             None => DEFAULT_TTL,
         };
         let read = |k: &str| -> Result<Option<Vec<u8>>, String> {

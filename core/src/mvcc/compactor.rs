@@ -143,8 +143,25 @@ impl Store {
     }
 }
 
+/// How long after a failed pass the compactor tries again.
+const RETRY: Duration = Duration::from_secs(1);
+
 fn run(store: Weak<Store>, woken: Receiver<()>) {
-    while woken.recv().is_ok() {
+    let mut retry = false;
+    loop {
+        // Woken by a new compaction point; after a failure, also by the retry timer.
+        let woken = if retry {
+            !matches!(
+                woken.recv_timeout(RETRY),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+            )
+        } else {
+            woken.recv().is_ok()
+        };
+        if !woken {
+            return;
+        }
+        retry = false;
         let Some(store) = store.upgrade() else { return };
         loop {
             if store.compactor.stopping.load(Ordering::Relaxed) {
@@ -158,13 +175,13 @@ fn run(store: Weak<Store>, woken: Receiver<()>) {
                 break;
             }
             match pass(&store, target, epoch) {
-                Ok(true) => store.compactor.set_finished(target),
-                // Superseded by a later point or a restored snapshot, or stopping.
-                Ok(false) => continue,
+                // Done (and recorded), or superseded by a later point or a restored
+                // snapshot, or stopping: look again.
+                Ok(()) => continue,
                 Err(e) => {
-                    // Only deletions of unreachable records failed: reads stay correct, and
-                    // the next compaction (or restart) walks again.
-                    tracing::error!(error = %e, rev = target, "compaction pass failed");
+                    // Only deletions of unreachable records failed: reads stay correct.
+                    tracing::error!(error = %e, rev = target, "compaction pass failed; will retry");
+                    retry = true;
                     break;
                 }
             }
@@ -172,21 +189,28 @@ fn run(store: Weak<Store>, woken: Receiver<()>) {
     }
 }
 
-/// One pass at `target`; false if it was abandoned (a newer point, a restore, a stop).
-fn pass(store: &Store, target: i64, epoch: u64) -> Result<bool, Error> {
+/// One pass at `target`, recorded as finished when it gets through; it gives up early on a
+/// newer point, a restore or a stop.
+fn pass(store: &Store, target: i64, epoch: u64) -> Result<(), Error> {
     let started = Instant::now();
     let mut from: Option<Box<[u8]>> = None;
     let mut removed_total = 0usize;
     loop {
+        // Reads that began below the point may still need what this chunk removes.
+        while !store.reads.wait_below(target, Duration::from_millis(100)) {
+            if store.compactor.stopping.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
         if store.compactor.stopping.load(Ordering::Relaxed) {
-            return Ok(false);
+            return Ok(());
         }
         let _gate = store.compactor.gate();
         let mut removed = Vec::new();
         let next = {
             let mut st = store.write_state()?;
             if st.compact_rev != target || st.epoch != epoch {
-                return Ok(false);
+                return Ok(());
             }
             st.index
                 .compact_chunk(from.as_deref(), CHUNK_KEYS, target, &mut removed)
@@ -216,7 +240,7 @@ fn pass(store: &Store, target: i64, epoch: u64) -> Result<bool, Error> {
     }
     let _gate = store.compactor.gate();
     if store.read_state()?.epoch != epoch {
-        return Ok(false);
+        return Ok(());
     }
     // After every deletion in the journal: a restart that finds this finished finds them.
     let mut batch = store.db.batch();
@@ -232,7 +256,9 @@ fn pass(store: &Store, target: i64, epoch: u64) -> Result<bool, Error> {
         took_ms = started.elapsed().as_millis() as u64,
         "compaction finished"
     );
-    Ok(true)
+    // Under the gate: a restore cannot slip between this and the record above.
+    store.compactor.set_finished(target);
+    Ok(())
 }
 
 #[cfg(test)]

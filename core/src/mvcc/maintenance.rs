@@ -23,7 +23,7 @@ impl Store {
     /// it again.
     pub fn dump(
         &self,
-        mut f: impl FnMut(Space, &[u8], &[u8]) -> Result<(), Error>,
+        f: impl FnMut(Space, &[u8], &[u8]) -> Result<(), Error>,
     ) -> Result<(u64, u64), Error> {
         // The apply loop holds the write lock for a whole batch, so a database snapshot
         // opened under the read lock never sees half a batch.
@@ -31,6 +31,15 @@ impl Store {
             let s = self.read_state()?;
             (self.db.snapshot(), (s.applied_index, s.applied_term))
         };
+        self.dump_from(&snap, f)?;
+        Ok(applied)
+    }
+
+    fn dump_from(
+        &self,
+        snap: &fjall::Snapshot,
+        mut f: impl FnMut(Space, &[u8], &[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         for (space, ks) in [
             (Space::Meta, &self.meta),
             (Space::Lease, &self.leases),
@@ -42,7 +51,7 @@ impl Store {
                 f(space, &k, &v)?;
             }
         }
-        Ok(applied)
+        Ok(())
     }
 
     /// Replaces the whole state with the records of a snapshot, atomically and durably, and
@@ -157,11 +166,17 @@ impl Store {
     /// etcd's Hash: a digest of everything a backup holds (key history, leases, revision
     /// counters), with the current revision.
     pub fn hash(&self) -> Result<(u32, i64), Error> {
-        let gate = self.compaction_idle()?;
+        // The gate only while the copy is taken: a snapshot install must not wait for the
+        // whole digest.
+        let snap = {
+            let _gate = self.compaction_idle()?;
+            let _consistent = self.read_state()?;
+            self.db.snapshot()
+        };
         // The revision is read from the same copy as everything hashed.
         let mut current_rev = 0;
         let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
-        self.dump(|space, k, v| {
+        self.dump_from(&snap, |space, k, v| {
             if space == Space::Meta && k == META_CURRENT_REV {
                 let b: [u8; 8] = v
                     .try_into()
@@ -177,7 +192,6 @@ impl Store {
             }
             Ok(())
         })?;
-        drop(gate);
         Ok((leading_u32(sha.finish().as_ref()), current_rev))
     }
 

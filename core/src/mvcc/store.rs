@@ -167,6 +167,7 @@ pub struct Store {
     /// The compactor lowers it as it deletes, outside the state lock.
     pub(super) size_in_use: AtomicU64,
     pub(super) compactor: Compactor,
+    pub(super) reads: Reads,
     /// Users, roles and permissions: replicated state beside the key space.
     pub(super) auth: AuthStore,
 }
@@ -208,6 +209,7 @@ impl Store {
             published,
             size_in_use: AtomicU64::new(size_in_use),
             compactor: Compactor::new(finished),
+            reads: Reads::default(),
             auth,
         });
         Compactor::start(&store)?;
@@ -322,12 +324,18 @@ impl Store {
         self.state.write().map_err(|_| Error::Stopped)
     }
 
-    /// A consistent read view at the current revision.
+    /// A consistent read view at the current revision. While it lives, the compactor leaves
+    /// the history it can read alone (see [`Reads`]).
     pub fn read(&self) -> Result<ReadTxn<'_>, Error> {
         let st = self.read_state()?;
+        // Registered under the lock, so a compaction chunk (which takes it exclusively)
+        // either sees this read or ran before it began.
+        self.reads.enter(st.compact_rev);
         Ok(ReadTxn {
             store: self,
             rev: st.current_rev,
+            floor: st.compact_rev,
+            epoch: st.epoch,
             snapshot: self.db.snapshot(),
         })
     }
@@ -501,7 +509,58 @@ pub(super) fn read_rev(opts: &RangeOptions, cur_rev: i64, compact_rev: i64) -> R
 pub struct ReadTxn<'a> {
     store: &'a Store,
     rev: i64,
+    /// The compaction point when the view was taken: the oldest revision it may read.
+    floor: i64,
+    epoch: u64,
     snapshot: Snapshot,
+}
+
+impl Drop for ReadTxn<'_> {
+    fn drop(&mut self) {
+        self.store.reads.leave(self.floor);
+    }
+}
+
+/// The reads in progress, by the compaction point they started at. A compaction chunk at
+/// point T waits until none that began below T is left, so a read never finds the history
+/// it may read (at or above its own start point) removed from the index under it.
+#[derive(Default)]
+pub(super) struct Reads {
+    by_floor: std::sync::Mutex<std::collections::BTreeMap<i64, usize>>,
+    left: std::sync::Condvar,
+}
+
+impl Reads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<i64, usize>> {
+        // Each operation is one map change.
+        self.by_floor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enter(&self, floor: i64) {
+        *self.lock().entry(floor).or_default() += 1;
+    }
+
+    fn leave(&self, floor: i64) {
+        let mut m = self.lock();
+        if let Some(n) = m.get_mut(&floor) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&floor);
+                self.left.notify_all();
+            }
+        }
+    }
+
+    /// Waits up to `limit` until no read that began below `point` is in progress; true if
+    /// none is.
+    pub(super) fn wait_below(&self, point: i64, limit: std::time::Duration) -> bool {
+        let m = self.lock();
+        let (m, _) = self
+            .left
+            .wait_timeout_while(m, limit, |m| m.keys().next().is_some_and(|f| *f < point))
+            .unwrap_or_else(|p| p.into_inner());
+        m.keys().next().is_none_or(|f| *f >= point)
+    }
 }
 
 impl ReadTxn<'_> {
@@ -525,28 +584,21 @@ impl ReadTxn<'_> {
         let mut from: Option<Vec<u8>> = None;
         loop {
             let st = self.store.read_state()?;
-            // Compaction at or below `rev` keeps everything reachable at `rev`; one past it
-            // (it committed after this view was taken) may have removed what we read.
-            if st.compact_rev > rev {
-                return Err(Error::Compacted);
+            // A snapshot restored meanwhile replaced the index this view's data belongs to.
+            if st.epoch != self.epoch {
+                return Err(Error::Timeout);
             }
+            // No compaction removes what this read needs: the compactor waits for reads
+            // below its point (`Store::reads`).
             let start = from.as_deref().unwrap_or(key);
-            // The last key walked, when the chunk ended before the range did.
-            let mut last = None;
-            for (walked, (k, at)) in st
-                .index
-                .range_after(start, from.is_some(), end, rev)
-                .enumerate()
-            {
-                count += 1;
-                if !count_only && revs.len() < limit {
-                    revs.push(at.modified);
-                }
-                if walked + 1 == WALK_CHUNK {
-                    last = Some(k.to_vec());
-                    break;
-                }
-            }
+            let last =
+                st.index
+                    .visit_chunk(start, from.is_some(), end, rev, WALK_CHUNK, |_, at| {
+                        count += 1;
+                        if !count_only && revs.len() < limit {
+                            revs.push(at.modified);
+                        }
+                    });
             drop(st);
             match last {
                 // The walk goes on after the last key it took.

@@ -72,6 +72,40 @@ impl TreeIndex {
         end: &'a [u8],
         at: i64,
     ) -> impl Iterator<Item = (&'a [u8], KeyAt)> + 'a {
+        self.entries_after(start, exclusive, end)
+            .filter_map(move |(k, ki)| ki.get(at).map(|a| (&**k, a)))
+    }
+
+    /// One chunk of a walk: at most `max` keys of the range from `start` on, alive at `at`
+    /// or not (a range of mostly deleted keys costs its walk too); `f` gets those alive.
+    /// Returns the last key visited when the chunk ended before the range did.
+    pub fn visit_chunk(
+        &self,
+        start: &[u8],
+        exclusive: bool,
+        end: &[u8],
+        at: i64,
+        max: usize,
+        mut f: impl FnMut(&[u8], KeyAt),
+    ) -> Option<Vec<u8>> {
+        for (n, (k, ki)) in self.entries_after(start, exclusive, end).enumerate() {
+            if let Some(a) = ki.get(at) {
+                f(k, a);
+            }
+            if n + 1 == max {
+                return Some(k.to_vec());
+            }
+        }
+        None
+    }
+
+    /// Every entry of the range from `start` on, alive or not.
+    fn entries_after<'a>(
+        &'a self,
+        start: &'a [u8],
+        exclusive: bool,
+        end: &'a [u8],
+    ) -> impl Iterator<Item = (&'a Box<[u8]>, &'a KeyIndex)> + 'a {
         let bounds = KeyRange::new(start, end).bounds().map(|(lo, hi)| {
             let lo = match lo {
                 Bound::Included(k) if exclusive => Bound::Excluded(k),
@@ -88,7 +122,6 @@ impl TreeIndex {
             .map(|b| self.keys.range::<[u8], _>(b))
             .into_iter()
             .flatten()
-            .filter_map(move |(k, ki)| ki.get(at).map(|a| (&**k, a)))
     }
 
     /// Compacts every key at `at`; returns the revisions storage must delete.

@@ -8,10 +8,23 @@ struct Fields(String);
 
 impl Serializer for Fields {
     fn emit_arguments(&mut self, key: Key, val: &std::fmt::Arguments) -> slog::Result {
+        // Member ids in hex, as everywhere else in the member's logs.
+        let is_id = matches!(key, "raft_id" | "from" | "to" | "id" | "leader_id" | "lead");
+        let text = val.to_string();
         // Writing to a String cannot fail.
-        let _ = write!(self.0, " {key}={val}");
+        let _ = match text.parse::<u64>() {
+            Ok(id) if is_id && id != 0 => write!(self.0, " {key}={id:x}"),
+            _ => write!(self.0, " {key}={text}"),
+        };
         Ok(())
     }
+}
+
+/// raft-rs's info lines that dump whole configurations: detail for debugging.
+fn is_dump(msg: &str) -> bool {
+    msg.starts_with("switched to configuration")
+        || msg.starts_with("newRaft")
+        || msg.starts_with("RawNode created")
 }
 
 struct TracingDrain;
@@ -30,6 +43,9 @@ impl Drain for TracingDrain {
                 tracing::error!(target: "raft", "{msg}{fields}")
             }
             slog::Level::Warning => tracing::warn!(target: "raft", "{msg}{fields}"),
+            slog::Level::Info if is_dump(&msg.to_string()) => {
+                tracing::debug!(target: "raft", "{msg}{fields}")
+            }
             slog::Level::Info => tracing::info!(target: "raft", "{msg}{fields}"),
             slog::Level::Debug => tracing::debug!(target: "raft", "{msg}{fields}"),
             slog::Level::Trace => tracing::trace!(target: "raft", "{msg}{fields}"),

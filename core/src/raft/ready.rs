@@ -357,11 +357,12 @@ impl ReadyLoop {
                 if leader != 0 {
                     crate::metrics::METRICS.leader_changes.inc();
                 }
-                tracing::info!(
-                    leader = format!("{leader:x}"),
-                    term = self.node.raft.term,
-                    "leader changed"
-                );
+                let name = if leader == 0 {
+                    "none".to_string()
+                } else {
+                    format!("{leader:x}")
+                };
+                tracing::info!(leader = name, term = self.node.raft.term, "leader changed");
                 if previous != 0 {
                     // Proposals in flight went to a leader that is gone: tell their
                     // clients now rather than at their timeout (they may still commit, as

@@ -202,18 +202,20 @@ impl AuthService {
     }
 }
 
-/// Checks a login's password against the stored hash (bcrypt's CPU work off the workers).
-async fn check_password(node: &Node, name: &str, password: String) -> Result<(), Error> {
+/// Checks a login's password against the stored hash (bcrypt's CPU work off the workers);
+/// returns the auth revision the check was made at.
+async fn check_password(node: &Node, name: &str, password: &str) -> Result<u64, Error> {
     let auth = node.store.auth();
     if !auth.is_enabled() {
         return Err(Error::AuthNotEnabled);
     }
-    let Some((hash, no_password)) = auth.credentials(name) else {
+    let Some((hash, no_password, revision)) = auth.credentials(name) else {
         return Err(Error::AuthFailed);
     };
     if no_password {
         return Err(Error::NoPasswordUser);
     }
+    let password = password.to_string();
     let ok = tokio::task::spawn_blocking(move || {
         let hash = String::from_utf8(hash).unwrap_or_default();
         bcrypt::verify(password, &hash).unwrap_or(false)
@@ -221,11 +223,14 @@ async fn check_password(node: &Node, name: &str, password: String) -> Result<(),
     .await
     .unwrap_or(false);
     if ok {
-        Ok(())
+        Ok(revision)
     } else {
         Err(Error::AuthFailed)
     }
 }
+
+/// Logins tried again when auth changed between the password check and the token.
+const LOGIN_ATTEMPTS: usize = 3;
 
 #[tonic::async_trait]
 impl Auth for AuthService {
@@ -272,28 +277,42 @@ impl Auth for AuthService {
         // caller), but only after the password.
         let caller = who(&self.node, &req).await;
         let r = req.into_inner();
-        check_password(&self.node, &r.name, r.password).await?;
-        let caller = caller?;
+        // The password is checked against every change acknowledged before the login.
+        self.node.wait_linearizable().await?;
         let auth = self.node.store.auth();
-        let tokens = auth.tokens();
-        let token = if tokens.is_simple() {
-            let login = AuthOp::Authenticate(InternalAuthenticate {
-                name: r.name.clone(),
-                simple_token: crate::auth::random_prefix(),
-            });
-            let internal = Internal::Auth(AuthRequest {
-                request: Some(login),
-            });
-            match self.node.propose_as(&caller, internal).await? {
-                Applied::Auth(AuthApplied::Token(t)) => t,
-                other => {
-                    return Err(Status::internal(format!(
-                        "unexpected apply result {other:?}"
-                    )))
+        let mut attempt = 0;
+        let token = loop {
+            attempt += 1;
+            let revision = check_password(&self.node, &r.name, &r.password).await?;
+            let caller = caller.clone()?;
+            if !auth.tokens().is_simple() {
+                // A JWT vouches for the revision the password was checked at.
+                if auth.revision() == revision {
+                    break auth.tokens().sign(&r.name, revision)?;
+                }
+            } else {
+                let login = AuthOp::Authenticate(InternalAuthenticate {
+                    name: r.name.clone(),
+                    simple_token: crate::auth::random_prefix(),
+                    auth_revision: revision,
+                });
+                let internal = Internal::Auth(AuthRequest {
+                    request: Some(login),
+                });
+                match self.node.propose_as(&caller, internal).await {
+                    Ok(Applied::Auth(AuthApplied::Token(t))) => break t,
+                    Ok(other) => {
+                        return Err(Status::internal(format!(
+                            "unexpected apply result {other:?}"
+                        )))
+                    }
+                    Err(Error::AuthOldRevision) if attempt < LOGIN_ATTEMPTS => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
-        } else {
-            tokens.sign(&r.name, auth.revision())?
+            if attempt >= LOGIN_ATTEMPTS {
+                return Err(Error::AuthOldRevision.into());
+            }
         };
         tracing::debug!(user = r.name, "authenticated");
         Ok(Response::new(AuthenticateResponse {
@@ -306,6 +325,12 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
+        // Before the hash's CPU: a caller who may not add users is refused cheaply (the apply
+        // step checks again, authoritatively).
+        self.node
+            .store
+            .auth()
+            .check_admin(&who(&self.node, &req).await?)?;
         let r = req.get_ref().clone();
         let no_password = r
             .options
@@ -369,6 +394,10 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        self.node
+            .store
+            .auth()
+            .check_admin(&who(&self.node, &req).await?)?;
         let r = req.get_ref().clone();
         let hashed_password = self.stored_hash(r.password, r.hashed_password).await?;
         let op = AuthOp::UserChangePassword(InternalChangePassword {

@@ -39,13 +39,16 @@ impl Kv for KvService {
         &self,
         req: GrpcRequest<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        let who = super::auth::who(&self.node, &req).await?;
-        let r = req.into_inner();
-        validate::check_range(&r)?;
-        self.node.store.auth().check_range(&who, &r)?;
-        if !r.serializable {
+        // As etcd: the request is validated, then (after the read barrier, so the auth state
+        // is as recent as the data) its permission checked.
+        validate::check_range(req.get_ref())?;
+        if !req.get_ref().serializable {
             self.node.wait_linearizable().await?;
         }
+        let who = super::auth::who(&self.node, &req).await?;
+        let auth = self.node.store.auth();
+        auth.check_range(&who, req.get_ref())?;
+        let r = req.into_inner();
         let mut resp = if is_small(&r) {
             kv::range(&self.node.store.read()?, &r)?
         } else {
@@ -56,14 +59,15 @@ impl Kv for KvService {
                 .await
                 .map_err(|e| Status::internal(e.to_string()))??
         };
+        stale_auth(auth, &who)?;
         self.node.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn put(&self, req: GrpcRequest<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        validate::check_put(req.get_ref())?;
         let who = super::auth::who(&self.node, &req).await?;
         let p = req.into_inner();
-        validate::check_put(&p)?;
         self.node.check_quota(put_cost(&p)).await?;
         Ok(Response::new(
             self.node.propose_for(&who, Internal::Put(p)).await?,
@@ -74,9 +78,9 @@ impl Kv for KvService {
         &self,
         req: GrpcRequest<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        validate::check_delete(req.get_ref())?;
         let who = super::auth::who(&self.node, &req).await?;
         let d = req.into_inner();
-        validate::check_delete(&d)?;
         Ok(Response::new(
             self.node
                 .propose_for(&who, Internal::DeleteRange(d))
@@ -85,18 +89,18 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: GrpcRequest<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let who = super::auth::who(&self.node, &req).await?;
-        let t = req.into_inner();
-        validate::check_txn(&t, self.max_txn_ops)?;
-        validate::check_duplicates(&t.success)?;
-        validate::check_duplicates(&t.failure)?;
-        if kv::is_read_only(&t) {
-            let store = &self.node.store;
-            store.auth().check_txn(&who, &t, store.lessor())?;
-            // Reads need no log entry: serve them behind the read barrier.
-            if !is_serializable(&t) {
+        validate::check_txn(req.get_ref(), self.max_txn_ops)?;
+        validate::check_duplicates(&req.get_ref().success)?;
+        validate::check_duplicates(&req.get_ref().failure)?;
+        if kv::is_read_only(req.get_ref()) {
+            // Reads need no log entry: serve them behind the read barrier, checked after it.
+            if !is_serializable(req.get_ref()) {
                 self.node.wait_linearizable().await?;
             }
+            let who = super::auth::who(&self.node, &req).await?;
+            let t = req.into_inner();
+            let store = &self.node.store;
+            store.auth().check_txn(&who, &t, store.lessor())?;
             let store = self.node.store.clone();
             let small = all_small(&t);
             let read = move || {
@@ -110,9 +114,12 @@ impl Kv for KvService {
                     .await
                     .map_err(|e| Status::internal(e.to_string()))??
             };
+            stale_auth(self.node.store.auth(), &who)?;
             self.node.fill_header(&mut resp.header);
             return Ok(Response::new(resp));
         }
+        let who = super::auth::who(&self.node, &req).await?;
+        let t = req.into_inner();
         self.node.check_quota(txn_cost(&t)).await?;
         Ok(Response::new(
             self.node.propose_for(&who, Internal::Txn(t)).await?,
@@ -146,18 +153,19 @@ impl Kv for KvService {
     }
 }
 
-/// Most keys a range may read on the async worker itself.
-const INLINE_RANGE: i64 = 1_000;
+/// etcd's rule for reads: one that raced an auth change (the credentials were checked at
+/// an older auth revision than the one now) is not answered, the client logs in again.
+fn stale_auth(auth: &crate::auth::AuthStore, who: &crate::auth::AuthInfo) -> Result<(), Status> {
+    if auth.is_enabled() && who.revision != 0 && who.revision != auth.revision() {
+        return Err(crate::error::Error::AuthOldRevision.into());
+    }
+    Ok(())
+}
 
-/// Whether a range reads few enough keys to serve inline: one key, or a small limit in key
-/// order without filters.
+/// Whether a range reads one key, so it is served on the async worker itself. Any other
+/// range counts every key it covers (limit or not), so it goes to a blocking thread.
 fn is_small(r: &RangeRequest) -> bool {
-    let plain = r.sort_order == 0
-        && r.min_mod_revision == 0
-        && r.max_mod_revision == 0
-        && r.min_create_revision == 0
-        && r.max_create_revision == 0;
-    r.range_end.is_empty() || (plain && r.limit > 0 && r.limit <= INLINE_RANGE)
+    r.range_end.is_empty()
 }
 
 /// Whether every range of a read-only txn (nested ones too) is small.

@@ -68,8 +68,12 @@ impl SelfClient {
                     tls: self.tls.clone(),
                     ..ClientOptions::default()
                 };
+                // Marked as the gateway marks what it forwards: the member's own
+                // certificate on this connection names nobody.
                 Client::connect([url.as_str()], options)
                     .await
+                    .map_err(status)?
+                    .with_metadata(super::auth::FROM_GATEWAY, "cairn")
                     .map_err(status)
             })
             .await
@@ -80,25 +84,30 @@ impl SelfClient {
     }
 
     /// The client of itself acting as `req`'s caller, as etcd's services pass their
-    /// caller's context on: with auth on, it carries a token for the caller made by this
-    /// member (ended with the call), or none for an anonymous caller; and never the
-    /// member's own certificate as an identity.
+    /// caller's context on: the caller's own token when it sent one; for a caller a client
+    /// certificate names (auth on), a token for that user made by this member, ended a
+    /// while after the call; anonymous otherwise. Never the member's own certificate as an
+    /// identity: every call carries the gateway's marker.
     pub(super) async fn as_caller<T: Sync>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let client = self.get().await?;
-        let auth = self.node.store.auth();
-        let who = super::auth::who(&self.node, req).await.map_err(unmapped)?;
-        if !auth.is_enabled() {
+        let md = req.metadata();
+        if let Some(token) = md
+            .get(super::auth::TOKEN)
+            .or_else(|| md.get(super::auth::AUTHORIZATION))
+        {
+            let token = token
+                .to_str()
+                .map_err(|_| unmapped(crate::error::Error::InvalidAuthToken))?;
             return Ok(Caller {
-                client: client.clone(),
+                client: client.with_token(token).map_err(status)?,
                 token: None,
             });
         }
-        let client = client
-            .with_metadata(super::auth::FROM_GATEWAY, "cairn")
-            .map_err(status)?;
-        if who.is_anonymous() {
+        let auth = self.node.store.auth();
+        let who = super::auth::who(&self.node, req).await.map_err(unmapped)?;
+        if !auth.is_enabled() || who.is_anonymous() {
             return Ok(Caller {
-                client,
+                client: client.clone(),
                 token: None,
             });
         }
@@ -135,9 +144,17 @@ pub(super) struct LocalToken {
     token: String,
 }
 
+/// How long a token made for one call outlives it: a recipe's cleanup (removing a lock
+/// key whose waiter went away) runs after the call and still needs it.
+const LOCAL_TOKEN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Drop for LocalToken {
     fn drop(&mut self) {
-        self.node.store.auth().tokens().forget(&self.token);
+        let (node, token) = (self.node.clone(), std::mem::take(&mut self.token));
+        tokio::spawn(async move {
+            tokio::time::sleep(LOCAL_TOKEN_GRACE).await;
+            node.store.auth().tokens().forget(&token);
+        });
     }
 }
 

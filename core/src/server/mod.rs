@@ -15,6 +15,7 @@ mod lease;
 mod lock;
 mod maintenance;
 mod peer;
+mod preflight;
 mod tls;
 pub mod validate;
 mod watch;
@@ -108,6 +109,8 @@ pub struct Server {
     serving: Vec<JoinHandle<()>>,
     threads: Vec<thread::JoinHandle<()>>,
     net: NetThread,
+    /// Held while the member runs: a second process on the data directory is refused.
+    _lock: preflight::DirLock,
 }
 
 /// Raft's network on a thread of its own: the peer listeners and the transport's
@@ -155,21 +158,6 @@ impl NetThread {
     }
 }
 
-/// `http(s)://host:port` → a socket address (host names are resolved).
-async fn resolve(url: &str) -> Result<SocketAddr, StartError> {
-    let bad = |why: &str| StartError::Url(url.to_string(), why.to_string());
-    let rest = match url.split_once("://") {
-        Some(("http" | "https", rest)) => rest,
-        Some((scheme, _)) => return Err(bad(&format!("unsupported scheme {scheme}"))),
-        None => return Err(bad("expected scheme://host:port")),
-    };
-    let hostport = rest.trim_end_matches('/');
-    let mut addrs = tokio::net::lookup_host(hostport)
-        .await
-        .map_err(|e| bad(&e.to_string()))?;
-    addrs.next().ok_or_else(|| bad("resolves to no address"))
-}
-
 impl Server {
     /// Starts a member as configured; returns once it is serving clients.
     pub async fn start(cfg: Config) -> Result<Server, StartError> {
@@ -192,6 +180,9 @@ impl Server {
             );
             crate::auth::DEFAULT_BCRYPT_COST
         };
+        // Ports, URLs, the initial cluster and the data directory's lock, before anything
+        // in the directory is read or written.
+        let ready = preflight::check(&cfg).await?;
         let data_dir = cfg.data_dir();
         let member_dir = data_dir.join("member");
         let db_dir = member_dir.join("db");
@@ -208,7 +199,11 @@ impl Server {
         let min_ttl = (cfg.election_timeout * 3 / 2).div_ceil(1000) as i64;
         let lessor = Arc::new(Lessor::new(min_ttl));
         let store = Store::open(&db, &db_dir, lessor.clone())?;
-        store.auth().set_tokens(tokens);
+        if !store.auth().set_tokens(tokens) {
+            return Err(StartError::Flag(
+                "--auth-token: tokens were in use before it was set".into(),
+            ));
+        }
         let (local_id, cluster) = identify(&cfg, &db, &store, &tls.peer_dial).await?;
         let membership = Arc::new(Membership::new(local_id, cluster));
         let hub = WatchHub::start(store.clone()).map_err(StartError::Thread)?;
@@ -329,17 +324,12 @@ impl Server {
             .max_encoding_message_size(PEER_MAX_MESSAGE),
         );
         let mut peer_addrs = Vec::new();
-        for url in &cfg.listen_peer_urls {
-            // Bound and served from the net thread, whose runtime then owns the sockets.
-            let (url, router, tls, stop) = (
-                url.clone(),
-                peer_router.clone(),
-                tls.peer.clone(),
-                shutdown_rx.clone(),
-            );
+        for bound in ready.peer {
+            // Served from the net thread, whose runtime then owns the sockets.
+            let (router, tls, stop) = (peer_router.clone(), tls.peer.clone(), shutdown_rx.clone());
             let bound = net
                 .runtime
-                .spawn(async move { serve(&url, router, tls, None, stop).await })
+                .spawn(async move { serve(bound, router, tls, None, stop) })
                 .await
                 .map_err(|e| StartError::Thread(std::io::Error::other(e)))?;
             let (local, task) = bound?;
@@ -441,15 +431,15 @@ impl Server {
         )));
         let mut client_addrs = Vec::new();
         let mut own_https = None;
-        for url in &cfg.listen_client_urls {
+        for bound in ready.client {
+            let url = bound.url.clone();
             let (local, task) = serve(
-                url,
+                bound,
                 router.clone(),
                 tls.client.clone(),
                 Some(published.clone()),
                 shutdown_rx.clone(),
-            )
-            .await?;
+            )?;
             client_addrs.push(local);
             if url.starts_with("http://") {
                 // A plain URL needs no certificate of the member's own: the first one wins.
@@ -481,6 +471,7 @@ impl Server {
             serving,
             threads,
             net,
+            _lock: ready.lock,
         })
     }
 
@@ -569,21 +560,16 @@ async fn stop_on_apply_failure(
 
 /// Binds `url` and serves `router` on it (once `ready`, if given; through TLS with `tls`)
 /// until shutdown.
-async fn serve(
-    url: &str,
+fn serve(
+    bound: preflight::Bound,
     router: tonic::transport::server::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     ready: Option<tokio::sync::watch::Receiver<bool>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
-    let addr = resolve(url).await?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| StartError::Listen(url.to_string(), e))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| StartError::Listen(url.to_string(), e))?;
-    let tls = tls.filter(|_| url.starts_with("https://"));
+    let local = bound.local_addr()?;
+    let tls = tls.filter(|_| bound.url.starts_with("https://"));
+    let listener = bound.into_tokio()?;
     let incoming = tls::incoming(listener, tls, stop.clone());
     let task = tokio::spawn(async move {
         if let Some(mut ready) = ready {

@@ -271,7 +271,10 @@ impl Requests {
     async fn allowed(&self, c: &WatchCreateRequest) -> Result<(), crate::error::Error> {
         let node = &self.shared.node;
         let who = self.credentials.resolve(node).await?;
-        node.store.auth().check_read(&who, &c.key, &c.range_end)
+        // As etcd: the empty key is "\0" for the check (the whole key space is granted as
+        // ["\0", "\0")).
+        let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
+        node.store.auth().check_read(&who, key, &c.range_end)
     }
 
     /// Registers the watcher and queues its created answer while the table is locked (see

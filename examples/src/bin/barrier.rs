@@ -8,7 +8,11 @@ use std::time::Duration;
 use cairn_recipes::{Barrier, DoubleBarrier, Session};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    cairn_examples::finish(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let client = cairn_examples::connect().await?;
     let gate = Barrier::new(client.clone(), "barriers/deploy");
     gate.hold().await?;

@@ -38,7 +38,11 @@ async fn fenced_write(client: &Client, job: &str, token: i64, output: &str) -> b
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    cairn_examples::finish(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let job = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "nightly-report".into());

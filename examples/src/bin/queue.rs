@@ -8,7 +8,11 @@ use std::collections::BTreeMap;
 use cairn_recipes::Queue;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    cairn_examples::finish(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let jobs: usize = std::env::args()
         .nth(1)
         .and_then(|n| n.parse().ok())

@@ -8,7 +8,11 @@ use cairn_recipes::{InstanceEvent, ServiceRegistry, Session};
 use futures::StreamExt;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    cairn_examples::finish(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let client = cairn_examples::connect().await?;
     let registry = ServiceRegistry::new(client.clone(), "services/");

@@ -8,7 +8,11 @@ use cairn_recipes::{Election, Session};
 use futures::StreamExt;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    cairn_examples::finish(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let me = std::env::args()
         .nth(1)
         .unwrap_or_else(|| format!("scheduler-{}", std::process::id()));

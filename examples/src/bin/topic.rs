@@ -9,7 +9,11 @@ use cairn_recipes::{Retention, Topic};
 use futures::StreamExt;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    cairn_examples::finish(run().await)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let role = args.next().unwrap_or_else(|| "consume".into());
     let client = cairn_examples::connect().await?;
@@ -29,10 +33,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => {
             let name = args.next().unwrap_or_else(|| "billing".into());
             let group = orders.group(&name);
-            println!(
-                "group {name} resumes after offset {:?}",
-                group.committed().await?
-            );
+            match group.committed().await? {
+                Some(offset) => println!("group {name} resumes after offset {offset}"),
+                None => println!("group {name} starts at the first message"),
+            }
             let mut messages = group.subscribe().await?;
             while let Some(message) = messages.next().await {
                 let message = message?;

@@ -1,0 +1,192 @@
+//! The README, checked: every `console` block is run, command by command and in order,
+//! against one fresh member with stock etcdctl and cairnctl, and must print what the README
+//! shows (`…` stands for what differs between runs); every `rust` block is the text of
+//! `examples/src/readme.rs`, which the build compiles.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::{etcdctl_binary, reference, Process};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The bodies of the README's code blocks opened with `fence` (e.g. "```console").
+fn blocks(readme: &str, fence: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = readme;
+    while let Some(start) = rest.find(&format!("{fence}\n")) {
+        let body = &rest[start + fence.len() + 1..];
+        let end = body.find("```\n").expect("a closed block");
+        out.push(body[..end].to_string());
+        rest = &body[end..];
+    }
+    out
+}
+
+/// One command of a console block and the lines it should print.
+struct Step {
+    command: String,
+    expected: Vec<String>,
+}
+
+fn steps(block: &str) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    let mut lines = block.lines();
+    while let Some(line) = lines.next() {
+        if let Some(command) = line.strip_prefix("$ ") {
+            let mut command = command.to_string();
+            // A here-document runs to its terminator.
+            if let Some(tag) = command
+                .split("<<'")
+                .nth(1)
+                .and_then(|t| t.split('\'').next())
+                .map(str::to_string)
+            {
+                for l in lines.by_ref() {
+                    command.push('\n');
+                    command.push_str(l);
+                    if l == tag {
+                        break;
+                    }
+                }
+            }
+            steps.push(Step {
+                command,
+                expected: Vec::new(),
+            });
+        } else if let Some(step) = steps.last_mut() {
+            step.expected.push(line.to_string());
+        }
+    }
+    steps
+}
+
+/// Whether `line` fits `pattern`, where `…` matches any text.
+fn fits(pattern: &str, line: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('…').collect();
+    if parts.len() == 1 {
+        return pattern == line;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !line.starts_with(first) || !line.ends_with(last) || line.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut at = first.len();
+    let end = line.len() - last.len();
+    for part in &parts[1..parts.len() - 1] {
+        match line[at..end].find(part) {
+            Some(i) => at += i + part.len(),
+            None => return false,
+        }
+    }
+    true
+}
+
+#[test]
+fn the_readme_rust_blocks_are_the_compiled_examples() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    let source = std::fs::read_to_string(root().join("examples/src/readme.rs")).expect("readme.rs");
+    let regions: Vec<String> = source
+        .split("    // README: ")
+        .skip(1)
+        .filter(|r| !r.starts_with("end"))
+        .map(|r| {
+            let body = r.split_once('\n').map_or("", |(_, b)| b);
+            body.lines()
+                .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+                .collect()
+        })
+        .collect();
+    let rust = blocks(&readme, "```rust");
+    assert_eq!(rust.len(), regions.len(), "one README block per region");
+    for (i, (block, region)) in rust.iter().zip(&regions).enumerate() {
+        assert_eq!(
+            block, region,
+            "README rust block {i} differs from examples/src/readme.rs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_console_blocks_print_what_they_show_on_a_fresh_member() {
+    let Some(etcdctl) = reference(etcdctl_binary(), "etcdctl") else {
+        return;
+    };
+    let member = Process::cairn().await;
+    let bin = tempfile::tempdir().expect("dir");
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_cairnctl-under-test"),
+        bin.path().join("cairnctl"),
+    )
+    .expect("link cairnctl");
+    std::os::unix::fs::symlink(&etcdctl, bin.path().join("etcdctl")).expect("link etcdctl");
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let endpoint = member.addr.to_string();
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    // What the README names that a run names otherwise (lease ids): README → this run.
+    let mut names: Vec<(String, String)> = Vec::new();
+    let rename = |s: &str, names: &[(String, String)]| {
+        names
+            .iter()
+            .fold(s.to_string(), |s, (from, to)| s.replace(from, to))
+    };
+    let work = tempfile::tempdir().expect("dir");
+    for block in blocks(&readme, "```console") {
+        for step in steps(&block) {
+            let command = rename(&step.command, &names);
+            let out = tokio::task::spawn_blocking({
+                let (path, endpoint, dir) =
+                    (path.clone(), endpoint.clone(), work.path().to_owned());
+                move || {
+                    Command::new("bash")
+                        .arg("-c")
+                        .arg(format!("{command} 2>&1"))
+                        .current_dir(dir)
+                        .env("PATH", path)
+                        .env("ETCDCTL_API", "3")
+                        .env("ETCDCTL_ENDPOINTS", &endpoint)
+                        .env("CAIRNCTL_ENDPOINTS", &endpoint)
+                        .output()
+                        .expect("bash")
+                }
+            })
+            .await
+            .expect("command");
+            let printed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with("{\"level\":"))
+                .map(str::to_string)
+                .collect();
+            let expected: Vec<String> = step.expected.iter().map(|l| rename(l, &names)).collect();
+            // A lease the README names gets this run's id from here on.
+            for (want, got) in expected.iter().zip(&printed) {
+                let id = |l: &str| {
+                    l.strip_prefix("lease ")
+                        .and_then(|r| r.split_once(" granted"))
+                        .map(|(id, _)| id.to_string())
+                };
+                if let (Some(a), Some(b)) = (id(want), id(got)) {
+                    if a != b {
+                        names.push((a, b));
+                    }
+                }
+            }
+            let expected: Vec<String> = expected.iter().map(|l| rename(l, &names)).collect();
+            let ok = expected.len() == printed.len()
+                && expected.iter().zip(&printed).all(|(w, g)| fits(w, g));
+            assert!(
+                ok,
+                "README command `{}` printed\n{}\nbut the README shows\n{}",
+                step.command,
+                printed.join("\n"),
+                expected.join("\n")
+            );
+        }
+    }
+}
