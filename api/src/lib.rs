@@ -25,6 +25,11 @@ pub mod authpb {
     include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
+/// Leases as etcd stores them in its database (for backups in etcd's format).
+pub mod leasepb {
+    tonic::include_proto!("leasepb");
+}
+
 /// The etcd v3 services: KV, Watch, Lease, Cluster, Maintenance, Auth.
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");

@@ -209,6 +209,15 @@ impl From<std::io::Error> for Error {
     }
 }
 
+impl From<cairn_bolt::Error> for Error {
+    fn from(e: cairn_bolt::Error) -> Error {
+        match e {
+            cairn_bolt::Error::Io(e) => Error::Storage(e.to_string()),
+            e => Error::Corrupt(e.to_string()),
+        }
+    }
+}
+
 impl From<prost::DecodeError> for Error {
     fn from(e: prost::DecodeError) -> Error {
         Error::Corrupt(e.to_string())

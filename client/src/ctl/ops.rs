@@ -24,6 +24,9 @@ pub struct RestoreArgs {
     pub initial_cluster_token: String,
     /// The new member's peer URLs.
     pub initial_advertise_peer_urls: Vec<String>,
+    /// Restore an etcd database without the SHA-256 trailer (a file copied from a data
+    /// directory), or whose trailer does not match.
+    pub skip_hash_check: bool,
 }
 
 /// Builds a member's data directory from a backup. The server crate provides it (this
@@ -61,6 +64,12 @@ pub enum SnapshotCmd {
             value_delimiter = ','
         )]
         initial_advertise_peer_urls: Vec<String>,
+        /// Ignore snapshot integrity hash value (required if copied from data directory).
+        #[arg(long = "skip-hash-check")]
+        skip_hash_check: bool,
+        /// Not supported: Cairn keeps its raft log in the data directory.
+        #[arg(long = "wal-dir", hide = true)]
+        wal_dir: Option<PathBuf>,
     },
 }
 
@@ -81,7 +90,14 @@ pub fn snapshot_local(
             initial_cluster,
             initial_cluster_token,
             initial_advertise_peer_urls,
+            skip_hash_check,
+            wal_dir,
         } => {
+            if wal_dir.is_some() {
+                return Some(Err(bad_args(
+                    "--wal-dir is not supported: Cairn keeps its raft log in the data directory",
+                )));
+            }
             let Some(restore) = restore else {
                 return Some(Err("this cairnctl was built without restore support".into()));
             };
@@ -94,6 +110,7 @@ pub fn snapshot_local(
                 initial_cluster: initial_cluster.clone(),
                 initial_cluster_token: initial_cluster_token.clone(),
                 initial_advertise_peer_urls: initial_advertise_peer_urls.clone(),
+                skip_hash_check: *skip_hash_check,
             };
             Some(restore(&args).map_err(Fail::from))
         }
@@ -101,7 +118,7 @@ pub fn snapshot_local(
 }
 
 fn status(filename: &std::path::Path, json: bool, table: bool) -> Result<(), Fail> {
-    let s = backup::verify(filename)?;
+    let s = backup::status(filename)?;
     if json {
         println!(
             "{{\"hash\":{},\"revision\":{},\"totalKey\":{},\"totalSize\":{}}}",

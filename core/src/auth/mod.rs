@@ -18,7 +18,7 @@ mod store;
 mod token;
 
 pub use cert::common_name;
-pub use store::{AuthApplied, AuthStore, ROOT};
+pub use store::{etcd_location, from_etcd, AuthApplied, AuthStore, ROOT};
 pub use token::{random_prefix, TokenInfo, TokenProvider, DEFAULT_TTL};
 
 use std::sync::Arc;

@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 
 use cairn_api::authpb::{Permission, Role, User, UserAddOptions};
 use cairn_api::cairnpb::{auth_request::Request as AuthOp, AuthRequest};
+use cairn_client::backup::etcd;
 use fjall::{Database, Keyspace, OwnedWriteBatch};
 use prost::Message;
 
@@ -452,6 +453,32 @@ fn persist(ks: &Keyspace, before: &State, s: &State, batch: &mut OwnedWriteBatch
         .filter(|(n, r)| before.roles.get(*n) != Some(r))
     {
         batch.insert(ks, role_key(name), r.encode_to_vec());
+    }
+}
+
+/// Where etcd's backend keeps an auth record (for backups in its format): the bucket and
+/// the key there. The values are the same on both sides.
+pub fn etcd_location(key: &[u8]) -> Option<(&'static [u8], &[u8])> {
+    if key == ENABLED {
+        Some((etcd::AUTH, etcd::AUTH_ENABLED))
+    } else if key == REVISION {
+        Some((etcd::AUTH, etcd::AUTH_REVISION))
+    } else if let Some(name) = key.strip_prefix(USER) {
+        Some((etcd::AUTH_USERS, name))
+    } else {
+        key.strip_prefix(ROLE).map(|name| (etcd::AUTH_ROLES, name))
+    }
+}
+
+/// The key of the auth record an entry of etcd's backend is (the inverse of
+/// [`etcd_location`]); `None` for what Cairn does not keep.
+pub fn from_etcd(bucket: &[u8], key: &[u8]) -> Option<Vec<u8>> {
+    match bucket {
+        b if b == etcd::AUTH && key == etcd::AUTH_ENABLED => Some(ENABLED.to_vec()),
+        b if b == etcd::AUTH && key == etcd::AUTH_REVISION => Some(REVISION.to_vec()),
+        b if b == etcd::AUTH_USERS => Some([USER, key].concat()),
+        b if b == etcd::AUTH_ROLES => Some([ROLE, key].concat()),
+        _ => None,
     }
 }
 

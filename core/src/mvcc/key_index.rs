@@ -136,6 +136,27 @@ impl KeyIndex {
     /// Drops the history that compaction at `at` makes unreachable: every revision at or
     /// below `at` except the newest one of a key still alive at `at`. Each dropped revision
     /// is pushed to `removed` with its tombstone mark, so storage can delete the same records.
+    /// The revision a compaction at `at` would keep, as etcd's `keyIndex.keep`: the newest
+    /// one at or below `at` in the generation `at` falls in.
+    pub fn kept_at(&self, at: i64) -> Option<Revision> {
+        let last = self.generations.len() - 1;
+        let mut gi = 0;
+        while gi < last
+            && self.generations[gi]
+                .revs
+                .last()
+                .is_some_and(|t| t.main <= at)
+        {
+            gi += 1;
+        }
+        self.generations[gi]
+            .revs
+            .iter()
+            .rev()
+            .find(|r| r.main <= at)
+            .copied()
+    }
+
     pub fn compact(&mut self, at: i64, removed: &mut Vec<(Revision, bool)>) {
         let last = self.generations.len() - 1;
         // Skip whole generations whose tombstone is at or below `at`: nothing in them is
@@ -216,6 +237,25 @@ mod tests {
         assert_eq!(removed, vec![(rev(2), false)]);
         assert_eq!(ki.get(4).map(|k| k.modified), Some(rev(3)));
         assert_eq!(ki.get(5).map(|k| k.version), Some(3));
+    }
+
+    #[test]
+    fn kept_at_is_what_compaction_keeps() {
+        let mut ki = KeyIndex::default();
+        ki.put(rev(2));
+        ki.put(rev(3));
+        ki.tombstone(rev(6));
+        ki.put(rev(7));
+        assert_eq!(ki.kept_at(1), None);
+        assert_eq!(ki.kept_at(4), Some(rev(3)));
+        // A generation closed at or below `at` keeps nothing.
+        assert_eq!(ki.kept_at(6), None);
+        assert_eq!(ki.kept_at(9), Some(rev(7)));
+        for at in [4, 9] {
+            let mut compacted = ki.clone();
+            compacted.compact(at, &mut vec![]);
+            assert_eq!(compacted.kept_at(at), ki.kept_at(at));
+        }
     }
 
     #[test]

@@ -12,9 +12,11 @@ mod write;
 
 pub use key_index::KeyAt;
 pub use key_range::KeyRange;
+pub use maintenance::StateCopy;
 pub use revision::Revision;
 pub(crate) use store::keyspace_options;
 pub use store::{
     HistoryRecord, HistoryView, RangeOptions, RangeResult, ReadTxn, ReadView, Record, Space, Store,
+    META_ALARMS, META_COMPACT_REV, META_CURRENT_REV,
 };
 pub use write::{WriteBatch, WriteTxn};

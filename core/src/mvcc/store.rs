@@ -41,11 +41,11 @@ pub(super) const META_CONF_STATE: &[u8] = b"conf_state";
 /// The membership (an encoded cairnpb.ClusterState) as of the applied index.
 pub(super) const META_MEMBERS: &[u8] = b"members";
 // Keyspace `lease` maps lease id → granted TTL (both big-endian i64).
-pub(super) const META_CURRENT_REV: &[u8] = b"current_rev";
+pub const META_CURRENT_REV: &[u8] = b"current_rev";
 /// The raised alarms (an encoded etcdserverpb.AlarmResponse).
-pub(super) const META_ALARMS: &[u8] = b"alarms";
+pub const META_ALARMS: &[u8] = b"alarms";
 /// The compaction point: reads below it fail (etcd's scheduledCompactRev).
-pub(super) const META_COMPACT_REV: &[u8] = b"compact_rev";
+pub const META_COMPACT_REV: &[u8] = b"compact_rev";
 /// Up to where history is physically gone (etcd's finishedCompactRev).
 pub(super) const META_FINISHED_COMPACT_REV: &[u8] = b"finished_compact_rev";
 

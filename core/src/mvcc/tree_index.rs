@@ -171,6 +171,29 @@ impl TreeIndex {
         next
     }
 
+    /// What a compaction at `at` keeps of up to `max` keys from `from` on (etcd's
+    /// `treeIndex.Keep`, in chunks); returns the key to go on from, or `None` when done.
+    pub fn keep_chunk(
+        &self,
+        from: Option<&[u8]>,
+        max: usize,
+        at: i64,
+        kept: &mut std::collections::HashSet<Revision>,
+    ) -> Option<Box<[u8]>> {
+        let lo = from.map_or(Bound::Unbounded, Bound::Included);
+        for (n, (k, ki)) in self
+            .keys
+            .range::<[u8], _>((lo, Bound::Unbounded))
+            .enumerate()
+        {
+            if n == max {
+                return Some(k.clone());
+            }
+            kept.extend(ki.kept_at(at));
+        }
+        None
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }

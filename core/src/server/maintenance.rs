@@ -73,9 +73,10 @@ impl MaintenanceService {
     }
 }
 
-/// Streams a backup file in chunks with the bytes still to come, as etcd does; the file is
-/// removed once sent, once the client goes away, or when the server stops (a stalled client
-/// holds up neither shutdown nor a blocking thread).
+/// Streams a backup file in chunks with the bytes still to come and then its SHA-256 in a
+/// message of its own, as etcd does; the file is removed once sent, once the client goes
+/// away, or when the server stops (a stalled client holds up neither shutdown nor a
+/// blocking thread).
 fn stream_backup(
     file: crate::backup::BackupFile,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -92,6 +93,7 @@ fn stream_backup(
             }
         };
         let mut sent = 0u64;
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
         loop {
             let read = tokio::task::spawn_blocking(move || {
                 let mut blob = vec![0u8; SNAPSHOT_CHUNK];
@@ -119,9 +121,19 @@ fn stream_backup(
                 Err(_) => return,
             };
             if blob.is_empty() {
+                let m = SnapshotResponse {
+                    header: None,
+                    remaining_bytes: 0,
+                    blob: sha.finish().as_ref().to_vec(),
+                };
+                tokio::select! {
+                    _ = tx.send(Ok(m)) => {},
+                    _ = super::stopped(&mut shutdown) => {},
+                }
                 return;
             }
             sent += blob.len() as u64;
+            sha.update(&blob);
             // As etcd's, the chunks carry no header.
             let m = SnapshotResponse {
                 header: None,

@@ -55,7 +55,7 @@ use crate::watch::WatchHub;
 /// Largest message on the peer port (snapshot chunks and raft batches are ~1 MiB).
 const PEER_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-pub use maintenance::ETCD_API_VERSION;
+pub use maintenance::{ETCD_API_VERSION, ETCD_CLUSTER_VERSION};
 
 /// gRPC framing and field overhead allowed on top of `--max-request-bytes`, as etcd does,
 /// so an oversized request reaches our own check and gets etcd's error text.

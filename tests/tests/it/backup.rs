@@ -208,7 +208,7 @@ async fn a_backup_saved_under_write_load_restores_into_a_new_three_member_cluste
             &format!("--data-dir={}", target.display()),
         ],
     );
-    assert!(!ok && err.contains("checksum mismatch"), "{err}");
+    assert!(!ok && err.contains("Error: expected sha256"), "{err}");
     assert!(!target.exists());
     let (ok, _, err) = run(
         &cairnctl(),

@@ -17,6 +17,7 @@ mod gateway;
 mod hardening;
 mod harness;
 mod lease;
+mod migration;
 mod ops;
 mod quota;
 mod range;

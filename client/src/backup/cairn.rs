@@ -1,30 +1,20 @@
-//! The backup file a member streams from `Maintenance.Snapshot` (what `cairnctl snapshot
-//! save` and `etcdctl snapshot save` write): a point-in-time copy of the key history from
-//! the compacted revision on, the leases and the revision counters — nothing about the
-//! cluster it came from, so it restores into any new cluster.
+//! Cairn's first backup format, which members streamed before backups took etcd's
+//! format: still read, so older backups restore. Its record encoding also carries raft
+//! snapshots between members.
 //!
 //! Layout: the magic line `CAIRN-BACKUP-1\n`, then records `[space u8][key len u32 BE][key]
 //! [value len u32 BE][value]`, then a padding record that brings the length to a multiple
-//! of 512, then the SHA-256 of everything before it (32 bytes). etcd's snapshots end the
-//! same way (a bolt file of 512-byte pages, then its SHA-256), and etcdctl's `snapshot
-//! save` checks exactly that shape, so it saves Cairn backups too.
-//!
-//! ```no_run
-//! let summary = cairn_client::backup::verify("backup.db".as_ref())?;
-//! println!("revision {} with {} records", summary.revision, summary.total_keys);
-//! # Ok::<(), cairn_client::Error>(())
-//! ```
+//! of 512, then the SHA-256 of everything before it (32 bytes).
 
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use super::{Summary, DIGEST_LEN};
 use crate::Error;
 
 /// First bytes of every backup file.
 pub const MAGIC: &[u8] = b"CAIRN-BACKUP-1\n";
-/// Length of the SHA-256 trailer.
-pub const DIGEST_LEN: usize = 32;
 /// Space tag of key-history records.
 pub const SPACE_KV: u8 = 0;
 /// Space tag of revision counters (`current_rev`, `compact_rev`, big-endian i64).
@@ -81,19 +71,6 @@ pub fn decode_records<R: Read>(mut r: R) -> impl Iterator<Item = Result<Record, 
         };
         Some(field().and_then(|k| Ok((tag[0], k, field()?))))
     })
-}
-
-/// What a verified backup holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Summary {
-    /// The leading 32 bits of the file's SHA-256.
-    pub hash: u32,
-    /// The revision the backup is at.
-    pub revision: i64,
-    /// Records of key history (one per revision of a key) plus lease and meta records.
-    pub total_keys: u64,
-    /// File size in bytes.
-    pub total_size: u64,
 }
 
 /// A reader that hashes what passes through it and holds back the last 32 bytes (the
@@ -171,8 +148,9 @@ impl<R: Read> Read for SharedReader<R> {
     }
 }
 
-/// Reads a whole backup, checking its magic, every record and its digest.
-pub fn verify(path: &Path) -> Result<Summary, Error> {
+/// Reads a whole backup, checking its magic, every record and its digest; the hash is the
+/// leading 32 bits of the digest.
+pub fn status(path: &Path) -> Result<Summary, Error> {
     let total_size = std::fs::metadata(path)
         .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?
         .len();
