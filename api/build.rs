@@ -16,18 +16,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["proto"])?;
     #[cfg(feature = "json")]
     {
-        // etcd's gateway marshals with the .proto field names and leaves default values out.
+        // etcd's gateway marshals with the .proto field names and leaves default values out;
+        // it ignores fields it does not know (a newer client's), so must we.
         let mut json = pbjson_build::Builder::new();
         for file in fds.file.iter().cloned() {
             json.register_file_descriptor(file);
         }
-        json.preserve_proto_field_names().build(&[
-            ".mvccpb",
-            ".authpb",
-            ".etcdserverpb",
-            ".v3lockpb",
-            ".v3electionpb",
-        ])?;
+        json.preserve_proto_field_names()
+            .ignore_unknown_fields()
+            .build(&[
+                ".mvccpb",
+                ".authpb",
+                ".etcdserverpb",
+                ".v3lockpb",
+                ".v3electionpb",
+            ])?;
     }
     tonic_prost_build::configure()
         .build_client(true)

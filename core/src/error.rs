@@ -40,6 +40,9 @@ pub enum Error {
     /// The NOSPACE alarm is raised: writes that add data are refused until it is disarmed.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// The CORRUPT alarm is raised: writes are refused until it is disarmed.
+    #[error("etcdserver: corrupt cluster")]
+    CorruptCluster,
     #[error("etcdserver: no leader")]
     NoLeader,
     /// Too much is queued: applying lags committing by more than etcd's 5,000 entries, or
@@ -170,7 +173,7 @@ impl Error {
             | Error::LeaderTransferTimeout
             | Error::Removed => Code::Unavailable,
             Error::Storage(_) => Code::Internal,
-            Error::Corrupt(_) => Code::DataLoss,
+            Error::Corrupt(_) | Error::CorruptCluster => Code::DataLoss,
         }
     }
 }

@@ -223,6 +223,10 @@ impl Node {
         let Some(quota) = self.quota else {
             return Ok(());
         };
+        // What adds nothing (a txn that only deletes) goes even under NOSPACE.
+        if cost == 0 {
+            return Ok(());
+        }
         if self.store.alarmed(AlarmType::Nospace) {
             return Err(Error::NoSpace);
         }

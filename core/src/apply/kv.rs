@@ -282,6 +282,18 @@ fn check_path(
 }
 
 /// True when no branch of the txn can write.
+/// Whether a txn has a put in either branch, at any depth.
+pub fn has_put(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(Request::RequestPut(_)) => true,
+            Some(Request::RequestTxn(t)) => has_put(t),
+            _ => false,
+        })
+}
+
 pub fn is_read_only(t: &TxnRequest) -> bool {
     t.success
         .iter()

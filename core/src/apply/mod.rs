@@ -309,10 +309,26 @@ fn in_txn<R>(
 }
 
 /// Whether a request adds data, which the NOSPACE alarm refuses (etcd's capped applier:
-/// puts, txns that write, lease grants; deletions, compaction and revocations still go).
+/// puts, txns with a put, lease grants; deletions, compaction and revocations still go, so
+/// space can be freed). Unlike etcd 3.4, a put in a nested txn counts too.
 fn adds_data(req: &Request) -> bool {
     match req {
         Request::Put(_) | Request::LeaseGrant(_) => true,
+        Request::Txn(t) => kv::has_put(t),
+        _ => false,
+    }
+}
+
+/// Whether a request changes the store, which the CORRUPT alarm refuses (etcd's corrupt
+/// applier); reads, alarms and membership still go.
+fn changes_store(req: &Request) -> bool {
+    match req {
+        Request::Put(_)
+        | Request::DeleteRange(_)
+        | Request::Compaction(_)
+        | Request::LeaseGrant(_)
+        | Request::LeaseRevoke(_)
+        | Request::LeaseExpiry(_) => true,
         Request::Txn(t) => !kv::is_read_only(t),
         _ => false,
     }
@@ -348,6 +364,9 @@ pub fn apply_request(
 ) -> ApplyResult {
     // Every member refuses the same entries, whichever member raised the alarm; as etcd's
     // capped applier wraps its auth applier, the quota comes first.
+    if changes_store(&req) && wb.alarmed(AlarmType::Corrupt) {
+        return Err(Error::CorruptCluster);
+    }
     if adds_data(&req) && wb.alarmed(AlarmType::Nospace) {
         return Err(Error::NoSpace);
     }
@@ -367,6 +386,9 @@ pub fn apply_request(
             };
             let on = a.action == AlarmAction::Activate as i32;
             let changed = wb.set_alarm(alarm, on);
+            // As etcd: raising an alarm already raised answers with it; clearing one that
+            // is not, with nothing.
+            let answer = if on { Some(alarm) } else { changed };
             if let Some(a) = &changed {
                 tracing::warn!(
                     member = format!("{:x}", a.member_id),
@@ -377,7 +399,7 @@ pub fn apply_request(
             }
             Ok(Applied::Alarm(AlarmResponse {
                 header: header(wb.current_rev()),
-                alarms: changed.into_iter().collect(),
+                alarms: answer.into_iter().collect(),
             }))
         }
         Request::Put(p) => {

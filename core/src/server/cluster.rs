@@ -8,7 +8,7 @@ use cairn_api::cairnpb::internal_request::Request as Internal;
 use cairn_api::etcdserverpb::{
     cluster_server::Cluster, Member, MemberAddRequest, MemberAddResponse, MemberListRequest,
     MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
-    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, ResponseHeader,
 };
 use raft::eraftpb::ConfChangeType;
 use tonic::{Request, Response, Status};
@@ -39,6 +39,15 @@ impl ClusterService {
     }
 }
 
+/// etcd's cluster service answers with a header that has no revision (membership is not
+/// in the key space).
+fn membership_header(node: &Node) -> ResponseHeader {
+    ResponseHeader {
+        revision: 0,
+        ..node.header(0)
+    }
+}
+
 impl ClusterService {
     /// Membership changes are the administrator's (etcd's
     /// `checkMembershipOperationPermission`); listing members is anyone's.
@@ -56,7 +65,7 @@ impl Cluster for ClusterService {
         _req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
-            header: Some(self.node.header(0)),
+            header: Some(membership_header(&self.node)),
             members: self.node.membership.members(),
         }))
     }
@@ -93,7 +102,7 @@ impl Cluster for ClusterService {
             .await?;
         tracing::info!(member = format!("{:x}", member.id), urls = ?member.peer_ur_ls, learner = member.is_learner, "member added");
         Ok(Response::new(MemberAddResponse {
-            header: Some(node.header(0)),
+            header: Some(membership_header(node)),
             member: Some(member),
             members,
         }))
@@ -114,7 +123,7 @@ impl Cluster for ClusterService {
             .await?;
         tracing::info!(member = format!("{id:x}"), "member removed");
         Ok(Response::new(MemberRemoveResponse {
-            header: Some(node.header(0)),
+            header: Some(membership_header(node)),
             members,
         }))
     }
@@ -132,7 +141,7 @@ impl Cluster for ClusterService {
             _ => return Err(Error::Storage("apply answered with another kind".into()).into()),
         };
         Ok(Response::new(MemberUpdateResponse {
-            header: Some(node.header(0)),
+            header: Some(membership_header(node)),
             members,
         }))
     }
@@ -162,7 +171,7 @@ impl Cluster for ClusterService {
             .propose_conf_change(ConfChangeType::AddNode, id, None)
             .await?;
         Ok(Response::new(MemberPromoteResponse {
-            header: Some(node.header(0)),
+            header: Some(membership_header(node)),
             members,
         }))
     }

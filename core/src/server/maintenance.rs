@@ -28,10 +28,20 @@ pub const ETCD_API_VERSION: &str = "3.4.0";
 /// The cluster version reported beside it (`/version`): every member speaks the same one.
 pub const ETCD_CLUSTER_VERSION: &str = ETCD_API_VERSION;
 
-/// An alarm as etcd prints it (the text form of `AlarmMember`).
+/// An alarm as etcd prints it (protobuf's text form of `AlarmMember`: zero fields left
+/// out, each field followed by a space).
 fn alarm_text(a: &AlarmMember) -> String {
-    let name = AlarmType::try_from(a.alarm).map_or("UNKNOWN", |t| t.as_str_name());
-    format!("memberID:{} alarm:{name} ", a.member_id)
+    let mut text = String::new();
+    if a.member_id != 0 {
+        text.push_str(&format!("memberID:{} ", a.member_id));
+    }
+    if a.alarm != 0 {
+        match AlarmType::try_from(a.alarm) {
+            Ok(t) => text.push_str(&format!("alarm:{} ", t.as_str_name())),
+            Err(_) => text.push_str(&format!("alarm:{} ", a.alarm)),
+        }
+    }
+    text
 }
 
 /// Bytes of backup per Snapshot message.
@@ -284,22 +294,26 @@ impl Maintenance for MaintenanceService {
         let req = req.into_inner();
         match AlarmAction::try_from(req.action) {
             // As etcd, alarm answers carry no header.
+            // As etcd: NONE lists every alarm, another type only its own.
             Ok(AlarmAction::Get) => Ok(Response::new(AlarmResponse {
                 header: None,
-                alarms: self.node.store.alarms(),
+                alarms: self
+                    .node
+                    .store
+                    .alarms()
+                    .into_iter()
+                    .filter(|a| req.alarm == AlarmType::None as i32 || a.alarm == req.alarm)
+                    .collect(),
             })),
             // Raised and cleared through raft, so every member agrees on them.
             Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
                 if AlarmType::try_from(req.alarm).is_err() {
                     return Err(Status::invalid_argument("etcdserver: unknown alarm type"));
                 }
-                // As etcd: raising NONE, or an alarm for a member not in the cluster, is a
-                // no-op.
+                // As etcd 3.4: raising NONE is a no-op; an alarm is kept under whatever
+                // member ID it names (0 too), and enforced and cleared like any other.
                 let activate = req.action == AlarmAction::Activate as i32;
-                if activate
-                    && (req.alarm == AlarmType::None as i32
-                        || self.node.membership.member(req.member_id).is_none())
-                {
+                if activate && req.alarm == AlarmType::None as i32 {
                     return Ok(Response::new(AlarmResponse {
                         header: None,
                         alarms: vec![],

@@ -10,6 +10,7 @@ mod compactor;
 mod election;
 mod gateway;
 mod grpc_metrics;
+mod health;
 mod kv;
 mod lease;
 mod lock;

@@ -101,7 +101,7 @@ async fn stream_lines(addr: SocketAddr, path: &str, body: &str, lines: usize) ->
 }
 
 /// Blanks ids and terms (they differ between two members) and etcd's server version.
-fn normalize(s: &str) -> String {
+pub(crate) fn normalize(s: &str) -> String {
     let mut s = s.to_string();
     for field in [
         "\"cluster_id\":\"",

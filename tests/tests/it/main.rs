@@ -7,6 +7,8 @@ mod cairnctl;
 mod client;
 mod cluster;
 mod cluster_harness;
+mod compat;
+mod console;
 mod differential;
 mod durability;
 mod errors;

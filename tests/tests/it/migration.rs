@@ -501,3 +501,138 @@ fn ring_digest(bytes: &[u8]) -> Vec<u8> {
         .as_ref()
         .to_vec()
 }
+
+/// Background processes a document started (`… &`), killed when it is done.
+struct Background(Vec<std::process::Child>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_guide_runs_as_written() {
+    use crate::console::{blocks, fits, steps};
+    let (Some(etcdctl), Some(etcd)) = (
+        reference(etcdctl_binary(), "etcdctl"),
+        reference(etcd_binary(), "etcd"),
+    ) else {
+        return;
+    };
+    let bin = tempfile::tempdir().expect("dir");
+    for (name, target) in [
+        ("cairn", PathBuf::from(env!("CARGO_BIN_EXE_cairn-member"))),
+        ("cairnctl", cairnctl()),
+        ("etcd", etcd),
+        ("etcdctl", etcdctl),
+    ] {
+        std::os::unix::fs::symlink(target, bin.path().join(name)).expect("link");
+    }
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The guide's ports → free ones.
+    let mut names: Vec<(String, String)> = [
+        "2379", "2380", "3379", "3380", "4379", "4380", "5379", "5380",
+    ]
+    .iter()
+    .map(|p| (format!(":{p}"), format!(":{}", free_port())))
+    .collect();
+    let rename = |s: &str, names: &[(String, String)]| {
+        names
+            .iter()
+            .fold(s.to_string(), |s, (from, to)| s.replace(from, to))
+    };
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/migration.md"))
+            .expect("docs/migration.md");
+    let work = tempfile::tempdir().expect("dir");
+    let mut background = Background(Vec::new());
+    let shell = |command: &str| {
+        let mut c = Command::new("bash");
+        c.arg("-c")
+            .arg(command)
+            .current_dir(work.path())
+            .env("PATH", &path)
+            .env("ETCDCTL_API", "3");
+        c
+    };
+    for block in blocks(&guide, "```console") {
+        for step in steps(&block) {
+            let command = rename(&step.command, &names);
+            if let Some(command) = command.strip_suffix(" &") {
+                let child = shell(&format!("exec {command}"))
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("spawn");
+                background.0.push(child);
+                // A server: wait until it serves.
+                if let Some(port) = command
+                    .split("--listen-client-urls http://127.0.0.1:")
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|p| p.parse::<u16>().ok())
+                {
+                    wait_ready(([127, 0, 0, 1], port).into()).await;
+                }
+                continue;
+            }
+            // A read may wait for a mirror to catch up; nothing else is retried.
+            let deadline = std::time::Instant::now()
+                + if command.contains(" get ") {
+                    Duration::from_secs(20)
+                } else {
+                    Duration::ZERO
+                };
+            loop {
+                let out = tokio::task::spawn_blocking({
+                    let mut c = shell(&format!("{command} 2>&1"));
+                    move || c.output().expect("bash")
+                })
+                .await
+                .expect("command");
+                let printed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| !l.starts_with("{\"level\":"))
+                    .map(str::to_string)
+                    .collect();
+                // A lease the guide names gets this run's id from here on.
+                for (want, got) in step.expected.iter().zip(&printed) {
+                    let id = |l: &str| {
+                        l.strip_prefix("lease ")
+                            .and_then(|r| r.split_once(" granted"))
+                            .map(|(id, _)| id.to_string())
+                    };
+                    if let (Some(a), Some(b)) = (id(want), id(got)) {
+                        if a != b && !names.iter().any(|(from, _)| *from == a) {
+                            names.push((a, b));
+                        }
+                    }
+                }
+                let expected: Vec<String> =
+                    step.expected.iter().map(|l| rename(l, &names)).collect();
+                let ok = expected.len() == printed.len()
+                    && expected.iter().zip(&printed).all(|(w, g)| fits(w, g));
+                if ok {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "docs/migration.md: `{}` printed\n{}\nbut the guide shows\n{}",
+                    step.command,
+                    printed.join("\n"),
+                    expected.join("\n")
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

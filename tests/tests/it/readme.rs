@@ -6,82 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::console::{blocks, fits, steps};
 use crate::harness::{etcdctl_binary, reference, Process};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The bodies of the README's code blocks opened with `fence` (e.g. "```console").
-fn blocks(readme: &str, fence: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = readme;
-    while let Some(start) = rest.find(&format!("{fence}\n")) {
-        let body = &rest[start + fence.len() + 1..];
-        let end = body.find("```\n").expect("a closed block");
-        out.push(body[..end].to_string());
-        rest = &body[end..];
-    }
-    out
-}
-
-/// One command of a console block and the lines it should print.
-struct Step {
-    command: String,
-    expected: Vec<String>,
-}
-
-fn steps(block: &str) -> Vec<Step> {
-    let mut steps: Vec<Step> = Vec::new();
-    let mut lines = block.lines();
-    while let Some(line) = lines.next() {
-        if let Some(command) = line.strip_prefix("$ ") {
-            let mut command = command.to_string();
-            // A here-document runs to its terminator.
-            if let Some(tag) = command
-                .split("<<'")
-                .nth(1)
-                .and_then(|t| t.split('\'').next())
-                .map(str::to_string)
-            {
-                for l in lines.by_ref() {
-                    command.push('\n');
-                    command.push_str(l);
-                    if l == tag {
-                        break;
-                    }
-                }
-            }
-            steps.push(Step {
-                command,
-                expected: Vec::new(),
-            });
-        } else if let Some(step) = steps.last_mut() {
-            step.expected.push(line.to_string());
-        }
-    }
-    steps
-}
-
-/// Whether `line` fits `pattern`, where `…` matches any text.
-fn fits(pattern: &str, line: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('…').collect();
-    if parts.len() == 1 {
-        return pattern == line;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !line.starts_with(first) || !line.ends_with(last) || line.len() < first.len() + last.len() {
-        return false;
-    }
-    let mut at = first.len();
-    let end = line.len() - last.len();
-    for part in &parts[1..parts.len() - 1] {
-        match line[at..end].find(part) {
-            Some(i) => at += i + part.len(),
-            None => return false,
-        }
-    }
-    true
 }
 
 #[test]

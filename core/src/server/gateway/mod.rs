@@ -10,7 +10,6 @@
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -43,14 +42,16 @@ use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::Status;
 
-use super::auth::PeerIdentity;
-use super::maintenance::{ETCD_API_VERSION, ETCD_CLUSTER_VERSION};
+mod body;
+
+pub(super) use body::json;
+use body::{error, internal, parse, parse_all, stream_error, StreamError, Wrapped};
+
 use crate::node::Node;
-
-/// How long `/health` waits for a linearizable read.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::server::auth::PeerIdentity;
+use crate::server::maintenance::{ETCD_API_VERSION, ETCD_CLUSTER_VERSION};
 
 /// The gateway's state: the member, and a channel to its own gRPC endpoint.
 #[derive(Clone)]
@@ -63,6 +64,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    pub(super) fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
     pub fn new(node: Arc<Node>, url: Arc<OnceLock<String>>, tls: Option<TlsOptions>) -> Gateway {
         Gateway {
             node,
@@ -158,21 +163,27 @@ impl Gateway {
             call(channel, reqs, from.metadata()).await
         }
         .await;
-        let (stream, guard) = match result {
-            Ok((resp, guard)) => (resp.into_inner(), guard),
+        let (mut stream, guard) = match result {
+            Ok((resp, guard)) => (Box::pin(resp.into_inner()), guard),
             Err(status) => return error(&status),
         };
-        let lines = stream.map(move |item| {
+        // As grpc-gateway: the status line goes out with the first message, so an error
+        // before any message is the response's status (a member without a leader: 503),
+        // with the error as the body's only line.
+        let first = stream.next().await;
+        if let Some(Err(status)) = &first {
+            return stream_error(status);
+        }
+        let lines = futures::stream::iter(first).chain(stream).map(move |item| {
             // Whatever keeps the request side open lives as long as the response.
             let _ = &guard;
-            let line = match item {
-                Ok(msg) => serde_json::to_vec(&Wrapped { result: &msg }),
-                Err(status) => serde_json::to_vec(&StreamError::from(&status)),
-            };
-            line.map(|mut l| {
-                l.push(b'\n');
-                Bytes::from(l)
-            })
+            match item {
+                Ok(msg) => serde_json::to_vec(&Wrapped { result: &msg }).map(|mut l| {
+                    l.push(b'\n');
+                    Bytes::from(l)
+                }),
+                Err(status) => serde_json::to_vec(&StreamError::from(&status)).map(Bytes::from),
+            }
         });
         Response::builder()
             .status(StatusCode::OK)
@@ -225,113 +236,6 @@ fn with_metadata<T>(msg: T, md: tonic::metadata::MetadataMap) -> tonic::Request<
     let mut r = tonic::Request::new(msg);
     *r.metadata_mut() = md;
     r
-}
-
-#[derive(Serialize)]
-struct Wrapped<'a, T> {
-    result: &'a T,
-}
-
-/// An error in the middle of a stream, as grpc-gateway reports it.
-#[derive(Serialize)]
-struct StreamError {
-    error: StreamErrorBody,
-}
-
-#[derive(Serialize)]
-struct StreamErrorBody {
-    grpc_code: i32,
-    http_code: u16,
-    message: String,
-    http_status: String,
-}
-
-impl From<&Status> for StreamError {
-    fn from(s: &Status) -> Self {
-        let http = http_status(s.code());
-        StreamError {
-            error: StreamErrorBody {
-                grpc_code: s.code() as i32,
-                http_code: http.as_u16(),
-                message: s.message().to_string(),
-                http_status: http.canonical_reason().unwrap_or("").to_string(),
-            },
-        }
-    }
-}
-
-/// The error body etcd's gateway sends.
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    message: &'a str,
-    code: i32,
-}
-
-fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
-/// Every JSON object in the body (a stream's requests); none is one default request.
-fn parse_all<T: DeserializeOwned + Default>(body: &[u8]) -> Result<Vec<T>, Status> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(vec![T::default()]);
-    }
-    serde_json::Deserializer::from_slice(body)
-        .into_iter::<T>()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
-/// A response that cannot be built (a header that does not parse) means a bug here.
-fn internal() -> Response {
-    let mut r = Response::new(Body::from("internal error"));
-    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    r
-}
-
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(bytes))
-            .unwrap_or_else(|_| internal()),
-        Err(e) => error(&Status::internal(e.to_string())),
-    }
-}
-
-/// grpc-gateway's HTTP status for each gRPC code.
-fn http_status(code: Code) -> StatusCode {
-    match code {
-        Code::Ok => StatusCode::OK,
-        Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
-        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
-        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-fn error(status: &Status) -> Response {
-    json(
-        http_status(status.code()),
-        &ErrorBody {
-            error: status.message(),
-            message: status.message(),
-            code: status.code() as i32,
-        },
-    )
 }
 
 /// `POST path` → one unary call of `$client::$method` with a `$req` from the body.
@@ -405,27 +309,6 @@ macro_rules! streaming {
             },
         )
     };
-}
-
-/// `GET /health`: healthy when the member has a leader, no alarm is raised and a
-/// linearizable read completes in time (etcd's checks); 503 otherwise.
-async fn health(State(g): State<Gateway>) -> Response {
-    let node = &g.node;
-    let healthy = node.raft_status.leader() != 0
-        && node.store.alarms().is_empty()
-        && tokio::time::timeout(HEALTH_TIMEOUT, node.wait_linearizable())
-            .await
-            .is_ok_and(|r| r.is_ok());
-    #[derive(Serialize)]
-    struct Health {
-        health: &'static str,
-    }
-    let (status, health) = if healthy {
-        (StatusCode::OK, "true")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "false")
-    };
-    json(status, &Health { health })
 }
 
 /// `GET /metrics`: the process's metrics, the member's state sampled now.
@@ -714,7 +597,7 @@ pub fn router(gateway: Gateway, body_limit: usize) -> Router {
     routes
         .into_iter()
         .fold(Router::new(), Router::merge)
-        .route("/health", get(health))
+        .merge(super::health::routes())
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .fallback(fallback)
