@@ -15,12 +15,12 @@ use rand::{Rng, SeedableRng};
 use crate::cluster_harness::{member_args, Cluster, CLUSTERS};
 use crate::harness::{etcdctl_binary, free_port, wait_ready, Process};
 
-fn cairnctl() -> PathBuf {
+pub(crate) fn cairnctl() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cairnctl-under-test"))
 }
 
 /// Runs a tool; returns (success, stdout, stderr).
-fn run(bin: &Path, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn run(bin: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin).args(args).output().expect("run");
     (
         out.status.success(),

@@ -73,3 +73,24 @@ pub(crate) fn fits(pattern: &str, line: &str) -> bool {
     }
     true
 }
+
+/// A lease a document names gets the id this run printed in its place (`lease X granted …`),
+/// from then on: adds the pair to `names` (document → run).
+pub(crate) fn learn_lease_ids(
+    expected: &[String],
+    printed: &[String],
+    names: &mut Vec<(String, String)>,
+) {
+    let id = |l: &str| {
+        l.strip_prefix("lease ")
+            .and_then(|r| r.split_once(" granted"))
+            .map(|(id, _)| id.to_string())
+    };
+    for (want, got) in expected.iter().zip(printed) {
+        if let (Some(a), Some(b)) = (id(want), id(got)) {
+            if a != b && !names.iter().any(|(from, _)| *from == a) {
+                names.push((a, b));
+            }
+        }
+    }
+}

@@ -10,22 +10,9 @@ use std::time::Duration;
 use cairn_client::{Client, ClientOptions, GetOptions, Op, Txn};
 use cairn_client::{Permission, PermissionType as Type};
 
+use crate::backup::{cairnctl, run};
 use crate::cluster_harness::member_args;
 use crate::harness::{etcd_binary, etcdctl_binary, free_port, reference, wait_ready, Process};
-
-fn cairnctl() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_cairnctl-under-test"))
-}
-
-/// Runs a tool; returns (success, stdout, stderr).
-fn run(bin: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin).args(args).output().expect("run");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 async fn connect(addr: std::net::SocketAddr, root: bool) -> Client {
     let opts = if root {
@@ -516,7 +503,7 @@ impl Drop for Background {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_migration_guide_runs_as_written() {
-    use crate::console::{blocks, fits, steps};
+    use crate::console::{blocks, fits, learn_lease_ids, steps};
     let (Some(etcdctl), Some(etcd)) = (
         reference(etcdctl_binary(), "etcdctl"),
         reference(etcd_binary(), "etcd"),
@@ -604,19 +591,7 @@ async fn the_migration_guide_runs_as_written() {
                     .filter(|l| !l.starts_with("{\"level\":"))
                     .map(str::to_string)
                     .collect();
-                // A lease the guide names gets this run's id from here on.
-                for (want, got) in step.expected.iter().zip(&printed) {
-                    let id = |l: &str| {
-                        l.strip_prefix("lease ")
-                            .and_then(|r| r.split_once(" granted"))
-                            .map(|(id, _)| id.to_string())
-                    };
-                    if let (Some(a), Some(b)) = (id(want), id(got)) {
-                        if a != b && !names.iter().any(|(from, _)| *from == a) {
-                            names.push((a, b));
-                        }
-                    }
-                }
+                learn_lease_ids(&step.expected, &printed, &mut names);
                 let expected: Vec<String> =
                     step.expected.iter().map(|l| rename(l, &names)).collect();
                 let ok = expected.len() == printed.len()

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::console::{blocks, fits, steps};
+use crate::console::{blocks, fits, learn_lease_ids, steps};
 use crate::harness::{etcdctl_binary, reference, Process};
 
 fn root() -> PathBuf {
@@ -93,19 +93,7 @@ async fn the_readme_console_blocks_print_what_they_show_on_a_fresh_member() {
                 .map(str::to_string)
                 .collect();
             let expected: Vec<String> = step.expected.iter().map(|l| rename(l, &names)).collect();
-            // A lease the README names gets this run's id from here on.
-            for (want, got) in expected.iter().zip(&printed) {
-                let id = |l: &str| {
-                    l.strip_prefix("lease ")
-                        .and_then(|r| r.split_once(" granted"))
-                        .map(|(id, _)| id.to_string())
-                };
-                if let (Some(a), Some(b)) = (id(want), id(got)) {
-                    if a != b {
-                        names.push((a, b));
-                    }
-                }
-            }
+            learn_lease_ids(&expected, &printed, &mut names);
             let expected: Vec<String> = expected.iter().map(|l| rename(l, &names)).collect();
             let ok = expected.len() == printed.len()
                 && expected.iter().zip(&printed).all(|(w, g)| fits(w, g));
