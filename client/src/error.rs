@@ -166,7 +166,11 @@ fn chain(first: String, mut source: Option<&(dyn std::error::Error + 'static)>) 
         source = s.source();
     }
     let lower = out.to_ascii_lowercase();
-    if lower.contains("h2 protocol error") || lower.contains("http2 error") {
+    // The member's GOAWAY says "this port serves TLS"; a TLS alert read as HTTP/2 garbles.
+    if lower.contains("serves tls")
+        || lower.contains("h2 protocol error")
+        || lower.contains("http2 error")
+    {
         out.push_str(" (does the member serve TLS? then use an https:// endpoint, or --cacert)");
     } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
         out.push_str(" (does the member serve plain HTTP? then use an http:// endpoint)");

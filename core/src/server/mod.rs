@@ -16,6 +16,7 @@ mod lease;
 mod lock;
 mod maintenance;
 mod peer;
+mod plaintext;
 mod preflight;
 mod tls;
 pub mod validate;

@@ -16,6 +16,7 @@ use tonic::transport::server::Connected;
 
 use super::auth::PeerIdentity;
 use super::authority::AuthorityFix;
+use super::plaintext;
 use super::StartError;
 use crate::config::Config;
 
@@ -269,8 +270,19 @@ async fn handshake(
     acceptor: &tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
 ) -> std::io::Result<Conn<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out");
+    let plain = tokio::time::timeout(HANDSHAKE_TIMEOUT, plaintext::is_plaintext(&tcp))
+        .await
+        .map_err(|_| timed_out())??;
+    if plain {
+        plaintext::refuse(tcp).await;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the client spoke plain text, not TLS",
+        ));
+    }
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
+        .map_err(|_| timed_out())??;
     Ok(Conn::Tls(Box::new(stream)))
 }

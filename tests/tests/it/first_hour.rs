@@ -285,4 +285,13 @@ async fn plain_http_to_a_tls_member_says_so() {
     ));
     assert_eq!(code, Some(1));
     assert!(text.contains("does the member serve TLS?"), "{text}");
+    // curl without https gets what Go's servers, so etcd's, answer.
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", client)).expect("connect");
+    std::io::Write::write_all(&mut tcp, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut tcp, &mut answer).expect("answer");
+    assert_eq!(
+        answer,
+        "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+    );
 }
