@@ -53,8 +53,31 @@ pub(crate) fn steps(block: &str) -> Vec<Step> {
     steps
 }
 
-/// Whether `line` fits `pattern`, where `…` matches any text.
+/// Whether `line` fits `pattern`, where `…` matches any text. A table row or border fits
+/// whatever the columns' widths: they follow the widest cell, which differs between runs.
 pub(crate) fn fits(pattern: &str, line: &str) -> bool {
+    if [pattern, line]
+        .iter()
+        .all(|l| l.starts_with('|') || l.starts_with('+'))
+    {
+        return fits_text(&squeeze(pattern), &squeeze(line));
+    }
+    fits_text(pattern, line)
+}
+
+/// A table line with each run of spaces or dashes cut to one.
+fn squeeze(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    for c in line.chars() {
+        if (c == ' ' || c == '-') && out.ends_with(c) {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn fits_text(pattern: &str, line: &str) -> bool {
     let parts: Vec<&str> = pattern.split('…').collect();
     if parts.len() == 1 {
         return pattern == line;
