@@ -18,7 +18,7 @@ use super::store::{Store, META_FINISHED_COMPACT_REV};
 use crate::error::Error;
 
 /// Keys compacted per hold of the state lock.
-const CHUNK_KEYS: usize = 2_000;
+const CHUNK_KEYS: usize = 1_000;
 /// How long the hashes wait for a pass to finish before they give up.
 const IDLE_WAIT: Duration = Duration::from_secs(60);
 
@@ -143,6 +143,30 @@ impl Store {
     }
 }
 
+/// Pause between two chunks, so the apply loop's writes get the cores and the storage
+/// engine's flushes keep up with the deletions.
+const CHUNK_PAUSE: Duration = Duration::from_millis(10);
+/// Sealed memtables of the key history above which the compactor waits for flushes: the
+/// storage engine halts every writer at four, and the apply loop must never be the one.
+const MAX_SEALED: usize = 1;
+/// Level-0 tables above which it waits for the engine's compactions (it slows writers from
+/// twenty on).
+const MAX_L0_TABLES: usize = 12;
+
+/// Waits between chunks: a pause, and while the engine has flushes or compactions queued,
+/// until they are done (at most a second, so a stuck engine never stops the pass).
+fn yield_to_writes(store: &Store) {
+    std::thread::sleep(CHUNK_PAUSE);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while (store.kv.sealed_memtable_count() > MAX_SEALED
+        || store.kv.l0_table_count() > MAX_L0_TABLES)
+        && Instant::now() < deadline
+        && !store.compactor.stopping.load(Ordering::Relaxed)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// How long after a failed pass the compactor tries again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -205,7 +229,7 @@ fn pass(store: &Store, target: i64, epoch: u64) -> Result<(), Error> {
         if store.compactor.stopping.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let _gate = store.compactor.gate();
+        let gate = store.compactor.gate();
         let mut removed = Vec::new();
         let next = {
             let mut st = store.write_state()?;
@@ -233,6 +257,8 @@ fn pass(store: &Store, target: i64, epoch: u64) -> Result<(), Error> {
                 });
             removed_total += removed.len();
         }
+        drop(gate);
+        yield_to_writes(store);
         match next {
             Some(k) => from = Some(k),
             None => break,
