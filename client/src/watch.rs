@@ -8,11 +8,13 @@ use std::task::{Context, Poll};
 
 use cairn_api::etcdserverpb::{
     watch_client::WatchClient, watch_create_request::FilterType, watch_request::RequestUnion,
-    WatchCreateRequest, WatchRequest,
+    WatchCreateRequest, WatchProgressRequest, WatchRequest,
 };
 use cairn_api::mvccpb::Event;
 use futures::Stream;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::kv::{range_options, KeyRange};
@@ -91,6 +93,17 @@ pub struct WatchBatch {
 pub struct Watch {
     events: ReceiverStream<Result<WatchBatch, Error>>,
     task: tokio::task::JoinHandle<()>,
+    progress: Arc<Notify>,
+}
+
+impl Watch {
+    /// Asks the member for a progress notification: an empty batch whose revision says that
+    /// every event up to it has been delivered, even when none of them matched (etcd 3.4's
+    /// `RequestProgress`). A read-your-writes wait for a write outside the watched keys
+    /// needs it. Requests made while the watch is reconnecting are sent once it is back.
+    pub fn request_progress(&self) {
+        self.progress.notify_one();
+    }
 }
 
 impl Stream for Watch {
@@ -128,10 +141,13 @@ impl Client {
         let client = self.clone();
         let key = key.into();
         let options = options.unwrap_or_default();
-        let task = tokio::spawn(async move { client.watch_task(key, options, tx).await });
+        let progress = Arc::new(Notify::new());
+        let asked = progress.clone();
+        let task = tokio::spawn(async move { client.watch_task(key, options, tx, asked).await });
         Watch {
             events: ReceiverStream::new(rx),
             task,
+            progress,
         }
     }
 
@@ -140,6 +156,7 @@ impl Client {
         key: Vec<u8>,
         options: WatchOptions,
         tx: mpsc::Sender<Result<WatchBatch, Error>>,
+        progress: Arc<Notify>,
     ) {
         // The first revision not yet delivered; 0 until the first watch is created.
         let mut next = options.start_revision.max(0);
@@ -148,7 +165,7 @@ impl Client {
         loop {
             let (i, channel) = self.current();
             match self
-                .watch_once(channel, &key, &options, &mut next, &tx)
+                .watch_once(channel, &key, &options, &mut next, &tx, &progress)
                 .await
             {
                 Ended::Consumer | Ended::Final => return,
@@ -192,6 +209,7 @@ impl Client {
         options: &WatchOptions,
         next: &mut i64,
         tx: &mpsc::Sender<Result<WatchBatch, Error>>,
+        progress: &Notify,
     ) -> Ended {
         let mut filters = Vec::new();
         if options.no_put {
@@ -230,6 +248,15 @@ impl Client {
             let resp = tokio::select! {
                 r = stream.message() => r,
                 _ = tx.closed() => return Ended::Consumer,
+                _ = progress.notified() => {
+                    let ask = WatchRequest {
+                        request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
+                    };
+                    if req_tx.send(ask).await.is_err() {
+                        return Ended::Member;
+                    }
+                    continue;
+                }
             };
             let resp = match resp {
                 Ok(Some(r)) => r,
