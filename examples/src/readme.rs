@@ -76,6 +76,21 @@ pub async fn recipes_tour() -> Result<(), Box<dyn Error>> {
     Barrier::new(client.clone(), "barriers/deploy").wait().await?;
     DoubleBarrier::new(&session, "barriers/stage", 4).enter().await?;
     Counter::new(client.clone(), "counters/visits").add(1).await?;
+    let cache = Cache::new(&client, "services/api/").await?;    // a live local mirror
+    let instances = cache.snapshot();                           // from memory, with its revision
+
+    let limits = Config::<serde_json::Value>::key("config/limits", Format::Json)
+        .with_default(serde_json::json!({ "requests_per_second": 100 }))
+        .open(&client).await?;                                  // serde-typed, validated, live
+    let rps = limits.get()["requests_per_second"].clone();      // a local read
+
+    Stm::new(&client, Isolation::SerializableSnapshot)          // etcd's STM: retried on conflict
+        .run(|tx| async move {
+            let n: i64 = tx.get_string("counters/runs").await?.parse().unwrap_or(0);
+            tx.put("counters/runs", (n + 1).to_string());
+            Ok(())
+        })
+        .await?;
     // README: end
     Ok(())
 }

@@ -15,6 +15,11 @@
 //! - [`Counter`]: a shared integer changed by compare-and-swap.
 //! - [`ServiceRegistry`]: instances registered with a heartbeat lease; discovery and a
 //!   stream of added/updated/removed instances.
+//! - [`Cache`]: a local, always-current mirror of a prefix, read from memory.
+//! - [`Config`]: typed configuration (JSON or TOML) under a key or a prefix, validated,
+//!   published as it changes, updated atomically, rolled back in one call.
+//! - [`Stm`]: transactions over many keys with etcd's isolation levels (Go's
+//!   `concurrency.NewSTM`).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), cairn_recipes::Error> {
@@ -32,6 +37,8 @@
 #![warn(missing_docs)]
 
 mod barrier;
+mod cache;
+mod config;
 mod counter;
 mod election;
 mod mutex;
@@ -40,9 +47,12 @@ mod registry;
 mod rwmutex;
 mod semaphore;
 mod session;
+mod stm;
 mod topic;
 
 pub use barrier::{Barrier, DoubleBarrier};
+pub use cache::{Cache, CacheEvent, CacheSnapshot};
+pub use config::{Config, ConfigBuilder, Format, Rejected, Versioned};
 pub use counter::Counter;
 pub use election::{Election, Leadership};
 pub use mutex::{Mutex, MutexGuard};
@@ -51,6 +61,7 @@ pub use registry::{Instance, InstanceEvent, ServiceRegistry};
 pub use rwmutex::RwMutex;
 pub use semaphore::Semaphore;
 pub use session::Session;
+pub use stm::{Isolation, Stm, StmTxn};
 pub use topic::{ConsumerGroup, Message, Retention, StartAt, Subscription, Topic};
 
 /// What a recipe can fail with.
@@ -83,6 +94,9 @@ pub enum Error {
     /// A counter or cursor key holds something that is not a decimal integer.
     #[error("not a number: {0:?}")]
     NotACounter(String),
+    /// A configuration does not decode, or its validator refused it.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
 }
 
 /// Sends a transaction whose guard makes a second application impossible, again and again
