@@ -1,7 +1,7 @@
 //! Leases: grant, revoke, time-to-live, list, and a keeper that renews a lease in the
 //! background, across member failures, and tells its owner when the lease is lost.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_api::etcdserverpb::{
     lease_client::LeaseClient, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
@@ -114,22 +114,26 @@ impl Client {
         let ttl = Duration::from_secs(ttl.max(1) as u64);
         // Renew at a third of the TTL, as etcd's client does, so two renewals may fail.
         let every = (ttl / 3).max(Duration::from_millis(100));
-        let mut expires = Instant::now() + ttl;
+        // The lease lives at least until a TTL after the last acknowledged renewal was
+        // sent (the server counts from when it received it). Declaring it lost at that
+        // moment at the latest, even while a renewal hangs, tells the owner before the
+        // cluster can let anyone else take what the lease held.
+        let mut expires = tokio::time::Instant::now() + ttl;
         loop {
-            match self.lease_keep_alive_once(id).await {
-                Ok(t) if t > 0 => {
-                    expires = Instant::now() + Duration::from_secs(t as u64);
+            let sent = tokio::time::Instant::now();
+            match tokio::time::timeout_at(expires, self.lease_keep_alive_once(id)).await {
+                Ok(Ok(t)) if t > 0 => {
+                    expires = sent + Duration::from_secs(t as u64);
                     tokio::time::sleep(every).await;
                 }
-                Ok(_) | Err(Error::LeaseNotFound) => {
+                Err(_) | Ok(Ok(_)) | Ok(Err(Error::LeaseNotFound)) => {
                     lost.send_replace(Some(Error::LeaseLost(id)));
                     return;
                 }
-                Err(_) if Instant::now() >= expires => {
-                    lost.send_replace(Some(Error::LeaseLost(id)));
-                    return;
+                Ok(Err(_)) => {
+                    let retry = tokio::time::Instant::now() + Duration::from_millis(200);
+                    tokio::time::sleep_until(retry.min(expires)).await;
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
     }
