@@ -72,6 +72,10 @@ pub async fn recipes_tour() -> Result<(), Box<dyn Error>> {
 
     let registry = ServiceRegistry::new(client.clone(), "services/");
     registry.register(&session, "api", "api-1", "10.0.0.7:8080").await?;
+    let api = registry.discovery("api").channel().await?;      // tonic Channel over live instances
+    let both = MultiLock::new(&session, ["locks/a", "locks/b"]).lock().await?;  // no deadlock
+    DelayQueue::new(client.clone(), "queues/retries")
+        .enqueue_after("charge 7", std::time::Duration::from_secs(30)).await?;
 
     Barrier::new(client.clone(), "barriers/deploy").wait().await?;
     DoubleBarrier::new(&session, "barriers/stage", 4).enter().await?;

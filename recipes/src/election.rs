@@ -221,6 +221,13 @@ impl Leadership<'_> {
         }
     }
 
+    /// Resolves when this is no longer the leader: the session was lost or the leader's
+    /// key deleted (resigned elsewhere, or removed by an operator). A scheduler stops
+    /// scheduling here, before the next leader can be elected.
+    pub async fn lost(&self) {
+        crate::session::key_lost(self.session, &self.key, self.rev).await
+    }
+
     /// Gives up leadership; the next candidate is elected.
     pub async fn resign(self) -> Result<(), Error> {
         let txn = Txn::new()

@@ -10,11 +10,16 @@
 //! - [`Semaphore`]: up to `n` holders at once, in arrival order.
 //! - [`Election`]: campaign, proclaim, resign, leader, observe.
 //! - [`Barrier`] (hold, release, wait) and [`DoubleBarrier`] (`n` enter, then `n` leave).
-//! - [`Queue`] and [`PriorityQueue`]: work items, each taken by exactly one consumer.
+//! - [`Queue`], [`PriorityQueue`] and [`DelayQueue`]: work items, each taken by exactly one
+//!   consumer (a delayed item once its time has come).
+//! - [`MultiLock`]: several mutexes taken together, without deadlock.
+//! - [`GroupMember`]: a live membership list of a group, each member on a heartbeat lease.
 //! - [`Topic`]: publish/subscribe with offsets, retention and durable consumer groups.
 //! - [`Counter`]: a shared integer changed by compare-and-swap.
 //! - [`ServiceRegistry`]: instances registered with a heartbeat lease; discovery and a
 //!   stream of added/updated/removed instances.
+//! - [`Discovery`]: a tonic channel balanced over a service's live instances, in the
+//!   registry's layout or etcd's `naming/endpoints` one ([`EndpointManager`]).
 //! - [`Cache`]: a local, always-current mirror of a prefix, read from memory.
 //! - [`Config`]: typed configuration (JSON or TOML) under a key or a prefix, validated,
 //!   published as it changes, updated atomically, rolled back in one call.
@@ -40,7 +45,10 @@ mod barrier;
 mod cache;
 mod config;
 mod counter;
+mod discovery;
 mod election;
+mod group;
+mod multilock;
 mod mutex;
 mod queue;
 mod registry;
@@ -54,9 +62,12 @@ pub use barrier::{Barrier, DoubleBarrier};
 pub use cache::{Cache, CacheEvent, CacheSnapshot};
 pub use config::{Config, ConfigBuilder, Format, Rejected, Versioned};
 pub use counter::Counter;
+pub use discovery::{BalancedChannel, Discovery, EndpointManager, NamedEndpoint};
 pub use election::{Election, Leadership};
+pub use group::{GroupMember, GroupView};
+pub use multilock::{MultiGuard, MultiLock};
 pub use mutex::{Mutex, MutexGuard};
-pub use queue::{PriorityQueue, Queue};
+pub use queue::{DelayQueue, PriorityQueue, Queue};
 pub use registry::{Instance, InstanceEvent, ServiceRegistry};
 pub use rwmutex::RwMutex;
 pub use semaphore::Semaphore;

@@ -222,36 +222,7 @@ impl<'s> MutexGuard<'s> {
 
     /// Resolves when the lock is no longer held: the session was lost or the key deleted.
     pub async fn lost(&self) {
-        use cairn_client::{EventType, WatchOptions};
-        use futures::StreamExt;
-        let client = self.session.client();
-        let mut watch = client.watch(
-            self.key.as_str(),
-            Some(
-                WatchOptions::new()
-                    .with_start_revision(self.rev + 1)
-                    .without_puts(),
-            ),
-        );
-        let deleted = async {
-            while let Some(batch) = watch.next().await {
-                match batch {
-                    Ok(b)
-                        if b.events
-                            .iter()
-                            .any(|e| e.r#type == EventType::Delete as i32) =>
-                    {
-                        return
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-        };
-        tokio::select! {
-            _ = deleted => {}
-            _ = self.session.done() => {}
-        }
+        crate::session::key_lost(self.session, &self.key, self.rev).await
     }
 }
 

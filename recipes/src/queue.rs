@@ -52,13 +52,13 @@ impl Queue {
 
     /// Takes the first item, if any.
     pub async fn try_dequeue(&self) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.take().await?.0)
+        Ok(self.take(None).await?.0)
     }
 
     /// Takes the first item, waiting for one while the queue is empty.
     pub async fn dequeue(&self) -> Result<Vec<u8>, Error> {
         loop {
-            let (item, rev) = self.take().await?;
+            let (item, rev) = self.take(None).await?;
             if let Some(item) = item {
                 return Ok(item);
             }
@@ -85,13 +85,14 @@ impl Queue {
         }
     }
 
-    async fn put_new(&self, prefix: &str, item: Vec<u8>) -> Result<(), Error> {
+    pub(crate) async fn put_new(&self, prefix: &str, item: Vec<u8>) -> Result<(), Error> {
         crate::create_unique(&self.client, prefix, item).await?;
         Ok(())
     }
 
-    /// One attempt round: the first item taken by us, or none at the returned revision.
-    async fn take(&self) -> Result<(Option<Vec<u8>>, i64), Error> {
+    /// One attempt round: the first item (with a key below `end`, if given) taken by us,
+    /// or none at the returned revision.
+    pub(crate) async fn take(&self, end: Option<&str>) -> Result<(Option<Vec<u8>>, i64), Error> {
         let order = if self.by_key {
             SortTarget::Key
         } else {
@@ -103,10 +104,12 @@ impl Queue {
                 .get(
                     self.prefix.as_str(),
                     Some(
-                        GetOptions::new()
-                            .with_prefix()
-                            .with_sort(order, SortOrder::Ascend)
-                            .with_limit(1),
+                        match end {
+                            Some(end) => GetOptions::new().with_range(end),
+                            None => GetOptions::new().with_prefix(),
+                        }
+                        .with_sort(order, SortOrder::Ascend)
+                        .with_limit(1),
                     ),
                 )
                 .await?;
@@ -189,5 +192,135 @@ impl PriorityQueue {
     /// Takes the most urgent item, waiting for one while the queue is empty.
     pub async fn dequeue(&self) -> Result<Vec<u8>, Error> {
         self.queue.dequeue().await
+    }
+}
+
+/// A queue whose items become visible at a time (Curator's DistributedDelayQueue): an item
+/// is a key `<name>/<due time, ns since the epoch, hex>/<creation time>`, so keys sort by due
+/// time, and consumers take only keys below the present. Exactly-once hand-over is
+/// [`Queue`]'s. Due times are the producer's clock and "now" the consumer's: skew between
+/// them moves delivery by as much.
+///
+/// ```no_run
+/// # async fn run(client: cairn_client::Client) -> Result<(), cairn_recipes::Error> {
+/// use std::time::Duration;
+/// let retries = cairn_recipes::DelayQueue::new(client, "queues/retries");
+/// retries.enqueue_after("charge order 7", Duration::from_secs(30)).await?;
+/// let item = retries.dequeue().await?; // in about 30 s
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct DelayQueue {
+    queue: Queue,
+}
+
+impl DelayQueue {
+    /// The delay queue `name` (a key prefix).
+    pub fn new(client: cairn_client::Client, name: &str) -> DelayQueue {
+        DelayQueue {
+            queue: Queue {
+                by_key: true,
+                ..Queue::new(client, name)
+            },
+        }
+    }
+
+    /// Adds an item that becomes visible at `due`.
+    pub async fn enqueue_at(
+        &self,
+        item: impl Into<Vec<u8>>,
+        due: std::time::SystemTime,
+    ) -> Result<(), Error> {
+        let nanos = due
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let prefix = format!("{}{nanos:032x}/", self.queue.prefix);
+        self.queue.put_new(&prefix, item.into()).await
+    }
+
+    /// Adds an item that becomes visible after `delay`.
+    pub async fn enqueue_after(
+        &self,
+        item: impl Into<Vec<u8>>,
+        delay: std::time::Duration,
+    ) -> Result<(), Error> {
+        self.enqueue_at(item, std::time::SystemTime::now() + delay)
+            .await
+    }
+
+    /// Takes the item due first, if one is due now.
+    pub async fn try_dequeue(&self) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.queue.take(Some(&self.now_bound())).await?.0)
+    }
+
+    /// Takes the item due first, waiting until one is due.
+    pub async fn dequeue(&self) -> Result<Vec<u8>, Error> {
+        loop {
+            let (item, rev) = self.queue.take(Some(&self.now_bound())).await?;
+            if let Some(item) = item {
+                return Ok(item);
+            }
+            // Nothing due at `rev`: wait for the first item's time, or for a new item (it
+            // may be due sooner).
+            let first = self
+                .queue
+                .client
+                .get(
+                    self.queue.prefix.as_str(),
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_keys_only()
+                            .with_sort(SortTarget::Key, SortOrder::Ascend)
+                            .with_limit(1)
+                            .with_revision(rev),
+                    ),
+                )
+                .await?;
+            let wait = first
+                .kvs
+                .first()
+                .and_then(|kv| self.due_of(&kv.key))
+                .map(|due| {
+                    due.duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default()
+                });
+            let mut watch = self.queue.client.watch(
+                self.queue.prefix.as_str(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(rev + 1)
+                        .without_deletes(),
+                ),
+            );
+            let sleep = async {
+                match wait {
+                    Some(w) => tokio::time::sleep(w).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {}
+                next = watch.next() => {
+                    if let Some(Err(e)) = next {
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first key not yet due: `<name>/<now + 1 ns>`.
+    fn now_bound(&self) -> String {
+        format!("{}{:032x}", self.queue.prefix, crate::now_nanos() + 1)
+    }
+
+    fn due_of(&self, key: &[u8]) -> Option<std::time::SystemTime> {
+        let rest = key.strip_prefix(self.queue.prefix.as_bytes())?;
+        let hex = std::str::from_utf8(rest.get(..32)?).ok()?;
+        let nanos = u128::from_str_radix(hex, 16).ok()?;
+        let nanos = u64::try_from(nanos).ok()?;
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos))
     }
 }

@@ -82,6 +82,12 @@ impl ServiceRegistry {
         crate::idempotent(&self.client, [cairn_client::Op::delete(key, None)]).await
     }
 
+    /// A tonic channel balanced over `service`'s instances, following them as they come
+    /// and go (see [`Discovery`](crate::Discovery)).
+    pub fn discovery(&self, service: &str) -> crate::Discovery {
+        crate::Discovery::new(&self.client, &self.prefix(service))
+    }
+
     /// The registered instances of `service`, by id.
     pub async fn discover(&self, service: &str) -> Result<Vec<Instance>, Error> {
         Ok(self.discover_at(service).await?.0)

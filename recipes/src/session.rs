@@ -86,3 +86,38 @@ impl Session {
         }
     }
 }
+
+/// Resolves when the key `session` created at `rev` is gone (deleted, or gone with the
+/// lease) or the session is lost: what a holder's `lost()` waits for. A failed watch counts
+/// as lost, since nothing then proves the key is still there.
+pub(crate) async fn key_lost(session: &Session, key: &str, rev: i64) {
+    use cairn_client::{EventType, WatchOptions};
+    use futures::StreamExt;
+    let mut watch = session.client().watch(
+        key,
+        Some(
+            WatchOptions::new()
+                .with_start_revision(rev + 1)
+                .without_puts(),
+        ),
+    );
+    let deleted = async {
+        while let Some(batch) = watch.next().await {
+            match batch {
+                Ok(b)
+                    if b.events
+                        .iter()
+                        .any(|e| e.r#type == EventType::Delete as i32) =>
+                {
+                    return
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::select! {
+        _ = deleted => {}
+        _ = session.done() => {}
+    }
+}

@@ -25,6 +25,7 @@ mod quota;
 mod range;
 mod readme;
 mod recipes;
+mod recipes_follow;
 mod recipes_state;
 mod recipes_sync;
 mod tls;

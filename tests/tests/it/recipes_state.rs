@@ -531,15 +531,15 @@ async fn read_committed_loses_an_update_that_repeatable_reads_keeps() {
 }
 
 /// A TCP proxy a test can cut (every connection closed, new ones refused) and mend.
-struct Proxy {
-    addr: SocketAddr,
+pub(crate) struct Proxy {
+    pub(crate) addr: SocketAddr,
     open: Arc<AtomicBool>,
     conns: Arc<StdMutex<Vec<tokio::task::JoinHandle<()>>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
+    pub(crate) async fn start(target: SocketAddr) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -571,14 +571,14 @@ impl Proxy {
         }
     }
 
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
         for c in self.conns.lock().expect("conns").drain(..) {
             c.abort();
         }
     }
 
-    fn mend(&self) {
+    pub(crate) fn mend(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
 }
