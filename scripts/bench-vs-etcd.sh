@@ -9,6 +9,7 @@
 #   KEYS=0 scripts/bench-vs-etcd.sh     # without the million-key load and restart (1 member)
 #   REPEAT=3 scripts/bench-vs-etcd.sh   # each workload 3 times per server; the median run counts
 #   AUTH=0 scripts/bench-vs-etcd.sh     # without the auth-on rows (1 member)
+#   BIG=4000000 scripts/bench-vs-etcd.sh  # the big store: keys of 1 KiB written twice (0: skip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -19,6 +20,7 @@ ONLY="${ONLY:-}"
 KEYS="${KEYS:-1000000}"
 REPEAT="${REPEAT:-1}"
 AUTH="${AUTH:-1}"
+BIG="${BIG:-400000}"
 
 if ! command -v etcd >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null
@@ -87,8 +89,9 @@ stop_cluster() {
   for p in "${SERVER_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 }
 
-# Workloads: label | cairn-bench arguments. Throughput is compared, except for watch
-# workloads, where the p99 put-to-event latency is (lower is better).
+# Workloads: label | cairn-bench arguments [| the arguments against etcd, where they
+# differ]. Throughput is compared, except for watch workloads, where the p99 put-to-event
+# latency is (lower is better).
 WORKLOADS=(
   "put, 1 client|--clients 1 --total $(n_of 2000) --key-space-size 100000 put"
   "put, 64 clients|--clients 64 --conns 8 --total $(n_of 20000) --key-space-size 100000 put"
@@ -99,6 +102,8 @@ WORKLOADS=(
   "txn-mixed, 16 clients|--clients 16 --conns 4 --total $(n_of 10000) --key-space-size 1000 txn-mixed"
   "watch latency, 1 watcher|--total $(n_of 1000) watch-latency"
   "watch latency, 1000 watchers|--conns 8 --total $(n_of 200) watch --watchers 1000"
+  "watch: config propagation to 1000 subscribers, all seen (Config vs plain watches on etcd)|--conns 8 --total $(n_of 200) config-propagation --subscribers 1000|--conns 8 --total $(n_of 200) config-propagation --subscribers 1000 --plain"
+  "read a key, 64 clients (Cache vs serializable range on etcd)|--clients 64 --conns 8 --total $(n_of 400000) --key-space-size 1000 cache-read|--clients 64 --conns 8 --total $(n_of 40000) --key-space-size 1000 range --consistency s"
   "lease keep-alive, 16 clients|--clients 16 --conns 4 --total $(n_of 20000) lease-keepalive"
   "lock (recipe Mutex vs etcd Lock service), 8 clients|--clients 8 --duration $(n_of 10) lock"
   "lock service, 8 clients|--clients 8 --duration $(n_of 10) lock --service"
@@ -156,6 +161,58 @@ million() {
   ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   RESULT["$kind|keys-restart"]="$ms"
   RESULT["$kind|keys-rss-restart"]="$(vm_kb "${SERVER_PIDS[0]}" VmRSS)"
+  stop_cluster
+  rm -rf "$WORK/$kind-1-0"
+}
+
+# longest_put <seconds> <command...>: one client puts for <seconds> while the command runs
+# (after 2 s); prints "<command's ms> <longest put ms> <put p99 ms>".
+longest_put() {
+  local secs="$1" out="$WORK/longest.json" bench_pid t0 took; shift
+  "$BENCH" --endpoints "$ENDPOINTS" --clients 1 --duration "$secs" --key-space-size 1000 \
+    --val-size 1024 --json put >"$out" &
+  bench_pid=$!
+  sleep 2
+  t0=$(date +%s%N)
+  "$@" >/dev/null
+  took=$(( ($(date +%s%N) - t0) / 1000000 ))
+  wait "$bench_pid"
+  echo "$took $(field "$(cat "$out")" max_ms) $(field "$(cat "$out")" p99_ms)"
+}
+
+# settled_size <dir>: the directory's size in KiB once it has not changed for 5 s (the
+# storage engine deletes replaced files in the background), waiting at most 120 s.
+settled_size() {
+  local last=-1 now same=0 i
+  for ((i = 0; i < 120 && same < 5; i++)); do
+    now=$(du -sk "$1" | cut -f1)
+    if [ "$now" = "$last" ]; then same=$((same + 1)); else same=0; fi
+    last=$now; sleep 1
+  done
+  echo "$last"
+}
+
+# big_store <etcd|cairn>: on a fresh member, BIG keys of 1 KiB written twice; then, each
+# while one client puts, a compaction of the first versions (waiting for its physical
+# end) and a defragmentation: how long each took and the longest put during it (the pause
+# users feel); and the data directory after both (once the engine let go of old files).
+big_store() {
+  local kind="$1" rev r ctl
+  rm -rf "$WORK/$kind-1-0"
+  start_cluster "$kind" 1
+  ctl=(env ETCDCTL_API=3 etcdctl --command-timeout 600s --endpoints "$ENDPOINTS")
+  for r in 1 2; do
+    "$BENCH" --endpoints "$ENDPOINTS" --clients 256 --conns 16 --total "$BIG" --key-space-size "$BIG" \
+      --sequential-keys --key-size 16 --val-size 1024 --json put >/dev/null
+  done
+  rev="$("${ctl[@]}" get x -w json | sed -E 's/.*"revision":([0-9]+).*/\1/')"
+  # What the loads left for the engine to flush settles first.
+  longest_put 8 true >/dev/null
+  read -r RESULT["$kind|big-compact-ms"] RESULT["$kind|big-compact-max"] _ \
+    <<<"$(longest_put 15 "${ctl[@]}" compaction --physical "$rev")"
+  read -r RESULT["$kind|big-defrag-ms"] RESULT["$kind|big-defrag-max"] _ \
+    <<<"$(longest_put 15 "${ctl[@]}" defrag)"
+  RESULT["$kind|big-disk"]=$(settled_size "$WORK/$kind-1-0")
   stop_cluster
   rm -rf "$WORK/$kind-1-0"
 }
@@ -222,6 +279,9 @@ for n in $SIZES; do
     start_cluster "$kind" "$n"
     for w in "${WORKLOADS[@]}"; do
       label="${w%%|*}"; args="${w#*|}"
+      if [[ "$args" == *"|"* ]]; then
+        if [ "$kind" = etcd ]; then args="${args#*|}"; else args="${args%%|*}"; fi
+      fi
       if [ -n "$ONLY" ] && ! [[ "$label" =~ $ONLY ]]; then continue; fi
       # The recipe Mutex runs only on the client side of Cairn; against etcd the lock row
       # measures etcd's own Lock service, the way its users take a lock.
@@ -247,6 +307,10 @@ for n in $SIZES; do
       million "$kind"
     fi
     if [ "$n" = 1 ] && [ "$AUTH" != 0 ]; then with_auth "$kind"; fi
+    if [ "$n" = 1 ] && [ "$BIG" -gt 0 ]; then
+      echo "[1 member] $kind: $BIG keys of 1 KiB twice, compaction and defrag under writes" >&2
+      big_store "$kind"
+    fi
   done
   for w in "${WORKLOADS[@]}"; do
     label="${w%%|*}"; e="${RESULT["etcd|$label"]:-}"; c="${RESULT["cairn|$label"]:-}"
@@ -275,6 +339,13 @@ for n in $SIZES; do
           "$(ratio "$(field "$c" throughput)" "$(field "$off_c" throughput)")"
       fi
     done
+  fi
+  if [ "$n" = 1 ] && [ "$BIG" -gt 0 ]; then
+    row 1 "$BIG keys × 2 of 1 KiB: compaction of the first versions" ms "${RESULT["etcd|big-compact-ms"]}" "${RESULT["cairn|big-compact-ms"]}"
+    row 1 "the same: longest put during it (1 client)" ms "${RESULT["etcd|big-compact-max"]}" "${RESULT["cairn|big-compact-max"]}"
+    row 1 "then defragmentation" ms "${RESULT["etcd|big-defrag-ms"]}" "${RESULT["cairn|big-defrag-ms"]}"
+    row 1 "the same: longest put during it (1 client)" ms "${RESULT["etcd|big-defrag-max"]}" "${RESULT["cairn|big-defrag-max"]}"
+    row 1 "data dir after both" MiB "$((RESULT["etcd|big-disk"] / 1024))" "$((RESULT["cairn|big-disk"] / 1024))"
   fi
   if [ "$n" -ge 3 ]; then
     row "$n" "leader failover (SIGKILL) under 16 writers: longest gap between acks" ms \

@@ -64,6 +64,18 @@ pub enum Workload {
     },
     /// Put → event latency to a single watcher.
     WatchLatency,
+    /// A put of a configuration to the moment all N subscribers see it (the slowest
+    /// subscriber's delay per put): cairn-recipes `Config` subscribers, or with `--plain`
+    /// plain watches of the key (what an etcd user writes by hand).
+    ConfigPropagation {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Reads of single keys from a cairn-recipes `Cache` of the whole key space, listed
+    /// once at the start (compare with `range --consistency s`).
+    CacheRead,
     /// Lease keep-alive round trips, one lease per client.
     LeaseKeepalive,
     /// Logins (Authenticate with `--user`'s name and password): the password check is
@@ -89,6 +101,9 @@ impl Workload {
             Workload::TxnMixed => "txn-mixed".into(),
             Workload::Watch { watchers } => format!("watch-{watchers}"),
             Workload::WatchLatency => "watch-latency".into(),
+            Workload::ConfigPropagation { plain: true, .. } => "config-propagation-plain".into(),
+            Workload::ConfigPropagation { .. } => "config-propagation".into(),
+            Workload::CacheRead => "cache-read".into(),
             Workload::LeaseKeepalive => "lease-keepalive".into(),
             Workload::Authenticate => "authenticate".into(),
             Workload::Lock { service: true, .. } => "lock-service".into(),
@@ -143,6 +158,14 @@ enum Kind {
         seen: mpsc::UnboundedReceiver<(i64, Duration)>,
         epoch: Instant,
     },
+    Propagation {
+        kv: KvClient<Ch>,
+        subscribers: usize,
+        /// (the put's send time in ns since `epoch`, delay) from every subscriber.
+        seen: mpsc::UnboundedReceiver<(u64, Duration)>,
+        epoch: Instant,
+    },
+    CacheRead(Arc<cairn_recipes::Cache>),
     KeepAlive {
         id: i64,
         requests: mpsc::Sender<LeaseKeepAliveRequest>,
@@ -173,6 +196,13 @@ pub async fn prepare(args: &Args, channels: &[Ch]) -> Result<Vec<Worker>, BoxErr
         space: args.key_space_size,
         next: args.sequential_keys.then(|| AtomicU64::new(0)),
     });
+    let cache = match args.workload {
+        Workload::CacheRead => {
+            let client = recipe_client(args).await?;
+            Some(Arc::new(cairn_recipes::Cache::new(&client, "").await?))
+        }
+        _ => None,
+    };
     let mut workers = Vec::new();
     for c in 0..args.clients.max(1) {
         let ch = channels[c % channels.len()].clone();
@@ -184,6 +214,11 @@ pub async fn prepare(args: &Args, channels: &[Ch]) -> Result<Vec<Worker>, BoxErr
             Workload::TxnMixed => Kind::TxnMixed(kv),
             Workload::Watch { watchers } => watch(kv, channels, c, *watchers).await?,
             Workload::WatchLatency => watch(kv, channels, c, 1).await?,
+            Workload::ConfigPropagation { subscribers, plain } => {
+                let n = if c == 0 { *subscribers } else { 0 };
+                propagation(args, kv, channels, n, *plain).await?
+            }
+            Workload::CacheRead => Kind::CacheRead(cache.clone().ok_or("no cache")?),
             Workload::LeaseKeepalive => keep_alive(ch).await?,
             Workload::Authenticate => {
                 let (name, password) = args.login().ok_or("authenticate needs --user")?;
@@ -197,11 +232,7 @@ pub async fn prepare(args: &Args, channels: &[Ch]) -> Result<Vec<Worker>, BoxErr
                 service: false,
                 name,
             } => {
-                let mut options = cairn_client::ClientOptions::default();
-                if let Some((user, password)) = args.login() {
-                    options = options.with_user(user, password);
-                }
-                let client = cairn_client::Client::connect(args.endpoints.clone(), options).await?;
+                let client = recipe_client(args).await?;
                 Kind::Mutex {
                     session: cairn_recipes::Session::new(&client, 30).await?,
                     name: name.clone(),
@@ -289,6 +320,28 @@ impl Worker {
                 }
                 return Ok(out);
             }
+            Kind::Propagation {
+                kv,
+                subscribers,
+                seen,
+                epoch,
+            } => {
+                let sent = epoch.elapsed().as_nanos() as u64;
+                kv.put(put(CONFIG_KEY.to_vec(), config_value(sent))).await?;
+                let mut slowest = Duration::ZERO;
+                let mut got = 0;
+                while got < *subscribers {
+                    let (s, delay) = seen.recv().await.ok_or("subscribers ended")?;
+                    if s == sent {
+                        got += 1;
+                        slowest = slowest.max(delay);
+                    }
+                }
+                return Ok(vec![slowest]);
+            }
+            Kind::CacheRead(cache) => {
+                std::hint::black_box(cache.get(&keys.key()));
+            }
             Kind::KeepAlive {
                 id,
                 requests,
@@ -355,22 +408,8 @@ async fn watch(
     let epoch = Instant::now();
     let n = if c == 0 { watchers } else { 0 };
     for w in 0..n {
-        let mut client = WatchClient::new(channels[w % channels.len()].clone());
-        let (req_tx, req_rx) = mpsc::channel(1);
-        req_tx
-            .send(WatchRequest {
-                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-                    key: b"bench-watch".to_vec(),
-                    ..Default::default()
-                })),
-            })
-            .await?;
-        let mut stream = client
-            .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
-            .await?
-            .into_inner();
-        // The created response first: the watcher is in place before the first put.
-        stream.next().await.ok_or("watch stream ended")??;
+        let (req_tx, mut stream) =
+            watch_stream(channels[w % channels.len()].clone(), b"bench-watch").await?;
         let tx = tx.clone();
         tokio::spawn(async move {
             let _keep = req_tx;
@@ -393,6 +432,120 @@ async fn watch(
         seen,
         epoch,
     })
+}
+
+/// A client of the cairn-client library (for the recipe workloads), logged in as `--user`.
+async fn recipe_client(args: &Args) -> Result<cairn_client::Client, BoxError> {
+    let mut options = cairn_client::ClientOptions::default();
+    if let Some((user, password)) = args.login() {
+        options = options.with_user(user, password);
+    }
+    Ok(cairn_client::Client::connect(args.endpoints.clone(), options).await?)
+}
+
+const CONFIG_KEY: &[u8] = b"bench-config";
+
+/// The configuration a propagation put stores: JSON, so `Config` decodes it.
+fn config_value(sent_ns: u64) -> Vec<u8> {
+    format!("{{\"sent_ns\":{sent_ns}}}").into_bytes()
+}
+
+fn sent_of(value: &serde_json::Value) -> Option<u64> {
+    value.get("sent_ns")?.as_u64()
+}
+
+/// `n` subscribers of the configuration key, each reporting every value it sees.
+async fn propagation(
+    args: &Args,
+    kv: KvClient<Ch>,
+    channels: &[Ch],
+    n: usize,
+    plain: bool,
+) -> Result<Kind, BoxError> {
+    let (tx, seen) = mpsc::unbounded_channel();
+    let epoch = Instant::now();
+    if plain {
+        for w in 0..n {
+            let mut stream = watch_stream(channels[w % channels.len()].clone(), CONFIG_KEY).await?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(resp)) = stream.1.next().await {
+                    let now = epoch.elapsed();
+                    for ev in resp.events {
+                        let Some(kv) = ev.kv else { continue };
+                        let value = serde_json::from_slice(&kv.value).ok();
+                        if let Some(sent) = value.as_ref().and_then(sent_of) {
+                            let _ = tx.send((sent, now.saturating_sub(Duration::from_nanos(sent))));
+                        }
+                    }
+                }
+                drop(stream.0);
+            });
+        }
+    } else {
+        // One library client per connection, as services would each have their own.
+        let mut clients = Vec::new();
+        for _ in 0..args.conns.max(1) {
+            clients.push(recipe_client(args).await?);
+        }
+        for w in 0..n {
+            let config = cairn_recipes::Config::<serde_json::Value>::key(
+                CONFIG_KEY,
+                cairn_recipes::Format::Json,
+            )
+            .with_default(serde_json::json!({}))
+            .open(&clients[w % clients.len()])
+            .await?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut changes = config.changes();
+                while changes.changed().await.is_ok() {
+                    let now = epoch.elapsed();
+                    let value = changes.borrow_and_update().value.clone();
+                    if let Some(sent) = sent_of(&value) {
+                        let _ = tx.send((sent, now.saturating_sub(Duration::from_nanos(sent))));
+                    }
+                }
+            });
+        }
+    }
+    Ok(Kind::Propagation {
+        kv,
+        subscribers: n,
+        seen,
+        epoch,
+    })
+}
+
+/// A watch of `key` from now on, created (the created answer read) before it returns; the
+/// sender keeps the stream open.
+async fn watch_stream(
+    ch: Ch,
+    key: &[u8],
+) -> Result<
+    (
+        mpsc::Sender<WatchRequest>,
+        tonic::Streaming<cairn_api::etcdserverpb::WatchResponse>,
+    ),
+    BoxError,
+> {
+    let mut client = WatchClient::new(ch);
+    let (req_tx, req_rx) = mpsc::channel(1);
+    req_tx
+        .send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            })),
+        })
+        .await?;
+    let mut stream = client
+        .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+        .await?
+        .into_inner();
+    // The created response first: the watcher is in place before the first put.
+    stream.next().await.ok_or("watch stream ended")??;
+    Ok((req_tx, stream))
 }
 
 /// A lease and its keep-alive stream, with the first keep-alive answered.

@@ -347,7 +347,14 @@ async fn list(client: &Client, prefix: &[u8]) -> Result<(i64, BTreeMap<Vec<u8>, 
         let mut from = prefix.to_vec();
         let mut revision = 0;
         loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            // Every key (an empty prefix) starts from the empty key, which only from-key
+            // may name.
+            let mut options = if from.is_empty() {
+                GetOptions::new().with_from_key()
+            } else {
+                GetOptions::new().with_range(end.clone())
+            }
+            .with_limit(PAGE);
             if revision > 0 {
                 options = options.with_revision(revision);
             }

@@ -213,6 +213,14 @@ async fn a_cache_that_missed_compacted_history_lists_again_and_says_so() {
     }
     assert_eq!(relisted, 1);
 
+    // A cache of every key (the empty prefix) lists and follows them all.
+    let everything = Cache::new(&direct, "").await.expect("cache");
+    let all = direct
+        .get("", Some(GetOptions::new().with_from_key()))
+        .await
+        .expect("get");
+    assert_eq!(everything.snapshot().kvs, all.kvs);
+
     // A write elsewhere: the member vouches for its revision when asked.
     let beside = revision(
         direct
@@ -225,6 +233,13 @@ async fn a_cache_that_missed_compacted_history_lists_again_and_says_so() {
         .await
         .expect("progress");
     assert!(cache.revision() >= beside);
+    within(
+        "the write in the whole-store cache",
+        everything.wait_for_revision(beside),
+    )
+    .await
+    .expect("seen");
+    assert!(everything.get(b"elsewhere").is_some());
     m.stop().await;
 }
 
