@@ -10,6 +10,7 @@
 #   REPEAT=3 scripts/bench-vs-etcd.sh   # each workload 3 times per server; the median run counts
 #   AUTH=0 scripts/bench-vs-etcd.sh     # without the auth-on rows (1 member)
 #   BIG=4000000 scripts/bench-vs-etcd.sh  # the big store: keys of 1 KiB written twice (0: skip)
+#   LEASES=1000000 STORM_TTL=900 scripts/bench-vs-etcd.sh  # the lease storm's leases (0: skip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -21,6 +22,9 @@ KEYS="${KEYS:-1000000}"
 REPEAT="${REPEAT:-1}"
 AUTH="${AUTH:-1}"
 BIG="${BIG:-400000}"
+LEASES="${LEASES:-100000}"
+# The storm's TTL must outlast creating all the leases (etcd on 3 members: ~1,500 leases/s).
+STORM_TTL="${STORM_TTL:-120}"
 
 if ! command -v etcd >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null
@@ -180,6 +184,20 @@ longest_put() {
   echo "$took $(field "$(cat "$out")" max_ms) $(field "$(cat "$out")" p99_ms)"
 }
 
+# storm <etcd|cairn> <members>: on fresh members, LEASES leases of STORM_TTL s with a key each,
+# renewed once from 64 streams, then left to expire while another client puts; the bench's
+# JSON line, then the highest peak RSS of the members (KiB).
+storm() {
+  local kind="$1" n="$2" out p r rss=0
+  for ((p = 0; p < n; p++)); do rm -rf "$WORK/$kind-$n-$p"; done
+  start_cluster "$kind" "$n"
+  out="$("$BENCH" --endpoints "$ENDPOINTS" --conns 8 --json lease-storm --leases "$LEASES" --ttl "$STORM_TTL" --streams 64 --give-up 300)" || out="{}"
+  for p in "${SERVER_PIDS[@]}"; do r=$(vm_kb "$p" VmHWM); [ "$r" -gt "$rss" ] && rss=$r; done
+  stop_cluster
+  for ((p = 0; p < n; p++)); do rm -rf "$WORK/$kind-$n-$p"; done
+  echo "$out $rss"
+}
+
 # settled_size <dir>: the directory's size in KiB once it has not changed for 5 s (the
 # storage engine deletes replaced files in the background), waiting at most 120 s.
 settled_size() {
@@ -311,6 +329,10 @@ for n in $SIZES; do
       echo "[1 member] $kind: $BIG keys of 1 KiB twice, compaction and defrag under writes" >&2
       big_store "$kind"
     fi
+    if [ "$LEASES" -gt 0 ]; then
+      echo "[$n member(s)] $kind: lease storm, $LEASES leases" >&2
+      RESULT["$kind|storm"]="$(storm "$kind" "$n")"
+    fi
   done
   for w in "${WORKLOADS[@]}"; do
     label="${w%%|*}"; e="${RESULT["etcd|$label"]:-}"; c="${RESULT["cairn|$label"]:-}"
@@ -346,6 +368,15 @@ for n in $SIZES; do
     row 1 "then defragmentation" ms "${RESULT["etcd|big-defrag-ms"]}" "${RESULT["cairn|big-defrag-ms"]}"
     row 1 "the same: longest put during it (1 client)" ms "${RESULT["etcd|big-defrag-max"]}" "${RESULT["cairn|big-defrag-max"]}"
     row 1 "data dir after both" MiB "$((RESULT["etcd|big-disk"] / 1024))" "$((RESULT["cairn|big-disk"] / 1024))"
+  fi
+  if [ "$LEASES" -gt 0 ]; then
+    e="${RESULT["etcd|storm"]}"; c="${RESULT["cairn|storm"]}"
+    gone() { local g; g=$(sed -E 's/.*"gone_after_deadline_ms":([0-9.]+|null).*/\1/' <<<"$1"); [ "$g" = null ] && echo ">300000" || echo "$g"; }
+    row "$n" "lease storm, $LEASES leases of $STORM_TTL s: keep-alives per second (64 streams)" "1/s" "$(field "$e" keepalives_per_sec)" "$(field "$c" keepalives_per_sec)"
+    row "$n" "the same: last key gone after the deadline" ms "$(gone "$e")" "$(gone "$c")"
+    row "$n" "the same: another client's put p99 before the storm" ms "$(field "$e" put_p99_before_ms)" "$(field "$c" put_p99_before_ms)"
+    row "$n" "the same: its put p99 during the storm" ms "$(field "$e" put_p99_during_ms)" "$(field "$c" put_p99_during_ms)"
+    row "$n" "the same: member peak RSS" MiB "$(( ${e##* } / 1024 ))" "$(( ${c##* } / 1024 ))"
   fi
   if [ "$n" -ge 3 ]; then
     row "$n" "leader failover (SIGKILL) under 16 writers: longest gap between acks" ms \

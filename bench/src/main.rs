@@ -8,6 +8,7 @@
 //! ```
 
 mod report;
+mod storm;
 mod workload;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +90,21 @@ async fn main() {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let channels = connect(&args).await?;
+    if let Workload::LeaseStorm {
+        leases,
+        ttl,
+        streams,
+        give_up,
+    } = args.workload
+    {
+        let storm = storm::Storm {
+            leases,
+            ttl,
+            streams,
+            give_up: Duration::from_secs(give_up),
+        };
+        return storm::run(storm, &channels, report::progress(&args)).await;
+    }
     let workers = workload::prepare(&args, &channels).await?;
     let issued = Arc::new(AtomicU64::new(0));
     let deadline = args

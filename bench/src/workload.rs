@@ -76,6 +76,23 @@ pub enum Workload {
     /// Reads of single keys from a cairn-recipes `Cache` of the whole key space, listed
     /// once at the start (compare with `range --consistency s`).
     CacheRead,
+    /// The lease storm (runs on its own; `--clients` and `--total` do not apply): this
+    /// many leases with a key each, renewed from a few streams, then all left to expire
+    /// while another client puts. One JSON line with keep-alives/s, how long after the
+    /// deadline the last key went, and the put p50/p99 before and during the storm.
+    LeaseStorm {
+        #[arg(long, default_value_t = 100_000)]
+        leases: usize,
+        /// Long enough for the creation and one renewal round (etcd renews a few thousand
+        /// leases a second per stream).
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+        #[arg(long, default_value_t = 64)]
+        streams: usize,
+        /// Stop waiting for the keys this many seconds after the deadline.
+        #[arg(long, default_value_t = 600)]
+        give_up: u64,
+    },
     /// Lease keep-alive round trips, one lease per client.
     LeaseKeepalive,
     /// Logins (Authenticate with `--user`'s name and password): the password check is
@@ -105,6 +122,7 @@ impl Workload {
             Workload::ConfigPropagation { .. } => "config-propagation".into(),
             Workload::CacheRead => "cache-read".into(),
             Workload::LeaseKeepalive => "lease-keepalive".into(),
+            Workload::LeaseStorm { .. } => "lease-storm".into(),
             Workload::Authenticate => "authenticate".into(),
             Workload::Lock { service: true, .. } => "lock-service".into(),
             Workload::Lock { .. } => "lock".into(),
@@ -220,6 +238,7 @@ pub async fn prepare(args: &Args, channels: &[Ch]) -> Result<Vec<Worker>, BoxErr
             }
             Workload::CacheRead => Kind::CacheRead(cache.clone().ok_or("no cache")?),
             Workload::LeaseKeepalive => keep_alive(ch).await?,
+            Workload::LeaseStorm { .. } => return Err("lease-storm runs on its own".into()),
             Workload::Authenticate => {
                 let (name, password) = args.login().ok_or("authenticate needs --user")?;
                 Kind::Authenticate {

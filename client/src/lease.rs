@@ -123,8 +123,12 @@ impl Client {
             let sent = tokio::time::Instant::now();
             match tokio::time::timeout_at(expires, self.lease_keep_alive_once(id)).await {
                 Ok(Ok(t)) if t > 0 => {
-                    expires = sent + Duration::from_secs(t as u64);
-                    tokio::time::sleep(every).await;
+                    let granted = Duration::from_secs(t as u64);
+                    expires = sent + granted;
+                    // The server's TTL may be shorter than the one asked for.
+                    let every = every.min((granted / 3).max(Duration::from_millis(100)));
+                    tokio::time::sleep_until((tokio::time::Instant::now() + every).min(expires))
+                        .await;
                 }
                 Err(_) | Ok(Ok(_)) | Ok(Err(Error::LeaseNotFound)) => {
                     lost.send_replace(Some(Error::LeaseLost(id)));

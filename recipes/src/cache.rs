@@ -80,6 +80,9 @@ pub struct Cache {
 
 struct Shared {
     prefix: Vec<u8>,
+    /// The end of the mirrored range (exclusive): the prefix's end, or the key's successor
+    /// for a single key; `[0]` for every key.
+    end: Vec<u8>,
     state: RwLock<State>,
     /// The revision the contents reflect, for waiters.
     revision: watch::Sender<i64>,
@@ -101,9 +104,29 @@ impl Cache {
     /// Lists `prefix` (every key when it is empty) and follows it from then on.
     pub async fn new(client: &Client, prefix: impl Into<Vec<u8>>) -> Result<Cache, Error> {
         let prefix = prefix.into();
-        let (revision, entries) = list(client, &prefix).await?;
+        let end = cairn_client::prefix_end(&prefix);
+        Cache::range(client, prefix, end).await
+    }
+
+    /// Mirrors the single key `key` (not the keys it prefixes).
+    pub async fn key(client: &Client, key: impl Into<Vec<u8>>) -> Result<Cache, Error> {
+        let key = key.into();
+        let mut end = key.clone();
+        end.push(0);
+        Cache::range(client, key, end).await
+    }
+
+    /// Mirrors the keys in `[from, end)` (`end` `[0]`: every key from `from` on).
+    pub async fn range(
+        client: &Client,
+        from: impl Into<Vec<u8>>,
+        end: impl Into<Vec<u8>>,
+    ) -> Result<Cache, Error> {
+        let (prefix, end) = (from.into(), end.into());
+        let (revision, entries) = list(client, &prefix, &end).await?;
         let shared = Arc::new(Shared {
             prefix,
+            end,
             state: RwLock::new(State {
                 entries,
                 revision,
@@ -117,7 +140,7 @@ impl Cache {
         Ok(Cache { shared, task })
     }
 
-    /// The prefix this cache mirrors.
+    /// The prefix (the first key of the range) this cache mirrors.
     pub fn prefix(&self) -> &[u8] {
         &self.shared.prefix
     }
@@ -180,12 +203,17 @@ impl Cache {
 
     /// Waits until the cache reflects every change up to `revision` (one a write of this
     /// process returned, for read-your-writes), asking the member to vouch for the revision
-    /// when no change under the prefix would bring the cache there.
+    /// when no change under the prefix would bring the cache there. It waits through
+    /// outages (wrap it in a timeout to bound that) and fails when the cluster refuses the
+    /// cache (a missing permission, say).
     pub async fn wait_for_revision(&self, revision: i64) -> Result<(), Error> {
         let mut seen = self.shared.revision.subscribe();
         loop {
             if *seen.borrow_and_update() >= revision {
                 return Ok(());
+            }
+            if let Some(e) = self.failure().filter(is_refusal) {
+                return Err(e);
             }
             self.shared.ask_progress.notify_one();
             match tokio::time::timeout(Duration::from_millis(500), seen.changed()).await {
@@ -193,6 +221,17 @@ impl Cache {
                 Ok(Err(_)) => return Err(self.failure().unwrap_or(Error::Timeout)),
             }
         }
+    }
+}
+
+/// A failure that waiting will not mend: neither an outage nor a compaction (after which
+/// the cache lists again by itself).
+fn is_refusal(e: &Error) -> bool {
+    match e {
+        Error::Client(c) => {
+            !c.is_unavailable() && !matches!(c, cairn_client::Error::Compacted { .. })
+        }
+        _ => true,
     }
 }
 
@@ -264,7 +303,11 @@ impl Shared {
             st.entries = entries;
             st.revision = revision;
             st.relists += 1;
-            st.failure = None;
+            // A refusal stays until a watch delivers again: listing may be allowed where
+            // watching is not.
+            if st.failure.as_ref().is_some_and(|e| !is_refusal(e)) {
+                st.failure = None;
+            }
         }
         self.publish(out);
     }
@@ -290,10 +333,10 @@ impl Shared {
 async fn follow(client: Client, shared: Arc<Shared>, mut revision: i64) {
     let options = |revision: i64| {
         let o = WatchOptions::new().with_start_revision(revision + 1);
-        if shared.prefix.is_empty() {
+        if shared.prefix.is_empty() && shared.end == [0] {
             o.with_from_key()
         } else {
-            o.with_prefix()
+            o.with_range(shared.end.clone())
         }
     };
     loop {
@@ -322,7 +365,7 @@ async fn follow(client: Client, shared: Arc<Shared>, mut revision: i64) {
         }
         let mut pause = Duration::from_millis(50);
         loop {
-            match list(&client, &shared.prefix).await {
+            match list(&client, &shared.prefix, &shared.end).await {
                 Ok((at, entries)) => {
                     revision = at;
                     shared.replace(at, entries);
@@ -338,10 +381,14 @@ async fn follow(client: Client, shared: Arc<Shared>, mut revision: i64) {
     }
 }
 
-/// The keys under `prefix` at one revision, read page by page (a compaction of that
+/// The keys in `[from, end)` at one revision, read page by page (a compaction of that
 /// revision between two pages starts the listing over).
-async fn list(client: &Client, prefix: &[u8]) -> Result<(i64, BTreeMap<Vec<u8>, KeyValue>), Error> {
-    let end = cairn_client::prefix_end(prefix);
+async fn list(
+    client: &Client,
+    prefix: &[u8],
+    end: &[u8],
+) -> Result<(i64, BTreeMap<Vec<u8>, KeyValue>), Error> {
+    let end = end.to_vec();
     'listing: loop {
         let mut entries = BTreeMap::new();
         let mut from = prefix.to_vec();

@@ -177,7 +177,7 @@ where
     pub async fn set(&self, value: &T) -> Result<i64, Error> {
         self.check(value)?;
         let wanted = self.encode(value)?;
-        let ops = to_ops(diff(&wanted, &self.stored()));
+        let ops = to_ops(overwrite(&wanted, &self.stored()));
         let resp = crate::guarded_txn(&self.client, Txn::new().and_then(ops)).await?;
         Ok(revision_of(&resp))
     }
@@ -189,6 +189,14 @@ where
     /// at.
     pub async fn update(&self, mut f: impl FnMut(&T) -> T) -> Result<i64, Error> {
         loop {
+            // A base that is not what is stored (an invalid edit came after it) would be
+            // refused for ever: repair with `set` or `rollback`.
+            if let Some(r) = self.rejected() {
+                return Err(Error::InvalidConfig(format!(
+                    "the stored configuration (revision {}) is invalid: {}",
+                    r.revision, r.reason
+                )));
+            }
             let base = self.versioned();
             let next = f(&base.value);
             self.check(&next)?;
@@ -207,13 +215,18 @@ where
             let guard = writes
                 .keys()
                 .map(|k| Compare::mod_revision(k.clone()).lt(base.revision + 1));
-            let txn = Txn::new().when(guard).and_then(to_ops(writes));
+            let txn = Txn::new().when(guard).and_then(to_ops(writes.clone()));
             let resp = crate::guarded_txn(&self.client, txn).await?;
             if resp.succeeded {
                 return Ok(revision_of(&resp));
             }
-            // Someone else changed it: wait until this view has their change, then retry.
+            // Someone else changed it (or an attempt whose answer was lost applied): wait
+            // until this view has the change; if it is ours, do not apply `f` again.
             self.wait_for_revision(revision_of(&resp)).await?;
+            let now = self.stored();
+            if writes.iter().all(|(k, v)| now.get(k) == v.as_ref()) {
+                return Ok(self.versioned().revision);
+            }
         }
     }
 
@@ -233,7 +246,7 @@ where
             then.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
         let value = self.decode(&old).map_err(Error::InvalidConfig)?;
         self.check(&value)?;
-        let ops = to_ops(diff(&old, &self.stored()));
+        let ops = to_ops(overwrite(&old, &self.stored()));
         let resp = crate::guarded_txn(&self.client, Txn::new().and_then(ops)).await?;
         Ok(revision_of(&resp))
     }
@@ -281,11 +294,11 @@ where
 
     /// Reads the configuration and follows it.
     pub async fn open(self, client: &Client) -> Result<Config<T>, Error> {
-        let prefix = match &self.layout {
-            Layout::Key(k) => k.clone(),
-            Layout::Prefix(p) => p.clone(),
-        };
-        let cache = Arc::new(Cache::new(client, prefix).await?);
+        let cache = Arc::new(match &self.layout {
+            // Exactly the key: `config/limits.bak` is not part of `config/limits`.
+            Layout::Key(k) => Cache::key(client, k.clone()).await?,
+            Layout::Prefix(p) => Cache::new(client, p.clone()).await?,
+        });
         let follower = Follower {
             cache: cache.clone(),
             layout: self.layout.clone(),
@@ -294,6 +307,8 @@ where
             default: self.default.map(Arc::new),
             rejected: Arc::new(watch::Sender::new(None)),
         };
+        // Subscribed before the first read, so a change between the two is not missed.
+        let revisions = cache.revisions();
         let snapshot = cache.snapshot();
         let first = match follower.read(&snapshot) {
             Ok(v) => v,
@@ -311,7 +326,7 @@ where
         let (tx, current) = watch::channel(first);
         let (seen_tx, seen) = watch::channel(snapshot.revision);
         let rejected = follower.rejected.clone();
-        let task = tokio::spawn(follower.run(tx, seen_tx, stamp(&snapshot.kvs)));
+        let task = tokio::spawn(follower.run(revisions, tx, seen_tx, stamp(&snapshot.kvs)));
         Ok(Config {
             client: client.clone(),
             cache,
@@ -374,11 +389,11 @@ where
 
     async fn run(
         self,
+        mut revisions: watch::Receiver<i64>,
         current: watch::Sender<Versioned<T>>,
         seen: watch::Sender<i64>,
         mut last: (usize, i64),
     ) {
-        let mut revisions = self.cache.revisions();
         while revisions.changed().await.is_ok() {
             let snapshot = self.cache.snapshot();
             // A progress answer moves the revision alone: nothing to publish.
@@ -405,6 +420,17 @@ fn stamp(kvs: &[KeyValue]) -> (usize, i64) {
         kvs.len(),
         kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0),
     )
+}
+
+/// Every key of `wanted` written, whatever this view holds (it may be behind another
+/// writer's change), and the keys of `now` that `wanted` lacks deleted.
+fn overwrite(
+    wanted: &BTreeMap<Vec<u8>, Vec<u8>>,
+    now: &BTreeMap<Vec<u8>, Vec<u8>>,
+) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+    let mut writes = diff(wanted, now);
+    writes.extend(wanted.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
+    writes
 }
 
 /// The writes (`None`: a delete) that take the keys from `now` to `wanted`.

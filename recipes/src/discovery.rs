@@ -239,14 +239,14 @@ async fn follow(
             if known.get(id) == Some(addr) {
                 continue;
             }
-            if let Some(endpoint) = to_endpoint(addr) {
-                if changes
-                    .send(Change::Insert(id.clone(), endpoint))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+            let change = match to_endpoint(addr) {
+                Some(endpoint) => Change::Insert(id.clone(), endpoint),
+                // An address it cannot dial: not the old one either.
+                None if known.contains_key(id) => Change::Remove(id.clone()),
+                None => continue,
+            };
+            if changes.send(change).await.is_err() {
+                return;
             }
         }
         known = now;

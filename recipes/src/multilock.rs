@@ -81,6 +81,10 @@ impl MultiGuard<'_> {
 
     /// Resolves when any of the locks is no longer held.
     pub async fn lost(&self) {
+        if self.guards.is_empty() {
+            // Holding nothing, nothing can be lost.
+            return std::future::pending().await;
+        }
         let all = self.guards.iter().map(|(_, g)| Box::pin(g.lost()));
         futures::future::select_all(all).await;
     }

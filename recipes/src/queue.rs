@@ -272,8 +272,7 @@ impl DelayQueue {
                             .with_prefix()
                             .with_keys_only()
                             .with_sort(SortTarget::Key, SortOrder::Ascend)
-                            .with_limit(1)
-                            .with_revision(rev),
+                            .with_limit(1),
                     ),
                 )
                 .await?;

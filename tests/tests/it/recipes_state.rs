@@ -260,6 +260,10 @@ fn positive(l: &Limits) -> Result<(), String> {
 async fn a_config_reload_reaches_every_subscriber_and_bad_edits_are_refused() {
     let m = Embedded::start().await;
     let c = client(&m).await;
+    // A key the configuration's key prefixes is not part of it.
+    c.put("config/limits.bak", "not a config", None)
+        .await
+        .expect("put");
     let open = || {
         Config::<Limits>::key("config/limits", Format::Json)
             .with_default(Limits {
@@ -313,6 +317,13 @@ async fn a_config_reload_reaches_every_subscriber_and_bad_edits_are_refused() {
         }
     }
 
+    // An update from a value that is no longer what is stored is refused, not retried.
+    let stale = subscribers[1].update(|l| Limits {
+        burst: l.burst + 1,
+        ..l.clone()
+    });
+    assert!(matches!(stale.await, Err(Error::InvalidConfig(_))));
+
     // Back to what was stored at `first`, in one call.
     let back = subscribers[3].rollback(first).await.expect("rollback");
     for s in &subscribers {
@@ -323,6 +334,11 @@ async fn a_config_reload_reaches_every_subscriber_and_bad_edits_are_refused() {
         assert_eq!(s.versioned().revision, back);
         assert_eq!(s.rejected(), None);
     }
+    let beside = c.get("config/limits.bak", None).await.expect("get").kvs;
+    assert_eq!(
+        beside[0].value, b"not a config",
+        "set and rollback left it alone"
+    );
     m.stop().await;
 }
 
