@@ -43,10 +43,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# free_port [taken...]: a port nothing listens on, and none of the ports given (those
+# chosen for the same start, not listening yet).
 free_port() {
   local p
   while :; do
-    p=$((20000 + RANDOM % 30000))
+    # Below the ephemeral range (32768 up), where outgoing connections take their ports.
+    p=$((20000 + RANDOM % 12000))
+    [[ " $* " == *" $p "* ]] && continue
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done
 }
@@ -59,7 +63,10 @@ start_cluster() {
   local kind="$1" n="$2" i cluster=""
   if [ "${RESTART:-0}" != 1 ]; then
     PEER_PORTS=(); CLIENT_PORTS=()
-    for ((i = 0; i < n; i++)); do PEER_PORTS+=("$(free_port)"); CLIENT_PORTS+=("$(free_port)"); done
+    for ((i = 0; i < n; i++)); do
+      PEER_PORTS+=("$(free_port "${PEER_PORTS[@]}" "${CLIENT_PORTS[@]}")")
+      CLIENT_PORTS+=("$(free_port "${PEER_PORTS[@]}" "${CLIENT_PORTS[@]}")")
+    done
   fi
   local peers=("${PEER_PORTS[@]}") clients=("${CLIENT_PORTS[@]}")
   for ((i = 0; i < n; i++)); do cluster+="${cluster:+,}m$i=http://127.0.0.1:${peers[$i]}"; done
