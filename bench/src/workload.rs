@@ -485,10 +485,12 @@ async fn propagation(
     let epoch = Instant::now();
     if plain {
         for w in 0..n {
-            let mut stream = watch_stream(channels[w % channels.len()].clone(), CONFIG_KEY).await?;
+            let (req_tx, mut stream) =
+                watch_stream(channels[w % channels.len()].clone(), CONFIG_KEY).await?;
             let tx = tx.clone();
             tokio::spawn(async move {
-                while let Some(Ok(resp)) = stream.1.next().await {
+                let _keep = req_tx;
+                while let Some(Ok(resp)) = stream.next().await {
                     let now = epoch.elapsed();
                     for ev in resp.events {
                         let Some(kv) = ev.kv else { continue };
@@ -498,7 +500,6 @@ async fn propagation(
                         }
                     }
                 }
-                drop(stream.0);
             });
         }
     } else {

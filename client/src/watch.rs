@@ -4,6 +4,7 @@
 //! once and in order.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use cairn_api::etcdserverpb::{
@@ -12,8 +13,6 @@ use cairn_api::etcdserverpb::{
 };
 use cairn_api::mvccpb::Event;
 use futures::Stream;
-use std::sync::Arc;
-
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 

@@ -6,7 +6,7 @@
 //! lists again and tells its subscribers so, followed by the difference as ordinary changes.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use cairn_client::{Client, EventType, GetOptions, KeyValue, WatchBatch, WatchOptions};
@@ -248,37 +248,47 @@ impl Shared {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn apply(&self, batch: WatchBatch) {
-        let mut out = Vec::with_capacity(batch.events.len());
-        {
-            let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        // Events are built only for subscribers: without any, a put costs one insert.
+        let tell = self.changes.receiver_count() > 0;
+        let mut out = Vec::new();
+        let revision = {
+            let mut st = self.write();
             for e in batch.events {
                 let Some(kv) = e.kv else { continue };
                 if e.r#type == EventType::Delete as i32 {
-                    if let Some(prev) = st.entries.remove(&kv.key) {
-                        out.push(CacheEvent::Deleted {
+                    match st.entries.remove(&kv.key) {
+                        Some(prev) if tell => out.push(CacheEvent::Deleted {
                             prev,
                             revision: kv.mod_revision,
-                        });
+                        }),
+                        _ => {}
                     }
-                } else {
+                } else if tell {
                     out.push(match st.entries.insert(kv.key.clone(), kv.clone()) {
                         Some(prev) => CacheEvent::Modified { prev, kv },
                         None => CacheEvent::Added(kv),
                     });
+                } else {
+                    st.entries.insert(kv.key.clone(), kv);
                 }
             }
             st.revision = st.revision.max(batch.revision);
             st.failure = None;
-        }
-        self.publish(out);
+            st.revision
+        };
+        self.publish(out, revision);
     }
 
     /// Replaces the contents with a new listing, telling subscribers the difference.
     fn replace(&self, revision: i64, entries: BTreeMap<Vec<u8>, KeyValue>) {
         let mut out = vec![CacheEvent::Relisted { revision }];
         {
-            let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.write();
             let old = std::mem::take(&mut st.entries);
             for (key, prev) in &old {
                 if !entries.contains_key(key) {
@@ -309,11 +319,11 @@ impl Shared {
                 st.failure = None;
             }
         }
-        self.publish(out);
+        self.publish(out, revision);
     }
 
-    fn publish(&self, events: Vec<CacheEvent>) {
-        let revision = self.read().revision;
+    /// Tells subscribers the changes, then waiters the revision the contents now reflect.
+    fn publish(&self, events: Vec<CacheEvent>, revision: i64) {
         for e in events {
             // No subscriber is not an error.
             let _ = self.changes.send(e);
@@ -322,10 +332,7 @@ impl Shared {
     }
 
     fn fail(&self, e: Error) {
-        self.state
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .failure = Some(e);
+        self.write().failure = Some(e);
     }
 }
 

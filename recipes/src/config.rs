@@ -115,23 +115,13 @@ where
 {
     /// A configuration stored whole under `key`.
     pub fn key(key: impl Into<Vec<u8>>, format: Format) -> ConfigBuilder<T> {
-        ConfigBuilder {
-            layout: Layout::Key(key.into()),
-            format,
-            default: None,
-            validator: None,
-        }
+        ConfigBuilder::new(Layout::Key(key.into()), format)
     }
 
     /// A configuration stored one top-level field per key under `prefix`
     /// (`<prefix><field name>`); `T` must serialize to a map or struct.
     pub fn prefix(prefix: impl Into<Vec<u8>>, format: Format) -> ConfigBuilder<T> {
-        ConfigBuilder {
-            layout: Layout::Prefix(prefix.into()),
-            format,
-            default: None,
-            validator: None,
-        }
+        ConfigBuilder::new(Layout::Prefix(prefix.into()), format)
     }
 
     /// The current value: a local read.
@@ -276,6 +266,15 @@ impl<T> ConfigBuilder<T>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
+    fn new(layout: Layout, format: Format) -> Self {
+        ConfigBuilder {
+            layout,
+            format,
+            default: None,
+            validator: None,
+        }
+    }
+
     /// The value published while nothing (valid) is stored. Without one, opening fails
     /// when nothing valid is stored.
     pub fn with_default(mut self, value: T) -> Self {

@@ -270,19 +270,19 @@ async fn handshake(
     acceptor: &tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
 ) -> std::io::Result<Conn<tokio_rustls::server::TlsStream<TcpStream>>> {
-    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out");
-    let plain = tokio::time::timeout(HANDSHAKE_TIMEOUT, plaintext::is_plaintext(&tcp))
+    // One deadline for the whole handshake, the look at the first byte included.
+    let handshake = async {
+        if plaintext::is_plaintext(&tcp).await? {
+            plaintext::refuse(tcp).await;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the client spoke plain text, not TLS",
+            ));
+        }
+        acceptor.accept(tcp).await
+    };
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
-        .map_err(|_| timed_out())??;
-    if plain {
-        plaintext::refuse(tcp).await;
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the client spoke plain text, not TLS",
-        ));
-    }
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-        .await
-        .map_err(|_| timed_out())??;
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
     Ok(Conn::Tls(Box::new(stream)))
 }

@@ -547,11 +547,7 @@ async fn permission_kinds_hold_on_every_path_on_one_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn permission_kinds_hold_on_every_path_on_three_members() {
     let cluster = Cluster::start(3, &[]).await;
-    let endpoints = cluster
-        .members
-        .iter()
-        .map(|m| m.process.addr.to_string())
-        .collect();
+    let endpoints = cluster.client_endpoints();
     permission_kinds_hold_on_every_path(endpoints).await;
 }
 

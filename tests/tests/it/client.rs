@@ -103,11 +103,7 @@ async fn the_txn_builder_states_every_compare_and_branch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_fails_over_across_three_members_with_one_down() {
     let mut cluster = Cluster::start(3, &[]).await;
-    let endpoints: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.process.addr.to_string())
-        .collect();
+    let endpoints: Vec<String> = cluster.client_endpoints();
     let client = Client::connect(&endpoints, opts()).await.expect("connect");
     client.put("before", "1", None).await.expect("put");
     // The member the client talks to goes down: calls move to the others.
@@ -152,11 +148,7 @@ async fn create(client: &Client, key: String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_survives_the_loss_of_its_member_and_delivers_every_event_once() {
     let mut cluster = Cluster::start(3, &[]).await;
-    let addrs: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.process.addr.to_string())
-        .collect();
+    let addrs: Vec<String> = cluster.client_endpoints();
     let addr = |i: usize| addrs[i].clone();
     // The watcher streams from member 0 first; the writer writes through the others.
     let watcher = Client::connect([addr(0), addr(1), addr(2)], opts())
@@ -223,11 +215,7 @@ async fn a_watch_survives_the_loss_of_its_member_and_delivers_every_event_once()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_keeper_survives_a_leader_change_and_reports_loss() {
     let mut cluster = Cluster::start(3, &[]).await;
-    let endpoints: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.process.addr.to_string())
-        .collect();
+    let endpoints: Vec<String> = cluster.client_endpoints();
     let client = Client::connect(&endpoints, opts()).await.expect("connect");
     let lease = client.lease_grant(3, 0).await.expect("grant");
     let mut keeper = client.keep_alive(lease.id, lease.ttl);

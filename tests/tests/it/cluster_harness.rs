@@ -68,6 +68,14 @@ pub(crate) fn member_args(
 }
 
 impl Cluster {
+    /// Every member's client address (`host:port`), in member order.
+    pub fn client_endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| m.process.addr.to_string())
+            .collect()
+    }
+
     /// Starts `n` members (with `extra` flags each) and waits until all of them serve.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
         Self::start_program(None, n, extra).await

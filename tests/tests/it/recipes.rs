@@ -427,11 +427,7 @@ async fn contend(clients: Vec<Client>, name: &'static str, rounds: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queue_items_go_to_exactly_one_consumer_across_a_leader_kill() {
     let mut cluster = crate::cluster_harness::Cluster::start(3, &[]).await;
-    let endpoints: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.process.addr.to_string())
-        .collect();
+    let endpoints: Vec<String> = cluster.client_endpoints();
     let connect = || Client::connect(endpoints.clone(), ClientOptions::default());
     let producer = Queue::new(connect().await.expect("connect"), "queues/work");
     let total = 120;

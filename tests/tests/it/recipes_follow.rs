@@ -16,14 +16,7 @@ use cairn_recipes::{
 
 use crate::harness::{Embedded, Process};
 use crate::recipes::client;
-
-const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+use crate::recipes_state::within;
 
 /// Which member answered a Range through `channel`.
 async fn answered_by(channel: tonic::transport::Channel) -> Result<u64, tonic::Status> {
@@ -140,11 +133,7 @@ async fn a_balanced_channel_drops_an_instance_whose_process_was_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_membership_stays_true_across_a_leader_kill() {
     let mut cluster = crate::cluster_harness::Cluster::start(3, &[]).await;
-    let endpoints: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.process.addr.to_string())
-        .collect();
+    let endpoints: Vec<String> = cluster.client_endpoints();
     let connect = || Client::connect(endpoints.clone(), ClientOptions::default());
     let (a, b, watcher) = (
         connect().await.expect("connect"),
@@ -269,7 +258,7 @@ async fn delayed_items_come_in_due_order_and_not_before_their_time() {
         let q = q.clone();
         tokio::spawn(async move { q.dequeue().await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Whether the consumer is already waiting on "late" or not, "soon" comes first.
     q.enqueue_after("soon", Duration::from_millis(200))
         .await
         .expect("enqueue");

@@ -102,11 +102,7 @@ async fn retention_keeps_the_newest_messages_by_count_and_age() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_resumes_after_its_commit_across_reconnects_and_member_loss() {
     let cluster = Cluster::start(3, &[]).await;
-    let endpoints: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.process.addr.to_string())
-        .collect();
+    let endpoints: Vec<String> = cluster.client_endpoints();
     let publisher = Client::connect(endpoints.clone(), ClientOptions::default())
         .await
         .expect("connect");
