@@ -157,10 +157,23 @@ async fn a_watch_survives_the_loss_of_its_member_and_delivers_every_event_once()
     let writer = Client::connect([addr(1), addr(2)], opts())
         .await
         .expect("connect");
-    let mut watch = watcher.watch("w/", Some(WatchOptions::new().with_prefix()));
-    // The watch is live once it sees a first write.
-    writer.put("w/0000", "0", None).await.expect("put");
-    let first = watch.next().await.expect("event").expect("batch");
+    // The watch starts at the first write's revision: created after it (the watch is
+    // set up in the background), it still replays it rather than waiting for ever.
+    let at = writer
+        .put("w/0000", "0", None)
+        .await
+        .expect("put")
+        .header
+        .map_or(0, |h| h.revision);
+    let mut watch = watcher.watch(
+        "w/",
+        Some(WatchOptions::new().with_prefix().with_start_revision(at)),
+    );
+    let first = tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .expect("the first event")
+        .expect("event")
+        .expect("batch");
     assert_eq!(first.events[0].kv.as_ref().expect("kv").key, b"w/0000");
     let mut seen = vec![first.events[0].kv.clone().expect("kv")];
 
