@@ -2,6 +2,7 @@
 //! `grpc_server_started_total` and `grpc_server_handled_total`, which etcd exports). A
 //! call's code is the `grpc-status` of its response headers; a call that answers normally
 //! sends it in the trailers instead, so it counts as `OK` (a stream's later error too).
+//! Unary calls are also timed (`grpc_server_handling_seconds`, etcd's extensive metric).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -121,10 +122,17 @@ where
         if let Some(l) = &labels {
             METRICS.grpc_started.get_or_create(l).inc();
         }
+        let started = std::time::Instant::now();
         let answer = self.inner.call(req);
         Box::pin(async move {
             let resp = answer.await?;
             if let Some(l) = labels {
+                if l.grpc_type == "unary" {
+                    METRICS
+                        .grpc_handling
+                        .get_or_create(&l)
+                        .observe(started.elapsed().as_secs_f64());
+                }
                 let code = resp
                     .headers()
                     .get("grpc-status")
