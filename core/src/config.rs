@@ -152,6 +152,15 @@ pub struct Config {
     )]
     pub snapshot_count: u64,
 
+    /// Serve the web dashboard under `/ui/` on the client URLs.
+    #[arg(long = "ui", env = "CAIRN_UI", action = clap::ArgAction::Set, num_args = 0..=1, default_value_t = true, default_missing_value = "true")]
+    pub ui: bool,
+
+    /// Let the dashboard write (put, delete, revoke, resign) while auth is off. With auth on,
+    /// each user's permissions decide and this flag is not needed.
+    #[arg(long = "ui-writes", env = "CAIRN_UI_WRITES", action = clap::ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub ui_writes: bool,
+
     /// Certificate (PEM) served on `https://` client URLs.
     #[arg(long = "cert-file", env = "CAIRN_CERT_FILE")]
     pub cert_file: Option<PathBuf>,

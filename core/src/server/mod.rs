@@ -7,6 +7,7 @@ mod auth;
 mod authority;
 mod cluster;
 mod compactor;
+mod dashboard;
 mod election;
 mod gateway;
 mod grpc_metrics;
@@ -359,45 +360,51 @@ impl Server {
         );
         // The JSON gateway's routes, with the gRPC services on top (one port for both).
         let gateway = gateway::Gateway::new(node.clone(), own_url.clone(), tls.own_client.clone());
-        let routes = tonic::service::Routes::from(gateway::router(gateway, limit * 4 / 3))
-            .add_service(
-                KvServer::new(kv::KvService::new(node.clone(), cfg.max_txn_ops))
-                    .max_decoding_message_size(limit)
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(
-                MaintenanceServer::new(maintenance::MaintenanceService::new(
-                    node.clone(),
-                    member_dir.join("backup"),
-                    shutdown_rx.clone(),
-                ))
-                .max_decoding_message_size(limit),
-            )
-            .add_service(
-                ClusterServer::new(cluster::ClusterService::new(node.clone()))
-                    .max_decoding_message_size(limit),
-            )
-            .add_service(
-                WatchServer::new(watch::WatchService::new(
-                    node.clone(),
-                    hub,
-                    cfg.max_request_bytes,
-                    cfg.watch_progress_notify_interval,
-                    shutdown_rx.clone(),
-                ))
+        let routes = tonic::service::Routes::from(gateway::router(
+            gateway,
+            limit * 4 / 3,
+            cfg.ui.then_some(dashboard::Options {
+                writes: cfg.ui_writes,
+            }),
+        ))
+        .add_service(
+            KvServer::new(kv::KvService::new(node.clone(), cfg.max_txn_ops))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(
-                LeaseServer::new(lease::LeaseService::new(node.clone(), shutdown_rx.clone()))
-                    .max_decoding_message_size(limit),
-            )
-            .add_service(
-                AuthServer::new(auth::AuthService::new(node.clone(), bcrypt_cost))
-                    .max_decoding_message_size(limit),
-            )
-            .add_service(LockServer::new(recipes.clone()).max_decoding_message_size(limit))
-            .add_service(ElectionServer::new(recipes).max_decoding_message_size(limit));
+        )
+        .add_service(
+            MaintenanceServer::new(maintenance::MaintenanceService::new(
+                node.clone(),
+                member_dir.join("backup"),
+                shutdown_rx.clone(),
+            ))
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            ClusterServer::new(cluster::ClusterService::new(node.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            WatchServer::new(watch::WatchService::new(
+                node.clone(),
+                hub,
+                cfg.max_request_bytes,
+                cfg.watch_progress_notify_interval,
+                shutdown_rx.clone(),
+            ))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            LeaseServer::new(lease::LeaseService::new(node.clone(), shutdown_rx.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            AuthServer::new(auth::AuthService::new(node.clone(), bcrypt_cost))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(LockServer::new(recipes.clone()).max_decoding_message_size(limit))
+        .add_service(ElectionServer::new(recipes).max_decoding_message_size(limit));
         // Every call counted by service, method and code.
         let routes = tonic::service::Routes::from(
             routes

@@ -85,12 +85,23 @@ impl Gateway {
             .cloned()
     }
 
+    /// The connection unary requests share, for the dashboard's own calls.
+    pub(in crate::server) async fn own_channel(&self) -> Result<Channel, Status> {
+        self.channel().await
+    }
+
     /// A new connection to the member's own gRPC endpoint.
     fn new_channel(&self) -> Result<Channel, Status> {
         let url = self
             .url
             .get()
             .ok_or_else(|| Status::unavailable("member not serving yet"))?;
+        self.channel_to(url)
+    }
+
+    /// A lazy connection to a client URL (this member's or another's), with the TLS the
+    /// member uses to reach its own.
+    pub(in crate::server) fn channel_to(&self, url: &str) -> Result<Channel, Status> {
         let config = match &self.tls {
             Some(t) => Some(
                 t.client_config()
@@ -99,7 +110,7 @@ impl Gateway {
             None => None,
         };
         let endpoint =
-            Endpoint::from_shared(url.clone()).map_err(|e| Status::internal(e.to_string()))?;
+            Endpoint::from_shared(url.to_string()).map_err(|e| Status::internal(e.to_string()))?;
         Ok(endpoint.connect_with_connector_lazy(Connector::new(config)))
     }
 
@@ -202,6 +213,13 @@ pub(super) struct Caller {
 }
 
 impl Caller {
+    pub(in crate::server) fn new(
+        headers: HeaderMap,
+        peer: Option<Extension<PeerIdentity>>,
+    ) -> Caller {
+        Caller { headers, peer }
+    }
+
     /// A gRPC request carrying the sender's token, marked as the gateway's so the member's
     /// own certificate on the connection names nobody.
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
@@ -210,7 +228,7 @@ impl Caller {
         r
     }
 
-    fn metadata(&self) -> tonic::metadata::MetadataMap {
+    pub(in crate::server) fn metadata(&self) -> tonic::metadata::MetadataMap {
         let mut md = tonic::metadata::MetadataMap::new();
         for (header, key) in [
             (header::AUTHORIZATION.as_str(), super::auth::AUTHORIZATION),
@@ -586,7 +604,12 @@ fn recipe_routes() -> Router<Gateway> {
 
 /// The gateway's routes; gRPC services are added on top of them. Bodies may be as large
 /// as a gRPC request may (`body_limit`: JSON carries bytes in base64, a third larger).
-pub fn router(gateway: Gateway, body_limit: usize) -> Router {
+pub fn router(
+    gateway: Gateway,
+    body_limit: usize,
+    ui: Option<super::dashboard::Options>,
+) -> Router {
+    let dashboard = ui.map(|o| super::dashboard::routes(gateway.clone(), o));
     let routes: Vec<Router<Gateway>> = vec![
         kv_routes(),
         lease_routes(),
@@ -603,4 +626,5 @@ pub fn router(gateway: Gateway, body_limit: usize) -> Router {
         .fallback(fallback)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(gateway)
+        .merge(dashboard.unwrap_or_default())
 }
