@@ -23,6 +23,18 @@ pub(crate) async fn http_with(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
+    let (status, _, body) = exchange(addr, method, path, headers, body).await;
+    (status, body)
+}
+
+/// One HTTP/1.1 request; the response's status, head (status line and headers) and body.
+pub(crate) async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     let mut conn = TcpStream::connect(addr).await.expect("connect");
     let extra: String = headers
         .iter()
@@ -53,7 +65,7 @@ pub(crate) async fn http_with(
     } else {
         rest.to_string()
     };
-    (status, body)
+    (status, head.to_string(), body)
 }
 
 /// The data of a chunked body.

@@ -9,6 +9,7 @@ mod cluster;
 mod cluster_harness;
 mod compat;
 mod console;
+mod dashboard;
 mod differential;
 mod durability;
 mod errors;
