@@ -17,10 +17,12 @@ mod harness;
 mod cluster_harness;
 
 mod failover;
+mod lazyfs;
 mod leases;
 mod linearizability;
 mod locks;
 mod nemesis;
+mod power;
 mod register;
 mod suite;
 mod watchers;
