@@ -151,6 +151,10 @@ try {
   if (page.url().includes('token') || (await page.evaluate(() => document.cookie)) !== '') throw new Error('a token in the URL or a cookie');
   await page.goto(`${url}/ui/#locks`);
   await until('no locks for alice', async () => (await text(page, 'main')).includes('No locks held.'));
+  // TimeToLive names every key of a lease: the page shows alice none she may not read.
+  await page.goto(`${url}/ui/#leases`);
+  await until('the leases listed for alice', async () => (await count(page, '[data-lease]')) >= 1);
+  if (/locks\/|services\/|elections\//.test(await text(page, 'main'))) throw new Error('alice sees the keys of others\' leases');
   await page.goto(`${url}/ui/#keys`);
   await shot('keys-alice');
 
@@ -169,6 +173,19 @@ try {
   const put = await step('check-ui-put');
   if (put.value !== 'written by the page') throw new Error(`the member holds ${JSON.stringify(put.value)}`);
   await until('the written key shown', async () => (await count(page, '[data-folder="public/"]')) === 1);
+
+  // A delete asks first; Escape (after an earlier "yes") must not confirm it.
+  await page.click('[data-folder="public/"]');
+  await page.click('[data-key="public/from-ui"]');
+  await page.click('.detail button:has-text("Delete")');
+  await until('the delete confirmation', async () => page.locator('#confirm').isVisible());
+  await page.keyboard.press('Escape');
+  await until('the confirmation closed', async () => !(await page.locator('#confirm').isVisible()));
+  await step('check-ui-put');
+  await page.click('.detail button:has-text("Delete")');
+  await until('the delete confirmation again', async () => page.locator('#confirm').isVisible());
+  await page.click('#confirm button[value=yes]');
+  await until('the deleted key gone', async () => (await count(page, '[data-key="public/from-ui"]')) === 0);
 
   if (errors.length) throw new Error(`errors in the page: ${errors.join('; ')}`);
 } catch (e) {

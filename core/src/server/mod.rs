@@ -359,7 +359,12 @@ impl Server {
             shutdown_rx.clone(),
         );
         // The JSON gateway's routes, with the gRPC services on top (one port for both).
-        let gateway = gateway::Gateway::new(node.clone(), own_url.clone(), tls.own_client.clone());
+        let gateway = gateway::Gateway::new(
+            node.clone(),
+            own_url.clone(),
+            tls.own_client.clone(),
+            tls.members_client.clone(),
+        );
         let routes = tonic::service::Routes::from(gateway::router(
             gateway,
             limit * 4 / 3,

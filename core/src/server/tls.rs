@@ -64,6 +64,10 @@ pub struct Tls {
     /// How the member's Lock and Election services reach its own client URL: trusting
     /// exactly its own certificate and presenting it (etcd's members do the same).
     pub own_client: Option<TlsOptions>,
+    /// How the dashboard asks other members' `https://` client URLs for their status:
+    /// trusting `--trusted-ca-file` (else the system's roots) and presenting the member's
+    /// certificate as a client's.
+    pub members_client: Option<TlsOptions>,
 }
 
 fn tls_error(flag: &str, path: &Path, why: impl std::fmt::Display) -> StartError {
@@ -194,7 +198,7 @@ impl Tls {
             }
             None => Connector::new(None),
         };
-        let own_client = match pair(&client_files)? {
+        let (own_client, members_client) = match pair(&client_files)? {
             Some((cert, key)) => {
                 let cert_pem = read("--cert-file", &cert)?;
                 let key_pem = read("--key-file", &key)?;
@@ -202,15 +206,24 @@ impl Tls {
                     .pin_pem(&cert_pem)
                     .and_then(|o| o.identity_pem(&cert_pem, &key_pem))
                     .map_err(|e| StartError::Tls(e.to_string()))?;
-                Some(options)
+                let mut members = TlsOptions::new()
+                    .identity_pem(&cert_pem, &key_pem)
+                    .map_err(|e| StartError::Tls(e.to_string()))?;
+                if let Some(ca) = &cfg.trusted_ca_file {
+                    members = members
+                        .ca_file(ca)
+                        .map_err(|e| tls_error("--trusted-ca-file", ca, e))?;
+                }
+                (Some(options), Some(members))
             }
-            None => None,
+            None => (None, None),
         };
         Ok(Tls {
             client,
             peer,
             peer_dial,
             own_client,
+            members_client,
         })
     }
 }

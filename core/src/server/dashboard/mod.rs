@@ -260,12 +260,22 @@ impl Dashboard {
             .first()
             .ok_or_else(|| "no client URL published yet".to_string())?;
         let mut peers = self.peers.lock().await;
+        // Members come and go: keep connections to current members' URLs only.
+        let current: Vec<String> = self
+            .gateway
+            .node()
+            .membership
+            .members()
+            .into_iter()
+            .filter_map(|m| m.client_ur_ls.into_iter().next())
+            .collect();
+        peers.retain(|u, _| current.contains(u));
         if let Some(ch) = peers.get(url) {
             return Ok(ch.clone());
         }
         let ch = self
             .gateway
-            .channel_to(url)
+            .channel_to_member(url)
             .map_err(|s| s.message().to_string())?;
         peers.insert(url.clone(), ch.clone());
         Ok(ch)

@@ -60,6 +60,8 @@ pub struct Gateway {
     /// The member's own client URL, set once it listens.
     url: Arc<OnceLock<String>>,
     tls: Option<TlsOptions>,
+    /// TLS towards other members' client URLs (the dashboard's cluster view).
+    members_tls: Option<TlsOptions>,
     channel: Arc<tokio::sync::OnceCell<Channel>>,
 }
 
@@ -68,11 +70,17 @@ impl Gateway {
         &self.node
     }
 
-    pub fn new(node: Arc<Node>, url: Arc<OnceLock<String>>, tls: Option<TlsOptions>) -> Gateway {
+    pub fn new(
+        node: Arc<Node>,
+        url: Arc<OnceLock<String>>,
+        tls: Option<TlsOptions>,
+        members_tls: Option<TlsOptions>,
+    ) -> Gateway {
         Gateway {
             node,
             url,
             tls,
+            members_tls,
             channel: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
@@ -96,13 +104,16 @@ impl Gateway {
             .url
             .get()
             .ok_or_else(|| Status::unavailable("member not serving yet"))?;
-        self.channel_to(url)
+        Self::dial(url, &self.tls)
     }
 
-    /// A lazy connection to a client URL (this member's or another's), with the TLS the
-    /// member uses to reach its own.
-    pub(in crate::server) fn channel_to(&self, url: &str) -> Result<Channel, Status> {
-        let config = match &self.tls {
+    /// A lazy connection to another member's client URL.
+    pub(in crate::server) fn channel_to_member(&self, url: &str) -> Result<Channel, Status> {
+        Self::dial(url, &self.members_tls)
+    }
+
+    fn dial(url: &str, tls: &Option<TlsOptions>) -> Result<Channel, Status> {
+        let config = match tls {
             Some(t) => Some(
                 t.client_config()
                     .map_err(|e| Status::internal(e.to_string()))?,

@@ -39,7 +39,7 @@ const ui = {
 };
 
 const $ = (sel) => document.querySelector(sel);
-const view = () => (location.hash.slice(1) in VIEWS ? location.hash.slice(1) : 'cluster');
+const view = () => (Object.hasOwn(VIEWS, location.hash.slice(1)) ? location.hash.slice(1) : 'cluster');
 
 function flash(text, bad = true) {
   const el = $('#flash');
@@ -65,6 +65,8 @@ function render() {
 function confirmed(text) {
   const dlg = $('#confirm');
   $('#confirm-text').textContent = text;
+  // Escape closes without a value: it must not repeat an earlier "yes".
+  dlg.returnValue = '';
   dlg.showModal();
   return new Promise((resolve) => {
     dlg.addEventListener('close', () => resolve(dlg.returnValue === 'yes'), { once: true });
@@ -82,11 +84,14 @@ async function write(what, doit) {
 }
 
 function failed(e) {
-  if (e instanceof model.ApiError && e.status === 401) {
-    model.logout();
-    return start();
-  }
+  if (model.endsSession(e)) return sessionEnded();
   flash(e.message);
+}
+
+/** The token is no longer good (expired, a restart, an auth change): sign in again. */
+function sessionEnded() {
+  model.logout();
+  start('Your session has ended: sign in again.');
 }
 
 const actions = {
@@ -115,7 +120,13 @@ const actions = {
     render();
   },
   put(key, value) {
-    write(`put ${model.showKey(key)}`, () => model.call('/v3/kv/put', { key: model.b64(key), value: model.b64(value) }));
+    // Editing a key on a lease (a lock's, a service's) keeps it on that lease.
+    const old = ui.draft && ui.draft.key === key ? ui.mirror.kvs.get(key) : null;
+    const keep = old && old.lease !== '0' ? { ignore_lease: true } : {};
+    write(`put ${model.showKey(key)}`, async () => {
+      await model.call('/v3/kv/put', { key: model.b64(key), value: model.b64(value), ...keep });
+      ui.draft = null;
+    });
   },
   remove(key) {
     write(`delete ${model.showKey(key)}`, () => model.call('/v3/kv/deleterange', { key: model.b64(key) }));
@@ -137,52 +148,79 @@ const actions = {
 
 // --- what no watch reports ---
 
+let clusterBusy = false;
 async function refreshCluster() {
+  if (clusterBusy) return;
+  clusterBusy = true;
+  const gen = generation;
   try {
-    // Auth turned on or off since the page started: what it may show has changed.
-    const info = await model.read('/ui/api/info');
-    if (ui.info && info.authEnabled !== ui.info.authEnabled) return start();
-    ui.cluster = await model.read('/ui/api/cluster');
+    if (await authChanged()) return;
+    const cluster = await model.read('/ui/api/cluster');
+    if (gen !== generation) return;
+    ui.cluster = cluster;
     ui.clusterError = null;
   } catch (e) {
-    ui.clusterError = e.message;
+    if (gen === generation) ui.clusterError = e.message;
+  } finally {
+    clusterBusy = false;
   }
   if (view() === 'cluster') render();
 }
 
+/** Auth turned on or off since the page started (what it may show has changed): starts again. */
+async function authChanged() {
+  const info = await model.read('/ui/api/info');
+  if (ui.info && info.authEnabled !== ui.info.authEnabled) {
+    start();
+    return true;
+  }
+  return false;
+}
+
 let leasesBusy = false;
+/** TimeToLive calls in flight at once (each is a linearizable read on the leader). */
+const LEASE_CALLS = 8;
 async function refreshLeases() {
-  if (leasesBusy) return;
+  if (leasesBusy || view() !== 'leases') return;
   leasesBusy = true;
+  const gen = generation;
   try {
     const r = await model.call('/v3/lease/leases', {});
     const ids = (r.leases || []).map((l) => l.ID);
     ui.leasesTruncated = ids.length > LEASE_DETAILS;
     const now = Date.now();
     const next = new Map();
-    await Promise.all(ids.slice(0, LEASE_DETAILS).map(async (id) => {
+    const queue = ids.slice(0, LEASE_DETAILS);
+    const one = async (id) => {
       const t = await model.call('/v3/lease/timetolive', { ID: id, keys: true }).catch(() => null);
       if (!t || Number(t.TTL) < 0) return;
       const old = ui.leases.get(id);
       const ttl = Number(t.TTL || 0);
-      // Remaining time that grew since the last look: someone renewed the lease.
+      // Remaining time that grew since the last look: someone renewed the lease. TTLs are
+      // whole seconds, rounded down, so less than that is rounding.
       const predicted = old ? old.ttl - (now - old.fetchedAt) / 1000 : null;
-      const renewed = predicted !== null && ttl > predicted + 0.5;
+      const renewed = predicted !== null && ttl > predicted + 1.5;
       next.set(id, {
         id,
         hex: BigInt(id).toString(16),
         ttl,
         granted: Number(t.grantedTTL || 0),
-        keys: (t.keys || []).map(model.unb64),
+        // TimeToLive names every key of the lease; show only those the user may read.
+        keys: (t.keys || []).map(model.unb64).filter((k) => ui.scope.canRead(k)),
         fetchedAt: now,
         seenAt: old ? old.seenAt : now,
         renewedAt: renewed ? now : old ? old.renewedAt : null,
       });
-    }));
+    };
+    const workers = Array.from({ length: LEASE_CALLS }, async () => {
+      while (queue.length) await one(queue.shift());
+    });
+    await Promise.all(workers);
+    if (gen !== generation) return;
     ui.leases = next;
     ui.leasesError = null;
   } catch (e) {
-    ui.leasesError = e.message;
+    if (gen === generation) ui.leasesError = e.message;
   } finally {
     leasesBusy = false;
   }
@@ -263,48 +301,79 @@ function every(ms, f) {
 }
 
 let timers = [];
+/** Bumped by every start: answers to an earlier start's requests are dropped. */
+let generation = 0;
+let lastRescope = 0;
 
 function showLogin(message) {
   const dlg = $('#login');
   $('#login-error').textContent = message || '';
   if (!dlg.open) dlg.showModal();
+  // Auth may be turned off while the page waits here.
+  timers.push(setInterval(() => authChanged().catch(() => {}), CLUSTER_EVERY));
 }
 
-async function start() {
+async function start(loginMessage) {
+  const gen = ++generation;
   for (const t of timers) clearInterval(t);
   timers = [];
   ui.mirror.stop();
   ui.mirror = new model.Mirror(model.Scope.nothing());
-  ui.leases = new Map();
+  // Nothing of the previous user's stays on the page.
+  Object.assign(ui, { leases: new Map(), cluster: null, prefix: '', selected: null, history: null, draft: null });
+  let info;
   try {
-    ui.info = await model.read('/ui/api/info');
+    info = await model.read('/ui/api/info');
   } catch (e) {
     flash(`cannot reach the member: ${e.message}`);
     return;
   }
+  if (gen !== generation) return;
+  ui.info = info;
   $('#member').textContent = `${ui.info.name || 'member'} · ${ui.info.id} · Cairn ${ui.info.version}`;
   $('#who').textContent = ui.info.authEnabled ? (model.session.user ? `signed in as ${model.session.user}` : '') : 'auth off';
   $('#logout').hidden = !(ui.info.authEnabled && model.session.token);
+  if (!ui.info.authEnabled && $('#login').open) $('#login').close();
   if (ui.info.authEnabled && !model.session.token) {
+    ui.scope = model.Scope.nothing();
     render();
-    return showLogin();
+    return showLogin(loginMessage);
   }
+  let scope;
   try {
-    ui.scope = await model.loadScope(ui.info);
+    scope = await model.loadScope(ui.info);
   } catch (e) {
-    if (e instanceof model.ApiError && e.status === 401) {
+    if (gen !== generation) return;
+    if (model.endsSession(e)) {
       model.logout();
       return showLogin('Your session has ended: sign in again.');
     }
-    ui.scope = model.Scope.nothing();
+    scope = model.Scope.nothing();
     flash(e.message);
   }
+  if (gen !== generation) return;
+  ui.scope = scope;
+  if ($('#login').open) $('#login').close();
   $('#mode').textContent = ui.scope.writes ? 'writes allowed' : 'read-only';
   $('#mode').className = ui.scope.writes ? 'writes' : '';
   ui.mirror = new model.Mirror(ui.scope);
+  let newest = null;
   ui.mirror.addEventListener('change', () => {
     if (view() !== 'cluster' && view() !== 'activity') render();
-    if (ui.mirror.recent[0] && ui.mirror.recent[0].kv.lease !== '0') refreshLeases();
+    // A leased key changed: a lease may have come or gone.
+    const first = ui.mirror.recent[0];
+    if (first && first !== newest && first.kv.lease !== '0') refreshLeases();
+    newest = first;
+  });
+  ui.mirror.addEventListener('auth', (e) => {
+    if (model.endsSession(e.error)) return sessionEnded();
+    // Permissions changed under the page: read them again, at most every 5 s.
+    const wait = Math.max(0, lastRescope + 5000 - Date.now());
+    setTimeout(() => {
+      if (gen !== generation) return;
+      lastRescope = Date.now();
+      start();
+    }, wait);
   });
   ui.mirror.start();
   timers.push(every(CLUSTER_EVERY, refreshCluster));
@@ -317,7 +386,10 @@ async function start() {
 
 function init() {
   $('#tabs').replaceChildren(...Object.entries(VIEWS).map(([id, [title]]) => h('a', { href: `#${id}`, dataset: { view: id } }, title)));
-  window.addEventListener('hashchange', render);
+  window.addEventListener('hashchange', () => {
+    render();
+    if (view() === 'leases') refreshLeases();
+  });
   $('#login-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const form = e.target;

@@ -12,7 +12,8 @@ export const session = {
 
 export class ApiError extends Error {
   constructor(status, body) {
-    super(body.message || body.error || `HTTP ${status}`);
+    const inner = typeof body.error === 'object' && body.error ? body.error : {};
+    super(body.message || inner.message || (typeof body.error === 'string' ? body.error : '') || `HTTP ${status}`);
     this.status = status;
     this.code = body.code;
   }
@@ -38,8 +39,8 @@ async function answer(r) {
 }
 
 /** One gateway call: `POST path` with a JSON body. */
-export async function call(path, body = {}) {
-  return answer(await fetch(path, { method: 'POST', headers: headers(), body: JSON.stringify(body) }));
+export async function call(path, body = {}, signal = undefined) {
+  return answer(await fetch(path, { method: 'POST', headers: headers(), body: JSON.stringify(body), signal }));
 }
 
 /** A `GET` of one of the dashboard's own reads. */
@@ -204,9 +205,22 @@ export async function loadScope(info) {
 /** Keys listed per request, and the most the page keeps. */
 const PAGE = 1000;
 export const MIRROR_LIMIT = 50000;
-/** Bytes of values the listing keeps at most (a big store's values stay on the member). */
+/** Bytes of keys and values the page keeps at most (a big store stays on the member). */
 const MIRROR_BYTES = 64 << 20;
 const RECENT = 300;
+
+/** An error that means the page must sign in again, or read its permissions again. */
+export function endsSession(e) {
+  return e instanceof ApiError && (e.status === 401 || /invalid auth token|revision of auth store is old|user name is empty/.test(e.message));
+}
+export function refused(e) {
+  return e instanceof ApiError && (e.status === 403 || /permission denied/.test(e.message));
+}
+
+/** A watch answered that its history is compacted: list that range again. */
+class Relist extends Error {}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export class Mirror extends EventTarget {
   constructor(scope) {
@@ -215,21 +229,24 @@ export class Mirror extends EventTarget {
     this.kvs = new Map();
     this.recent = [];
     this.rev = 0;
-    this.truncated = false;
     this.bytes = 0;
+    this.truncated = false;
     this.error = null;
     this.stopped = false;
-    this.aborts = new Set();
+    this.abort = new AbortController();
     this.pending = null;
+    /** Per readable range: the revision its watch resumes from (null: list it first). */
+    this.next = scope.read.map(() => null);
   }
 
   start() {
-    for (const iv of this.scope.read) this.follow(iv);
+    if (this.scope.read.length) this.run();
   }
 
+  /** Ends every request of this mirror, the watch stream included. */
   stop() {
     this.stopped = true;
-    for (const a of this.aborts) a.abort();
+    this.abort.abort();
   }
 
   changed() {
@@ -240,118 +257,165 @@ export class Mirror extends EventTarget {
     }, 30);
   }
 
-  fail(e) {
-    this.error = e;
-    this.changed();
+  set(kv) {
+    const old = this.kvs.get(kv.key);
+    if (!old && this.kvs.size >= MIRROR_LIMIT) {
+      this.truncated = true;
+      return;
+    }
+    this.bytes += kv.key.length + kv.value.length - (old ? old.key.length + old.value.length : 0);
+    this.kvs.set(kv.key, kv);
   }
 
-  /** Lists the interval, then watches it from the next revision, forever. */
-  async follow(iv) {
-    const end = iv.end === null ? '\0' : iv.end;
-    const base = { key: b64(iv.start === '' ? '\0' : iv.start), range_end: b64(end) };
-    let from = 0;
-    let pause = 250;
-    while (!this.stopped) {
-      try {
-        if (from === 0) from = (await this.list(iv, base)) + 1;
-        from = await this.watch(iv, base, from);
-        pause = 250;
-      } catch (e) {
-        if (this.stopped) return;
-        if (e instanceof ApiError && (e.status === 401 || e.status === 403)) return this.fail(e);
-        this.error = e;
-        this.changed();
-        await new Promise((r) => setTimeout(r, pause));
-        pause = Math.min(pause * 2, 5000);
-      }
-    }
+  del(key) {
+    const old = this.kvs.get(key);
+    if (!old) return;
+    this.bytes -= old.key.length + old.value.length;
+    this.kvs.delete(key);
+  }
+
+  range(iv) {
+    return { key: b64(iv.start === '' ? '\0' : iv.start), range_end: b64(iv.end === null ? '\0' : iv.end) };
   }
 
   inside(iv, key) {
     return key >= iv.start && (iv.end === null || key < iv.end);
   }
 
+  /** Lists what needs listing, then follows every range on one watch stream, for ever. */
+  async run() {
+    let pause = 250;
+    while (!this.stopped) {
+      try {
+        if (this.next.every((n) => n === null)) this.truncated = false;
+        for (const [i, iv] of this.scope.read.entries()) {
+          if (this.next[i] === null) this.next[i] = (await this.list(iv)) + 1;
+        }
+        this.error = null;
+        this.changed();
+        const delivered = await this.watch();
+        pause = delivered ? 250 : Math.min(pause * 2, 5000);
+      } catch (e) {
+        if (this.stopped) return;
+        if (!(e instanceof Relist)) {
+          this.error = e;
+          this.changed();
+          if (endsSession(e) || refused(e)) {
+            this.dispatchEvent(Object.assign(new Event('auth'), { error: e }));
+            return;
+          }
+          pause = Math.min(pause * 2, 5000);
+        }
+      }
+      if (!this.stopped) await sleep(pause);
+    }
+  }
+
   /** Lists `iv` page by page at one revision; returns that revision. */
-  async list(iv, base) {
+  async list(iv) {
+    const base = this.range(iv);
     let key = base.key;
     let rev = 0;
     const seen = new Set();
+    let complete = false;
     for (;;) {
-      const r = await call('/v3/kv/range', { ...base, key, limit: PAGE, revision: rev });
+      const r = await call('/v3/kv/range', { ...base, key, limit: PAGE, revision: rev }, this.abort.signal);
       rev = num(r.header.revision);
       const kvs = (r.kvs || []).map(decodeKv);
       for (const kv of kvs) {
         seen.add(kv.key);
-        this.kvs.set(kv.key, kv);
-        this.bytes += kv.key.length + kv.value.length;
+        this.set(kv);
       }
-      if (this.kvs.size >= MIRROR_LIMIT || this.bytes >= MIRROR_BYTES) this.truncated = true;
-      if (!r.more || kvs.length === 0 || this.truncated) break;
+      if (!r.more || kvs.length === 0) {
+        complete = true;
+        break;
+      }
+      if (this.kvs.size >= MIRROR_LIMIT || this.bytes >= MIRROR_BYTES) {
+        this.truncated = true;
+        break;
+      }
       key = b64(kvs[kvs.length - 1].key + '\0');
     }
-    // Keys this interval held before a re-list and holds no more were deleted meanwhile.
-    for (const k of [...this.kvs.keys()]) {
-      if (this.inside(iv, k) && !seen.has(k) && !this.truncated) this.kvs.delete(k);
+    // Keys the range held before a re-list and holds no more were deleted meanwhile.
+    if (complete) {
+      for (const k of [...this.kvs.keys()]) if (this.inside(iv, k) && !seen.has(k)) this.del(k);
     }
     this.rev = Math.max(this.rev, rev);
-    this.error = null;
-    this.changed();
     return rev;
   }
 
-  /** Watches from `from` until the stream ends; returns where to resume (0: list again). */
-  async watch(iv, base, from) {
-    const abort = new AbortController();
-    this.aborts.add(abort);
+  /**
+   * One watch stream for every range (a browser keeps few connections per origin): one
+   * create request per range, each answered in order. Returns whether anything arrived
+   * before the stream ended; throws Relist after a compaction.
+   */
+  async watch() {
+    const body = this.scope.read
+      .map((iv, i) => JSON.stringify({ create_request: { ...this.range(iv), start_revision: this.next[i], prev_kv: true, progress_notify: true } }))
+      .join('\n');
+    const r = await fetch('/v3/watch', { method: 'POST', headers: headers(), body, signal: this.abort.signal });
+    if (!r.ok) throw new ApiError(r.status, await r.json().catch(() => ({})));
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    const ranges = new Map();
+    let delivered = false;
+    const handle = (line) => {
+      const msg = JSON.parse(line);
+      if (msg.error) throw new ApiError(msg.error.http_code || 500, msg.error);
+      const res = msg.result || {};
+      const id = res.watch_id || '0';
+      if (res.created) ranges.set(id, ranges.size);
+      const i = ranges.get(id);
+      if (i === undefined) return;
+      if (res.compact_revision && res.compact_revision !== '0') {
+        this.next[i] = null;
+        throw new Relist();
+      }
+      if (res.canceled) throw new ApiError(403, { message: res.cancel_reason || 'watch canceled' });
+      if (this.apply(res, i)) delivered = true;
+    };
+    let buf = '';
     try {
-      const req = { create_request: { ...base, start_revision: from, prev_kv: true, progress_notify: true } };
-      const r = await fetch('/v3/watch', {
-        method: 'POST',
-        headers: headers(),
-        body: JSON.stringify(req),
-        signal: abort.signal,
-      });
-      if (!r.ok) throw new ApiError(r.status, await r.json().catch(() => ({})));
-      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buf = '';
       for (;;) {
         const { value, done } = await reader.read();
-        if (done) return from;
+        if (done) {
+          // The member's last line (an error) may end without a newline.
+          if (buf.trim()) handle(buf.trim());
+          return delivered;
+        }
         buf += value;
         let nl;
         while ((nl = buf.indexOf('\n')) >= 0) {
           const line = buf.slice(0, nl).trim();
           buf = buf.slice(nl + 1);
-          if (!line) continue;
-          const msg = JSON.parse(line);
-          if (msg.error) throw new ApiError(msg.error.http_code || 500, msg.error);
-          const res = msg.result || {};
-          if (res.compact_revision && res.compact_revision !== '0') return 0;
-          if (res.canceled) throw new ApiError(403, { message: res.cancel_reason || 'watch canceled' });
-          from = this.apply(res, from);
+          if (line) handle(line);
         }
       }
     } finally {
-      this.aborts.delete(abort);
+      // Closes the connection: the member keeps a watch's request side open otherwise.
+      reader.cancel().catch(() => {});
     }
   }
 
-  apply(res, from) {
+  /** Applies a watch response for range `i`; returns whether it carried events. */
+  apply(res, i) {
     const rev = num(res.header && res.header.revision);
-    for (const ev of res.events || []) {
+    const events = res.events || [];
+    for (const ev of events) {
       const kv = decodeKv(ev.kv);
       const prev = ev.prev_kv ? decodeKv(ev.prev_kv) : null;
       const type = ev.type === 'DELETE' ? 'DELETE' : 'PUT';
-      if (type === 'DELETE') this.kvs.delete(kv.key);
-      else this.kvs.set(kv.key, kv);
+      if (type === 'DELETE') this.del(kv.key);
+      else this.set(kv);
       this.recent.unshift({ type, key: kv.key, kv, prev, rev: kv.mod, at: Date.now() });
-      from = Math.max(from, kv.mod + 1);
+      this.next[i] = Math.max(this.next[i], kv.mod + 1);
     }
     if (this.recent.length > RECENT) this.recent.length = RECENT;
-    // A progress notification (no events) tells how far the stream has got.
+    // A progress notification (no events, not the creation) says every event up to its
+    // revision was delivered.
+    if (!events.length && !res.created && rev) this.next[i] = Math.max(this.next[i], rev + 1);
     if (rev) this.rev = Math.max(this.rev, rev);
     this.changed();
-    return from;
+    return events.length > 0;
   }
 
   /** The key's values at earlier revisions, newest first, back to its creation. */

@@ -188,7 +188,7 @@ function historyView(ui) {
     const older = hist.versions[i + 1];
     const body = older && !older.compacted ? diff(pretty(older.value), pretty(v.value)) : [h('div.added', {}, pretty(v.value))];
     return h('li.version', { dataset: { rev: v.mod } },
-      h('div.meta', {}, `revision ${v.mod} · version ${v.version}${v.lease !== '0' ? ` · lease ${v.leaseHex}` : ''}${older ? '' : ' · created'}`),
+      h('div.meta', {}, `revision ${v.mod} · version ${v.version}${v.lease !== '0' ? ` · lease ${v.leaseHex}` : ''}${v.version === 1 ? ' · created' : ''}`),
       h('div.diff', {}, body));
   });
   return h('div.history', {}, h('h4', {}, 'History'), h('ol', {}, rows));
@@ -208,7 +208,8 @@ function keyDetail(ui, act) {
     valueView(kv.value),
     h('div.actions', {},
       h('button', { onclick: () => act.history(kv.key) }, 'History'),
-      writable ? h('button', { onclick: () => act.edit(kv) }, 'Edit') : null,
+      // Binary values are shown as hex, which an edit box would write back as text.
+      writable && toText(kv.value) !== null ? h('button', { onclick: () => act.edit(kv) }, 'Edit') : null,
       writable ? h('button.danger', { onclick: () => act.remove(kv.key) }, 'Delete') : null),
     historyView(ui),
   );
@@ -216,7 +217,8 @@ function keyDetail(ui, act) {
 
 function putForm(ui, act) {
   if (!ui.scope.writes) return null;
-  const key = h('input', { name: 'key', placeholder: 'key', value: ui.draft ? showKey(ui.draft.key) : ui.prefix });
+  // The boxes hold text: a key that is not text can be deleted here, not written.
+  const key = h('input', { name: 'key', placeholder: 'key', value: toText(ui.draft ? ui.draft.key : ui.prefix) ?? '' });
   const value = h('textarea', { name: 'value', placeholder: 'value', rows: 3 });
   if (ui.draft) value.value = toText(ui.draft.value) ?? '';
   return h('form.put', { onsubmit: (e) => { e.preventDefault(); act.put(fromText(key.value), fromText(value.value)); } },
