@@ -173,6 +173,21 @@ async fn create_unique(
     }
 }
 
+/// A name no other caller in any process can pick: the time (so names sort by it), this
+/// process's random salt and a per-process sequence number, all in hex. A bare timestamp is
+/// not enough: two consumers of one queue read the same nanosecond often enough that one
+/// took the other's receipt for its own and an item was handed out twice.
+fn unique_name() -> String {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SALT: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+        std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+    });
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{:032x}{:016x}{seq:016x}", now_nanos(), *SALT)
+}
+
 /// Nanoseconds since the epoch, for fresh keys that sort by time.
 fn now_nanos() -> u128 {
     std::time::SystemTime::now()

@@ -117,7 +117,7 @@ impl Queue {
             let Some(kv) = r.kvs.into_iter().next() else {
                 return Ok((None, rev));
             };
-            let receipt = format!("{}{:032x}", self.receipts, crate::now_nanos());
+            let receipt = format!("{}{}", self.receipts, crate::unique_name());
             let txn = Txn::new()
                 .when([Compare::mod_revision(kv.key.clone()).eq(kv.mod_revision)])
                 .and_then([

@@ -50,12 +50,12 @@ export function structures(kvs) {
       }
     } else if (leased) {
       out.services.push({ name, instances: entries.map((e) => ({ id: e.name, kv: e.kv })) });
+    } else if (/\.taken$/.test(name)) {
+      queueOf(out, name.slice(0, -'.taken'.length)).taken += entries.length;
     } else if (entries.every((e) => HEX32.test(e.name))) {
       const topic = /^(.*)\/msgs$/.exec(name);
       if (topic) {
         topicOf(out, topic[1]).messages = kvsInOrder;
-      } else if (/\.taken$/.test(name)) {
-        queueOf(out, name.slice(0, -'.taken'.length)).taken += entries.length;
       } else {
         // A priority (5 digits) or delay (32 hex) level belongs to the queue above it.
         const level = /^(.*)\/([0-9]{5}|[0-9a-f]{32})$/.exec(name);
