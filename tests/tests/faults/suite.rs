@@ -29,7 +29,7 @@ fn run_seconds() -> u64 {
         .unwrap_or(30)
 }
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     std::env::var("CAIRN_FAULTS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -72,10 +72,11 @@ async fn under_faults(n: usize) {
 
     let stop = Arc::new(AtomicBool::new(false));
     let until = Arc::new(AtomicI64::new(0));
-    let watchers: Vec<_> = addrs
+    let mut watchers: Vec<_> = addrs
         .iter()
-        .map(|a| watchers::spawn(*a, from, until.clone()))
+        .map(|a| watchers::spawn(*a, from, until.clone(), false))
         .collect();
+    watchers.push(watchers::spawn(addrs[0], from, until.clone(), true));
     let registers = register::spawn(&addrs, 2 * n, seed, stop.clone());
     let leases = leases::spawn(&addrs, 2, TTL, seed, stop.clone());
     let appends = spawn_appenders(&addrs, stop.clone());
@@ -149,11 +150,21 @@ async fn under_faults(n: usize) {
     // Progress under faults, or the run proved nothing.
     assert!(ops > 100 && acked.len() > 100, "too little work done");
     assert!(lock.sections > 5, "the lock was hardly taken: {lock:?}");
+    // Checks that saw nothing to check proved nothing.
+    assert!(
+        seen.iter().any(|w| !w.progress.is_empty()),
+        "no watcher got a progress notification"
+    );
+    assert!(
+        seen.iter().any(|w| w.filtered && !w.events.is_empty()),
+        "the filtered watcher saw no delete"
+    );
 
     eprintln!(
         "fault suite result: members={n} seed={seed} secs={secs} faults={:?} \
          registers={} register_ops={ops} indeterminate={unknown} linearizable=all \
-         acked_writes={} lost=0 revisions={} watchers={} reconnects={} \
+         acked_writes={} lost=0 revisions={} watchers={} reconnects={} progress_notifications={} \
+         filtered_deletes={} multi_event_revisions={} \
          lock_sections={} stale_writes_caught={} overlaps_caught={} unsafe_overlaps=0 \
          leases={} leases_late=0 hashes_equal=true",
         nemesis.counts(),
@@ -162,6 +173,16 @@ async fn under_faults(n: usize) {
         last - from + 1,
         seen.len(),
         seen.iter().map(|w| w.reconnects).sum::<usize>(),
+        seen.iter().map(|w| w.progress.len()).sum::<usize>(),
+        seen.iter()
+            .filter(|w| w.filtered)
+            .map(|w| w.events.len())
+            .sum::<usize>(),
+        seen[0]
+            .events
+            .windows(2)
+            .filter(|p| p[0].rev == p[1].rev)
+            .count(),
         lock.sections,
         lock.stale_writes,
         lock.overlaps,
