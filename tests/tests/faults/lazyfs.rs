@@ -4,10 +4,11 @@
 //! is the power cut: every unsynced write is dropped, and reads from then on see only what
 //! reached the base directory.
 //!
-//! Metadata (create, mkdir, rename, unlink, truncate) goes through at once, as if every
-//! directory were synced: the fault is lost data, the harshest part of a power cut, and a
-//! store that syncs its files before it renames or acknowledges survives it. `fsyncdir` is
-//! therefore a no-op.
+//! Metadata (create, mkdir, rename, unlink, truncate, a size set with `ftruncate`) goes
+//! through at once, as if every directory were synced, and `fsyncdir` is a no-op. So the
+//! fault modelled is losing all unsynced data of every file; not modelled: a crash that
+//! keeps some unsynced pages and not others (torn or reordered writes), and names or sizes
+//! lost for want of a directory sync.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -42,6 +43,9 @@ struct State {
     pending: HashMap<u64, Vec<Pending>>,
     /// Open files on the base directory, by handle: an unlinked file stays readable.
     files: HashMap<u64, (u64, Arc<File>)>,
+    /// Directory listings taken at opendir, by handle: entries removed while a caller walks
+    /// the directory must not make it skip others.
+    listings: HashMap<u64, Vec<(u64, FileType, std::ffi::OsString)>>,
     next_fh: u64,
     /// Bytes synced through and bytes dropped by cuts, for the test's report.
     synced: u64,
@@ -52,6 +56,8 @@ struct State {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counts {
     pub dropped: u64,
+    /// Of `dropped`, what belonged to a member's backup being written (not the store).
+    pub dropped_backup: u64,
     pub synced: u64,
 }
 
@@ -71,7 +77,20 @@ pub struct Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
+            if let Err(e) = s.umount_and_join() {
+                // A process still holding files there (a member that never started) keeps
+                // the mount busy: detach it, so no dead mount outlives the test.
+                eprintln!(
+                    "lazyfs: unmount {}: {e}; detaching",
+                    self.mountpoint.display()
+                );
+                if let Ok(path) =
+                    std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes())
+                {
+                    // SAFETY: a valid C path; MNT_DETACH has no other preconditions.
+                    unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+                }
+            }
         }
     }
 }
@@ -118,16 +137,23 @@ impl LazyFs {
     /// The power cut: drops every unsynced write.
     pub fn cut(&self) -> Counts {
         let mut st = self.lock();
-        let dropped: u64 = st
-            .pending
-            .values()
-            .flatten()
-            .map(|p| p.data.len() as u64)
-            .sum();
+        let (mut dropped, mut dropped_backup) = (0, 0);
+        for (ino, list) in &st.pending {
+            let bytes: u64 = list.iter().map(|p| p.data.len() as u64).sum();
+            dropped += bytes;
+            let backup = st
+                .paths
+                .get(ino)
+                .is_some_and(|p| p.components().any(|c| c.as_os_str() == "backup"));
+            if backup {
+                dropped_backup += bytes;
+            }
+        }
         st.pending.clear();
         st.dropped += dropped;
         Counts {
             dropped,
+            dropped_backup,
             synced: st.synced,
         }
     }
@@ -137,6 +163,7 @@ impl LazyFs {
         let st = self.lock();
         Counts {
             dropped: st.dropped,
+            dropped_backup: 0,
             synced: st.synced,
         }
     }
@@ -166,10 +193,19 @@ impl State {
         i
     }
 
+    /// The name is gone; the inode's unsynced data stays while a handle has it open (an
+    /// unlinked file stays readable and writable until closed).
     fn forget_path(&mut self, rel: &Path) {
         if let Some(i) = self.inos.remove(rel) {
             self.paths.remove(&i);
-            self.pending.remove(&i);
+            self.drop_if_unused(i);
+        }
+    }
+
+    /// Drops the unsynced data of an inode that no name and no handle refer to any more.
+    fn drop_if_unused(&mut self, ino: u64) {
+        if !self.paths.contains_key(&ino) && !self.files.values().any(|(i, _)| *i == ino) {
+            self.pending.remove(&ino);
         }
     }
 
@@ -271,6 +307,29 @@ impl LazyFs {
     }
 }
 
+impl LazyFs {
+    /// unlink and rmdir: the name goes at once; an open file's data stays until it closes.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        op: fn(&Path) -> std::io::Result<()>,
+    ) {
+        let mut st = self.lock();
+        let result = st.path(parent).and_then(|p| {
+            let rel = p.join(name);
+            op(&self.real(&rel)).map_err(errno)?;
+            st.forget_path(&rel);
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
 impl fuser::Filesystem for LazyFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.entry(parent, name) {
@@ -357,31 +416,11 @@ impl fuser::Filesystem for LazyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut st = self.lock();
-        let result = st.path(parent).and_then(|p| {
-            let rel = p.join(name);
-            std::fs::remove_file(self.real(&rel)).map_err(errno)?;
-            st.forget_path(&rel);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| std::fs::remove_file(p));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut st = self.lock();
-        let result = st.path(parent).and_then(|p| {
-            let rel = p.join(name);
-            std::fs::remove_dir(self.real(&rel)).map_err(errno)?;
-            st.forget_path(&rel);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| std::fs::remove_dir(p));
     }
 
     fn rename(
@@ -391,9 +430,13 @@ impl fuser::Filesystem for LazyFs {
         name: &OsStr,
         newparent: INodeNo,
         newname: &OsStr,
-        _flags: RenameFlags,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        // RENAME_NOREPLACE and RENAME_EXCHANGE are not modelled: refuse rather than overwrite.
+        if flags.bits() != 0 {
+            return reply.error(Errno::EINVAL);
+        }
         let mut st = self.lock();
         let result = (|| {
             let from = st.path(parent)?.join(name);
@@ -469,11 +512,11 @@ impl fuser::Filesystem for LazyFs {
                 opts.create(true);
             }
             let file = opts.open(self.real(&rel)).map_err(errno)?;
+            let ino = st.ino_for(&rel);
             if flags & libc::O_TRUNC != 0 {
+                st.truncate(ino, 0);
                 file.set_len(0).map_err(errno)?;
             }
-            let ino = st.ino_for(&rel);
-            st.pending.remove(&ino);
             let a = self.stat(&st, ino, &rel)?;
             Ok((a, st.open(ino, file)))
         })();
@@ -575,7 +618,10 @@ impl fuser::Filesystem for LazyFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.lock().files.remove(&fh.0);
+        let mut st = self.lock();
+        if let Some((ino, _)) = st.files.remove(&fh.0) {
+            st.drop_if_unused(ino);
+        }
         reply.ok();
     }
 
@@ -606,14 +652,7 @@ impl fuser::Filesystem for LazyFs {
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let mut st = self.lock();
         let rel = match st.path(ino) {
             Ok(r) => r,
@@ -633,11 +672,41 @@ impl fuser::Filesystem for LazyFs {
             let child = st.ino_for(&rel.join(&name));
             entries.push((child, kind(&meta), name));
         }
-        for (i, (child, k, name)) in entries.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (i + 1) as u64, k, &name) {
+        let fh = st.next_fh;
+        st.next_fh += 1;
+        st.listings.insert(fh, entries);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let st = self.lock();
+        let Some(entries) = st.listings.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (child, k, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*child), (i + 1) as u64, *k, name) {
                 break;
             }
         }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.lock().listings.remove(&fh.0);
         reply.ok();
     }
 

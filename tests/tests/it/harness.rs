@@ -162,10 +162,21 @@ impl Process {
     /// The same with `extra` flags.
     pub async fn cairn_with(extra: &[&str]) -> Process {
         let dir = tempfile::tempdir().expect("temp dir");
+        Self::single(&dir.path().join("data"), extra, dir).await
+    }
+
+    /// A single Cairn member process keeping its data in `data_dir` (e.g. on a filesystem
+    /// that can lose unsynced writes), serving before this returns.
+    #[allow(dead_code)] // the fault suite's power cuts
+    pub async fn cairn_at(data_dir: &Path, extra: &[&str]) -> Process {
+        Self::single(data_dir, extra, tempfile::tempdir().expect("temp dir")).await
+    }
+
+    async fn single(data_dir: &Path, extra: &[&str], dir: tempfile::TempDir) -> Process {
         let port = free_port();
         let peer = free_port();
         let mut args = vec![
-            format!("--data-dir={}", dir.path().join("data").display()),
+            format!("--data-dir={}", data_dir.display()),
             format!("--listen-client-urls=http://127.0.0.1:{port}"),
             format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
             format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
@@ -177,30 +188,6 @@ impl Process {
             args,
             port,
             dir,
-        )
-        .await
-    }
-
-    /// A single Cairn member process keeping its data in `data_dir` (e.g. on a filesystem
-    /// that can lose unsynced writes), serving before this returns.
-    #[allow(dead_code)] // the fault suite's power cuts
-    pub async fn cairn_at(data_dir: &Path, extra: &[&str]) -> Process {
-        let port = free_port();
-        let peer = free_port();
-        let mut args = vec![
-            format!("--data-dir={}", data_dir.display()),
-            format!("--listen-client-urls=http://127.0.0.1:{port}"),
-            format!("--advertise-client-urls=http://127.0.0.1:{port}"),
-            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
-            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
-            "--log-level=warn".into(),
-        ];
-        args.extend(extra.iter().map(|a| a.to_string()));
-        Self::start(
-            PathBuf::from(env!("CARGO_BIN_EXE_cairn-member")),
-            args,
-            port,
-            tempfile::tempdir().expect("temp dir"),
         )
         .await
     }
