@@ -22,6 +22,7 @@ mod leases;
 mod linearizability;
 mod locks;
 mod nemesis;
+mod netns;
 mod power;
 mod register;
 mod suite;

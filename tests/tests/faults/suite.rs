@@ -20,7 +20,7 @@ use crate::{lazy_channel, leases, locks, register, timed, watchers};
 /// Leases (the lease workload's and the lock sessions') live this long; pauses outlast it.
 const TTL: Duration = Duration::from_secs(3);
 /// Search steps the checker may spend on one register's history.
-const BUDGET: u64 = 50_000_000;
+pub(crate) const BUDGET: u64 = 50_000_000;
 
 fn run_seconds() -> u64 {
     std::env::var("CAIRN_FAULTS_SECS")
@@ -97,7 +97,7 @@ async fn under_faults(n: usize) {
     let sections = locks.stop();
 
     // Converged: every member at the same revision, with the same hash of it.
-    let last = converge(&cluster).await;
+    let last = converge(&addrs).await;
     until.store(last, Ordering::Relaxed);
     let mut seen = Vec::new();
     for w in watchers {
@@ -135,7 +135,7 @@ async fn under_faults(n: usize) {
             );
         }
     }
-    let lost = lost_writes(&cluster, &acked).await;
+    let lost = lost_writes(&addrs, &acked).await;
     assert_eq!(lost, 0, "acknowledged writes lost (seed {seed})");
     assert!(
         hashes.iter().all(|h| *h == hashes[0]),
@@ -191,7 +191,7 @@ async fn under_faults(n: usize) {
 }
 
 /// Workload (5): one writer per member puts unique keys and remembers the acknowledged.
-fn spawn_appenders(
+pub(crate) fn spawn_appenders(
     addrs: &[std::net::SocketAddr],
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<String>> {
@@ -234,12 +234,12 @@ fn spawn_appenders(
 
 /// Waits until every member reports the same revision and applied index, and returns the
 /// revision.
-async fn converge(cluster: &Cluster) -> i64 {
+pub(crate) async fn converge(addrs: &[std::net::SocketAddr]) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut states = BTreeMap::new();
-        for m in &cluster.members {
-            let r = MaintenanceClient::new(channel(m.process.addr).await)
+        for a in addrs {
+            let r = MaintenanceClient::new(channel(*a).await)
                 .status(StatusRequest {})
                 .await;
             if let Ok(s) = r {
@@ -248,7 +248,7 @@ async fn converge(cluster: &Cluster) -> i64 {
                 *states.entry((rev, s.raft_applied_index)).or_insert(0) += 1;
             }
         }
-        if states.len() == 1 && states.values().sum::<usize>() == cluster.members.len() {
+        if states.len() == 1 && states.values().sum::<usize>() == addrs.len() {
             return states.keys().next().expect("one state").0;
         }
         assert!(
@@ -260,10 +260,10 @@ async fn converge(cluster: &Cluster) -> i64 {
 }
 
 /// Acknowledged writes some member does not hold.
-async fn lost_writes(cluster: &Cluster, acked: &[String]) -> usize {
+pub(crate) async fn lost_writes(addrs: &[std::net::SocketAddr], acked: &[String]) -> usize {
     let mut lost = 0;
-    for m in &cluster.members {
-        let held = local_keys_paged(m.process.addr, "ack/").await;
+    for a in addrs {
+        let held = local_keys_paged(*a, "ack/").await;
         lost += acked
             .iter()
             .filter(|k| held.get(k.as_bytes()) != Some(&k.as_bytes().to_vec()))
