@@ -25,6 +25,7 @@ mod nemesis;
 mod netns;
 mod power;
 mod register;
+mod soak;
 mod suite;
 mod watchers;
 

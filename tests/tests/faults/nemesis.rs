@@ -58,6 +58,8 @@ pub struct Nemesis {
     pause: Duration,
     /// When each fault began and was healed (run clock).
     pub log: Vec<(u64, u64, Fault)>,
+    /// No SIGKILL: a soak watches long-lived members for leaks.
+    no_kills: bool,
 }
 
 impl Nemesis {
@@ -74,7 +76,14 @@ impl Nemesis {
             round: Vec::new(),
             pause,
             log: Vec::new(),
+            no_kills: false,
         }
+    }
+
+    /// The same faults but SIGKILL, which would restart the members a soak watches.
+    pub fn without_kills(mut self) -> Nemesis {
+        self.no_kills = true;
+        self
     }
 
     /// Faults injected, by kind.
@@ -122,7 +131,7 @@ impl Nemesis {
             self.rng.gen_range(0..n)
         };
         if self.round.is_empty() {
-            self.round = (0..KINDS).collect();
+            self.round = (0..KINDS).filter(|&k| !(self.no_kills && k == 0)).collect();
             self.round.shuffle(&mut self.rng);
         }
         match self.round.pop().expect("refilled") {

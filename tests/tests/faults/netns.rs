@@ -469,7 +469,7 @@ async fn three_members_on_real_networks_stay_correct_under_partitions() {
         .collect();
     watchers.push(crate::watchers::spawn(addrs[0], from, until.clone(), true));
     let registers = crate::register::spawn(&addrs, 6, seed, stop.clone());
-    let appends = crate::suite::spawn_appenders(&addrs, stop.clone());
+    let appends = crate::suite::spawn_appenders(&addrs, stop.clone(), None);
     // A user's client: every member's address, failing over on its own.
     let failover = {
         let stop = stop.clone();
@@ -484,8 +484,8 @@ async fn three_members_on_real_networks_stay_correct_under_partitions() {
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let key = format!("ack/failover/{n:08}");
-                if c.put(key.as_str(), key.as_str(), None).await.is_ok() {
-                    acked.push(key);
+                if c.put(key.as_str(), n.to_string(), None).await.is_ok() {
+                    acked.push((key, n));
                 }
             }
             acked

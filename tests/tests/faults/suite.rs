@@ -59,10 +59,24 @@ async fn revision(addr: std::net::SocketAddr) -> i64 {
 }
 
 async fn under_faults(n: usize) {
+    under_faults_with(n, run_seconds(), false).await;
+}
+
+/// The suite on `n` members for `secs` seconds of faults. A `soak` runs without SIGKILL, adds
+/// a topic, and samples the members' memory and open files to check that they stay flat.
+pub(crate) async fn under_faults_with(n: usize, secs: u64, soak: bool) {
     let seed = seed();
-    let secs = run_seconds();
     eprintln!("fault suite: {n} members, {secs} s of faults, CAIRN_FAULTS_SEED={seed}");
-    let mut cluster = Cluster::start(n, &[]).await;
+    // A soak keeps its history bounded, as a production cluster does.
+    let extra: &[&str] = if soak {
+        &[
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=20000",
+        ]
+    } else {
+        &[]
+    };
+    let mut cluster = Cluster::start(n, extra).await;
     let addrs: Vec<_> = cluster.members.iter().map(|m| m.process.addr).collect();
     let mut ids = Vec::new();
     for i in 0..n {
@@ -79,11 +93,22 @@ async fn under_faults(n: usize) {
     watchers.push(watchers::spawn(addrs[0], from, until.clone(), true));
     let registers = register::spawn(&addrs, 2 * n, seed, stop.clone());
     let leases = leases::spawn(&addrs, 2, TTL, seed, stop.clone());
-    let appends = spawn_appenders(&addrs, stop.clone());
+    // A soak's writers overwrite a ring of keys, so the live data stays bounded.
+    let appends = spawn_appenders(&addrs, stop.clone(), soak.then_some(2000));
     let mut locks = locks::Locks::start(&addrs, 3, TTL.as_secs()).await;
 
     let pause = TTL + Duration::from_millis(1500);
     let mut nemesis = Nemesis::new(seed, ids, Box::new(locks.holders()), pause);
+    if soak {
+        nemesis = nemesis.without_kills();
+    }
+    let pids: Vec<u32> = cluster
+        .members
+        .iter()
+        .filter_map(|m| m.process.pid())
+        .collect();
+    let samples = soak.then(|| crate::soak::sample(pids, stop.clone()));
+    let topic = soak.then(|| crate::soak::topic(&addrs, stop.clone()));
     nemesis
         .run(&mut cluster, Instant::now() + Duration::from_secs(secs))
         .await;
@@ -95,6 +120,18 @@ async fn under_faults(n: usize) {
     let lives = leases.await.expect("lease clients");
     let acked = appends.await.expect("appenders");
     let sections = locks.stop();
+    if let Some(samples) = samples {
+        crate::soak::flat(&samples.await.expect("sampler"))
+            .unwrap_or_else(|e| panic!("{e} (seed {seed})"));
+    }
+    if let Some(topic) = topic {
+        let t = topic.await.expect("topic");
+        eprintln!(
+            "soak: topic {} published, {} delivered in order, {} resubscriptions",
+            t.published, t.delivered, t.resubscribed
+        );
+        assert!(t.published > 0, "the topic published nothing");
+    }
 
     // Converged: every member at the same revision, with the same hash of it.
     let last = converge(&addrs).await;
@@ -190,11 +227,16 @@ async fn under_faults(n: usize) {
     );
 }
 
-/// Workload (5): one writer per member puts unique keys and remembers the acknowledged.
+/// An acknowledged write of the appenders: key and the number it wrote there.
+pub(crate) type Acked = (String, u64);
+
+/// Workload (5): one writer per member puts keys holding the write's number and remembers
+/// the acknowledged; with a `ring`, keys are reused modulo it.
 pub(crate) fn spawn_appenders(
     addrs: &[std::net::SocketAddr],
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<String>> {
+    ring: Option<u64>,
+) -> tokio::task::JoinHandle<Vec<Acked>> {
     let tasks: Vec<_> = addrs
         .iter()
         .enumerate()
@@ -206,14 +248,14 @@ pub(crate) fn spawn_appenders(
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let key = format!("ack/{i}/{n:08}");
+                    let key = format!("ack/{i}/{:08}", ring.map_or(n, |r| n % r));
                     let put = timed(PutRequest {
                         key: key.clone().into(),
-                        value: key.clone().into(),
+                        value: n.to_string().into(),
                         ..Default::default()
                     });
                     if kv.put(put).await.is_ok() {
-                        acked.push(key);
+                        acked.push((key, n));
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     } else {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -259,14 +301,25 @@ pub(crate) async fn converge(addrs: &[std::net::SocketAddr]) -> i64 {
     }
 }
 
-/// Acknowledged writes some member does not hold.
-pub(crate) async fn lost_writes(addrs: &[std::net::SocketAddr], acked: &[String]) -> usize {
+/// Acknowledged writes some member does not hold: a key must hold the last number
+/// acknowledged there, or a later one (a write whose answer was lost may have applied).
+pub(crate) async fn lost_writes(addrs: &[std::net::SocketAddr], acked: &[Acked]) -> usize {
+    let mut last: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for (k, n) in acked {
+        let e = last.entry(k.as_str()).or_default();
+        *e = (*e).max(*n);
+    }
     let mut lost = 0;
     for a in addrs {
         let held = local_keys_paged(*a, "ack/").await;
-        lost += acked
+        lost += last
             .iter()
-            .filter(|k| held.get(k.as_bytes()) != Some(&k.as_bytes().to_vec()))
+            .filter(|(k, n)| {
+                let have = held
+                    .get(k.as_bytes())
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+                have.is_none_or(|h| h < **n)
+            })
             .count();
     }
     lost

@@ -255,6 +255,12 @@ impl Process {
         false
     }
 
+    /// The running process's id.
+    #[allow(dead_code)] // the soak's resource samples
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Whether the process is running (not killed).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
