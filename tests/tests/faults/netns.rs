@@ -235,53 +235,38 @@ impl Net {
     /// Member `i`'s link made late: 20 ms ± 10 ms with netem where the kernel has it, else
     /// a 1 Mbit/s bottleneck (tbf) whose queue delays what crosses it. Returns which.
     pub fn slow(&self, i: usize) -> &'static str {
-        let dev = self.ns_end(i);
-        let ip = tool("ip").expect("ip");
-        let tc = |args: &[&str]| {
-            Command::new(&ip)
-                .args([
-                    "netns",
-                    "exec",
-                    &self.ns(i),
-                    "tc",
-                    "qdisc",
-                    "add",
-                    "dev",
-                    &dev,
-                    "root",
-                ])
-                .args(args)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        if tc(&["netem", "delay", "20ms", "10ms"]) {
+        if self.qdisc(i, "add", &["netem", "delay", "20ms", "10ms"]) {
             return "netem delay 20ms 10ms";
         }
         assert!(
-            tc(&["tbf", "rate", "1mbit", "burst", "32kbit", "latency", "300ms"]),
+            self.qdisc(
+                i,
+                "add",
+                &["tbf", "rate", "1mbit", "burst", "32kbit", "latency", "300ms"]
+            ),
             "neither netem nor tbf can shape member {i}'s link"
         );
         "tbf 1mbit (this kernel has no netem)"
+    }
+
+    /// `tc qdisc <verb> dev <member i's link> root <args>` in its namespace; whether it worked.
+    fn qdisc(&self, i: usize, verb: &str, args: &[&str]) -> bool {
+        let (ns, dev) = (self.ns(i), self.ns_end(i));
+        Command::new(tool("ip").expect("ip"))
+            .args([
+                "netns", "exec", &ns, "tc", "qdisc", verb, "dev", &dev, "root",
+            ])
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     /// Every fault undone: filters flushed, queue disciplines back to the default.
     pub fn heal(&self) {
         for i in 0..self.n {
             self.in_ns(i, "iptables", &["-F"]);
-            // Fails when there is no netem to delete: nothing to undo then.
-            let _ = Command::new(tool("ip").expect("ip"))
-                .args([
-                    "netns",
-                    "exec",
-                    &self.ns(i),
-                    "tc",
-                    "qdisc",
-                    "del",
-                    "dev",
-                    &self.ns_end(i),
-                    "root",
-                ])
-                .output();
+            // Fails when there is no qdisc to delete: nothing to undo then.
+            self.qdisc(i, "del", &[]);
         }
     }
 
@@ -336,29 +321,34 @@ const FAULTS: [Fault; 6] = [
     Fault::Lossy,
 ];
 
-/// Which member leads now, as the members say (a member that cannot be asked is skipped).
-async fn leader(addrs: &[SocketAddr]) -> usize {
+/// Each member's Status that came within 500 ms, by member index.
+async fn statuses(addrs: &[SocketAddr]) -> Vec<(usize, cairn_api::etcdserverpb::StatusResponse)> {
     use cairn_api::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
+    let mut out = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let mut m = MaintenanceClient::new(crate::lazy_channel(*a));
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            m.status(StatusRequest {}),
+        );
+        if let Ok(Ok(s)) = asked.await {
+            out.push((i, s.into_inner()));
+        }
+    }
+    out
+}
+
+/// Which member leads now, as the members that answer say.
+async fn leader(addrs: &[SocketAddr]) -> usize {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let mut ids = Vec::new();
-        let mut leaders = Vec::new();
-        for (i, a) in addrs.iter().enumerate() {
-            let mut m = MaintenanceClient::new(crate::lazy_channel(*a));
-            if let Ok(Ok(s)) = tokio::time::timeout(
-                std::time::Duration::from_millis(500),
-                m.status(StatusRequest {}),
-            )
-            .await
-            {
-                let s = s.into_inner();
-                ids.push((i, s.header.map_or(0, |h| h.member_id)));
-                leaders.push(s.leader);
-            }
-        }
+        let answers = statuses(addrs).await;
+        let mut leaders: Vec<u64> = answers.iter().map(|(_, s)| s.leader).collect();
         leaders.dedup();
         if let [l] = leaders[..] {
-            if let Some((i, _)) = ids.iter().find(|(_, id)| *id == l) {
+            let id =
+                |s: &cairn_api::etcdserverpb::StatusResponse| s.header.map_or(0, |h| h.member_id);
+            if let Some((i, _)) = answers.iter().find(|(_, s)| id(s) == l) {
                 return *i;
             }
         }
@@ -372,20 +362,12 @@ async fn leader(addrs: &[SocketAddr]) -> usize {
 
 /// The highest raft term any member reports.
 async fn term(addrs: &[SocketAddr]) -> u64 {
-    use cairn_api::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
-    let mut best = 0;
-    for a in addrs {
-        let mut m = MaintenanceClient::new(crate::lazy_channel(*a));
-        if let Ok(Ok(s)) = tokio::time::timeout(
-            std::time::Duration::from_millis(500),
-            m.status(StatusRequest {}),
-        )
+    statuses(addrs)
         .await
-        {
-            best = best.max(s.into_inner().raft_term);
-        }
-    }
-    best
+        .iter()
+        .map(|(_, s)| s.raft_term)
+        .max()
+        .unwrap_or(0)
 }
 
 impl Net {

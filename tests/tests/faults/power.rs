@@ -186,11 +186,19 @@ async fn all_kept(client: &Client, acked: &Acked, what: &str) {
     }
 }
 
+/// Whether LazyFs can be mounted here; under CI it must be.
+fn fuse_here() -> bool {
+    let Some(why) = lazyfs::unavailable() else {
+        return true;
+    };
+    assert!(std::env::var_os("CI").is_none(), "power cuts: {why}");
+    eprintln!("skipped: power cuts need FUSE: {why}");
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_power_cuts() {
-    if let Some(why) = lazyfs::unavailable() {
-        assert!(std::env::var_os("CI").is_none(), "power cuts: {why}");
-        eprintln!("skipped: power cuts need FUSE: {why}");
+    if !fuse_here() {
         return;
     }
     // Not beside the fault suite's clusters: their timing bounds assume the cores are theirs.
@@ -266,9 +274,7 @@ async fn acknowledged_writes_survive_power_cuts() {
 #[test]
 fn lazyfs_drops_exactly_what_was_not_synced() {
     use std::io::Write;
-    if let Some(why) = lazyfs::unavailable() {
-        assert!(std::env::var_os("CI").is_none(), "lazyfs: {why}");
-        eprintln!("skipped: {why}");
+    if !fuse_here() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -306,9 +312,7 @@ fn lazyfs_drops_exactly_what_was_not_synced() {
 /// history (equal HashKV at one revision).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_keep_acknowledged_writes_and_agree_after_power_cuts() {
-    if let Some(why) = lazyfs::unavailable() {
-        assert!(std::env::var_os("CI").is_none(), "power cuts: {why}");
-        eprintln!("skipped: power cuts need FUSE: {why}");
+    if !fuse_here() {
         return;
     }
     let seed = seed();

@@ -199,7 +199,7 @@ async fn cluster(
         async move {
             let answer = if m.id == local {
                 d.gateway
-                    .own_channel()
+                    .channel()
                     .await
                     .map_err(|s| s.message().to_string())
             } else {

@@ -85,17 +85,12 @@ impl Gateway {
         }
     }
 
-    /// The connection unary requests share.
-    async fn channel(&self) -> Result<Channel, Status> {
+    /// The connection unary requests (and the dashboard's own calls) share.
+    pub(in crate::server) async fn channel(&self) -> Result<Channel, Status> {
         self.channel
             .get_or_try_init(|| async { self.new_channel() })
             .await
             .cloned()
-    }
-
-    /// The connection unary requests share, for the dashboard's own calls.
-    pub(in crate::server) async fn own_channel(&self) -> Result<Channel, Status> {
-        self.channel().await
     }
 
     /// A new connection to the member's own gRPC endpoint.
