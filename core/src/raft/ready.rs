@@ -75,12 +75,37 @@ struct Takeover {
 }
 
 /// Read-index requests waiting for raft to confirm leadership.
-#[derive(Default)]
 struct PendingReads {
     queued: Vec<oneshot::Sender<u64>>,
+    /// Contexts are the member's id and a counter seeded from the clock: unique across
+    /// members and across this member's restarts, so a leader's late answer to a read this
+    /// member's previous process asked for can never be taken for the answer to a new one
+    /// (its index may predate writes acknowledged since), and two members' reads never
+    /// share a context (raft drops a read whose context is already pending).
+    member: u64,
     next_ctx: u64,
     /// Issued requests by context, with the tick they were (re)issued at.
     inflight: HashMap<Vec<u8>, (Vec<oneshot::Sender<u64>>, u64)>,
+}
+
+impl PendingReads {
+    fn new(member: u64) -> PendingReads {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        PendingReads {
+            queued: Vec::new(),
+            member,
+            next_ctx: nanos,
+            inflight: HashMap::new(),
+        }
+    }
+
+    fn next_ctx(&mut self) -> Vec<u8> {
+        let ctx = [self.member.to_be_bytes(), self.next_ctx.to_be_bytes()].concat();
+        self.next_ctx = self.next_ctx.wrapping_add(1);
+        ctx
+    }
 }
 
 pub struct ReadyLoop {
@@ -158,7 +183,7 @@ impl ReadyLoop {
             heartbeat_ticks: cfg.heartbeat_ticks,
             lessor: cfg.lessor,
             ticks: 0,
-            reads: PendingReads::default(),
+            reads: PendingReads::new(cfg.member_id),
             takeover: None,
             transport: cfg.transport,
             snap_dir: cfg.snap_dir,
@@ -314,8 +339,7 @@ impl ReadyLoop {
         if self.reads.queued.is_empty() {
             return;
         }
-        let ctx = self.reads.next_ctx.to_be_bytes().to_vec();
-        self.reads.next_ctx += 1;
+        let ctx = self.reads.next_ctx();
         let waiting = std::mem::take(&mut self.reads.queued);
         self.reads
             .inflight
@@ -510,5 +534,36 @@ impl ReadyLoop {
         batch.commit()?;
         tracing::debug!(upto = applied - keep, "raft log compacted");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PendingReads;
+    use std::collections::HashSet;
+
+    /// raft matches a heartbeat's acknowledgement to a pending read by context alone: a
+    /// context used twice lets an old acknowledgement confirm a new read.
+    #[test]
+    fn read_contexts_never_repeat_across_members_and_restarts() {
+        let mut seen = HashSet::new();
+        let mut first = PendingReads::new(7);
+        for _ in 0..100 {
+            assert!(seen.insert(first.next_ctx()));
+        }
+        let mut other = PendingReads::new(8);
+        for _ in 0..100 {
+            assert!(seen.insert(other.next_ctx()));
+        }
+        // The same member restarted: its counter starts from the clock, past every context
+        // the previous process issued (one per batch of reads, far fewer than one per ns).
+        let issued = first.next_ctx;
+        while PendingReads::new(7).next_ctx <= issued {
+            std::hint::spin_loop();
+        }
+        let mut again = PendingReads::new(7);
+        for _ in 0..100 {
+            assert!(seen.insert(again.next_ctx()));
+        }
     }
 }

@@ -46,6 +46,43 @@ pub struct Operation {
     pub call: u64,
     /// `u64::MAX` for an operation whose answer never came.
     pub ret: u64,
+    /// The answer's header revision and member (0 without an answer): not checked, but
+    /// what a violation's report needs to tell a stale read from a lost write.
+    pub rev: i64,
+    pub member: u64,
+}
+
+/// The operations of `history` in flight within `before` nanoseconds ahead of `call` and
+/// shortly after it, one line each in call order: the neighbourhood of a violation.
+pub fn neighbourhood(history: &[Operation], call: u64, before: u64) -> String {
+    let from = call.saturating_sub(before);
+    let to = call + before / 4;
+    let mut near: Vec<&Operation> = history
+        .iter()
+        .filter(|o| o.call <= to && o.ret >= from)
+        .collect();
+    near.sort_by_key(|o| o.call);
+    let ms = |t: u64| {
+        if t == u64::MAX {
+            "-".to_string()
+        } else {
+            format!("{:.1}", t as f64 / 1e6)
+        }
+    };
+    near.iter()
+        .map(|o| {
+            format!(
+                "  c{} m{:x} {:?} -> {:?} [{} .. {}] rev {}\n",
+                o.client,
+                o.member,
+                o.op,
+                o.outcome,
+                ms(o.call),
+                ms(o.ret),
+                o.rev
+            )
+        })
+        .collect()
 }
 
 /// The register's next value if it can give `outcome` to `op` in state `value`.
@@ -226,6 +263,8 @@ mod tests {
             outcome,
             call,
             ret,
+            rev: 0,
+            member: 0,
         }
     }
 

@@ -95,6 +95,14 @@ impl Nemesis {
         counts
     }
 
+    /// The faults as they ran: start and heal on the run clock in ms, and what.
+    pub fn schedule(&self) -> Vec<(u64, u64, String)> {
+        self.log
+            .iter()
+            .map(|(a, b, f)| (a / 1_000_000, b / 1_000_000, format!("{f:?}")))
+            .collect()
+    }
+
     /// Times (run clock) at which leadership may have moved: every fault's start and heal.
     pub fn disturbances(&self) -> Vec<u64> {
         let mut t: Vec<u64> = self.log.iter().flat_map(|(a, b, _)| [*a, *b]).collect();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use cairn_api::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     kv_client::KvClient,
-    request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    request_op, Compare, PutRequest, RangeRequest, RequestOp, ResponseHeader, TxnRequest,
 };
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
@@ -49,6 +49,11 @@ pub fn spawn(
         }
         std::mem::take(&mut *histories.lock().expect("lock"))
     })
+}
+
+/// The revision and member an answer's header names.
+fn header(h: Option<&ResponseHeader>) -> (i64, u64) {
+    h.map_or((0, 0), |h| (h.revision, h.member_id))
 }
 
 fn decode(bytes: &[u8]) -> u64 {
@@ -92,6 +97,7 @@ async fn client(
             }
         };
         let call = now();
+        let mut seen = (0, 0);
         let outcome = match &op {
             Op::Read => {
                 let r = kv
@@ -102,7 +108,9 @@ async fn client(
                     .await;
                 match r {
                     Ok(r) => {
-                        let v = r.into_inner().kvs.first().map(|kv| decode(&kv.value));
+                        let r = r.into_inner();
+                        seen = header(r.header.as_ref());
+                        let v = r.kvs.first().map(|kv| decode(&kv.value));
                         if let Some(v) = v {
                             last.insert(key.clone(), v);
                         }
@@ -120,7 +128,8 @@ async fn client(
                     }))
                     .await;
                 match r {
-                    Ok(_) => {
+                    Ok(r) => {
+                        seen = header(r.get_ref().header.as_ref());
                         last.insert(key.clone(), *v);
                         Outcome::Written
                     }
@@ -149,7 +158,9 @@ async fn client(
                     .await;
                 match r {
                     Ok(r) => {
-                        let ok = r.into_inner().succeeded;
+                        let r = r.into_inner();
+                        seen = header(r.header.as_ref());
+                        let ok = r.succeeded;
                         if ok {
                             last.insert(key.clone(), *new);
                         }
@@ -178,6 +189,8 @@ async fn client(
                     outcome,
                     call,
                     ret,
+                    rev: seen.0,
+                    member: seen.1,
                 });
         }
         if failed {

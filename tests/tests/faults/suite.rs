@@ -98,7 +98,7 @@ pub(crate) async fn under_faults_with(n: usize, secs: u64, soak: bool) {
     let mut locks = locks::Locks::start(&addrs, 3, TTL.as_secs()).await;
 
     let pause = TTL + Duration::from_millis(1500);
-    let mut nemesis = Nemesis::new(seed, ids, Box::new(locks.holders()), pause);
+    let mut nemesis = Nemesis::new(seed, ids.clone(), Box::new(locks.holders()), pause);
     if soak {
         nemesis = nemesis.without_kills();
     }
@@ -166,6 +166,18 @@ pub(crate) async fn under_faults_with(n: usize, secs: u64, soak: bool) {
         if verdict != Verdict::Linearizable {
             let path = std::env::temp_dir().join(format!("cairn-faults-{seed}.history"));
             let _ = std::fs::write(&path, format!("{key}\n{history:#?}\n"));
+            // CI keeps only the output: the operations around the violation and the
+            // faults of the run go there too.
+            if let Verdict::Violation { call, .. } = verdict {
+                eprintln!(
+                    "register {key} around the violation (ms on the run clock):\n{}",
+                    linearizability::neighbourhood(history, call, 2_000_000_000)
+                );
+            }
+            eprintln!(
+                "members by index: {ids:x?}; faults (began, healed ms): {:?}",
+                nemesis.schedule()
+            );
             panic!(
                 "register {key}: {verdict:?} (seed {seed}; history in {})",
                 path.display()

@@ -183,23 +183,13 @@ impl Process {
             "--log-level=warn".into(),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
-        Self::start(
-            PathBuf::from(env!("CARGO_BIN_EXE_cairn-member")),
-            args,
-            port,
-            dir,
-        )
-        .await
+        Self::start(member_program(), args, port, dir).await
     }
 
     /// A Cairn member process started with `args` (plus its data dir and client URL),
     /// without waiting for it to serve: members of a new cluster wait for each other.
     pub fn cairn_member(port: u16, args: Vec<String>) -> Process {
-        Self::member(
-            PathBuf::from(env!("CARGO_BIN_EXE_cairn-member")),
-            port,
-            args,
-        )
+        Self::member(member_program(), port, args)
     }
 
     /// A member of `program` (Cairn or etcd, which take the same flags) on client `port`
@@ -359,6 +349,14 @@ pub fn signal_pid(pid: u32, signal: &str) {
 }
 
 /// The etcd binary to compare against, if any.
+/// The member binary the tests start; `CAIRN_MEMBER_BIN` points them at another build (a
+/// copy of this one, say, that a long fault loop keeps running while the tree rebuilds).
+pub fn member_program() -> PathBuf {
+    std::env::var_os("CAIRN_MEMBER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cairn-member")))
+}
+
 pub fn etcd_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ETCD_BIN") {
         return Some(PathBuf::from(p));
