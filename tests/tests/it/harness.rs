@@ -348,7 +348,6 @@ pub fn signal_pid(pid: u32, signal: &str) {
     assert!(status.success(), "kill -s {signal} {pid}");
 }
 
-/// The etcd binary to compare against, if any.
 /// The member binary the tests start; `CAIRN_MEMBER_BIN` points them at another build (a
 /// copy of this one, say, that a long fault loop keeps running while the tree rebuilds).
 pub fn member_program() -> PathBuf {
@@ -357,6 +356,7 @@ pub fn member_program() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cairn-member")))
 }
 
+/// The etcd binary to compare against, if any.
 pub fn etcd_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ETCD_BIN") {
         return Some(PathBuf::from(p));
