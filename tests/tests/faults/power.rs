@@ -349,15 +349,7 @@ async fn three_members_keep_acknowledged_writes_and_agree_after_power_cuts() {
         } else {
             vec![cluster.leader().await]
         };
-        // All at once: every victim gets SIGKILL before any is reaped and cut.
-        for &i in &victims {
-            cluster.members[i].process.signal("KILL");
-        }
-        let mut dropped = 0;
-        for &i in &victims {
-            cluster.members[i].process.kill9();
-            dropped += mounts[i].fs.cut().dropped;
-        }
+        let dropped = cut(&mut cluster, &mounts, &victims);
         dropped_total += dropped;
         if !whole {
             // The others go on serving: writes acknowledged now must survive as well.
@@ -389,37 +381,259 @@ async fn three_members_keep_acknowledged_writes_and_agree_after_power_cuts() {
             &format!("cluster power cut {round} (seed {seed})"),
         )
         .await;
-        let rev = client
-            .get("cut", Some(GetOptions::new().with_count_only()))
-            .await
-            .expect("revision")
-            .header
-            .map_or(0, |h| h.revision);
-        let mut hashes = Vec::new();
-        for e in &endpoints {
-            // A member that restarted may still be catching up to `rev`.
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            let hash = loop {
-                match client.hash_kv(&format!("http://{e}"), rev).await {
-                    Ok(h) => break h.hash,
-                    Err(err) => {
-                        assert!(
-                            std::time::Instant::now() < deadline,
-                            "HashKV at {rev} on {e}: {err}"
-                        );
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            };
-            hashes.push(hash);
-        }
-        assert!(
-            hashes.windows(2).all(|w| w[0] == w[1]),
-            "members disagree at revision {rev}: {hashes:?}"
-        );
+        hashes_agree(&client, &endpoints).await;
     }
     assert!(dropped_total > 0, "the cuts dropped no unsynced data");
     for (i, m) in mounts.iter().enumerate() {
+        assert!(
+            m.fs.counts().synced > 0,
+            "member {i} synced nothing: its data is not on its LazyFs"
+        );
+    }
+    for m in &mut cluster.members {
+        m.process.kill9();
+    }
+}
+
+/// SIGKILLs every victim before any is reaped, then drops each one's unsynced data: a
+/// power cut of those hosts at one moment. Returns the bytes dropped.
+fn cut(
+    cluster: &mut crate::cluster_harness::Cluster,
+    mounts: &[lazyfs::Mounted],
+    victims: &[usize],
+) -> u64 {
+    for &i in victims {
+        cluster.members[i].process.signal("KILL");
+    }
+    let mut dropped = 0;
+    for &i in victims {
+        cluster.members[i].process.kill9();
+        dropped += mounts[i].fs.cut().dropped;
+    }
+    dropped
+}
+
+/// Every member in `endpoints` holds the same data at the current revision (HashKV).
+async fn hashes_agree(client: &Client, endpoints: &[String]) {
+    let rev = client
+        .get("cut", Some(GetOptions::new().with_count_only()))
+        .await
+        .expect("revision")
+        .header
+        .map_or(0, |h| h.revision);
+    let mut hashes = Vec::new();
+    for e in endpoints {
+        // A member that restarted may still be catching up to `rev`.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let hash = loop {
+            match client.hash_kv(&format!("http://{e}"), rev).await {
+                Ok(h) => break h.hash,
+                Err(err) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "HashKV at {rev} on {e}: {err}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        hashes.push(hash);
+    }
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "members disagree at revision {rev}: {hashes:?}"
+    );
+}
+
+/// The peer URLs of the membership, once every member in `endpoints` lists the same.
+async fn agreed_membership(endpoints: &[String], what: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut lists = Vec::new();
+        for e in endpoints {
+            let Ok(one) = Client::connect([e.clone()], ClientOptions::default()).await else {
+                continue;
+            };
+            if let Ok(list) = one.member_list().await {
+                let mut urls: Vec<String> = list
+                    .members
+                    .into_iter()
+                    .flat_map(|m| m.peer_ur_ls)
+                    .collect();
+                urls.sort();
+                lists.push(urls);
+            }
+        }
+        if lists.len() == endpoints.len() && lists.windows(2).all(|w| w[0] == w[1]) {
+            return lists.remove(0);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the members do not agree on the membership: {lists:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Power cuts in the middle of membership changes, on three members with their data on
+/// [`LazyFs`] and the log compacted every 300 entries: the leader loses power while a
+/// MemberAdd is in flight; the new member loses power while it catches up, which it can
+/// only do by raft snapshot; the leader loses power again while a MemberRemove is in
+/// flight. After each: an acknowledged change is kept, the members agree on the
+/// membership, and at the end every acknowledged write is kept and the members agree on
+/// the data (equal HashKV).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cuts_in_the_middle_of_membership_changes_lose_nothing() {
+    if !fuse_here() {
+        return;
+    }
+    let seed = seed();
+    eprintln!("membership power cuts: seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut mounts = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..4 {
+        let (base, mnt) = (
+            dir.path().join(format!("base{i}")),
+            dir.path().join(format!("mnt{i}")),
+        );
+        std::fs::create_dir_all(&base).expect("base dir");
+        std::fs::create_dir_all(&mnt).expect("mount point");
+        mounts.push(LazyFs::mount(&base, &mnt).expect("mount lazyfs"));
+        dirs.push(mnt.join("member"));
+    }
+    let flags = ["--snapshot-count=300"];
+    let mut cluster = crate::cluster_harness::Cluster::start_at(&dirs[..3], &flags).await;
+    let mut live: Vec<usize> = (0..3).collect();
+    let endpoints_of = |cluster: &crate::cluster_harness::Cluster, live: &[usize]| {
+        let all = cluster.client_endpoints();
+        live.iter().map(|&i| all[i].clone()).collect::<Vec<_>>()
+    };
+    let client = Client::connect(&cluster.client_endpoints(), ClientOptions::default())
+        .await
+        .expect("connect");
+    let acked: Acked = Arc::default();
+    let tasks = load(&client, 0, During::Writes, &acked);
+    // Past the log's compaction, so a new member needs a snapshot.
+    acknowledged(&acked, rng.gen_range(400..700), 0).await;
+    let mut dropped = 0;
+
+    // The leader loses power while a MemberAdd is in flight.
+    let peer = crate::harness::free_port();
+    let url = format!("http://127.0.0.1:{peer}");
+    let leader = cluster.leader().await;
+    let add = {
+        let (c, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { c.member_add(vec![url], false).await })
+    };
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(0..30))).await;
+    dropped += cut(&mut cluster, &mounts, &[leader]);
+    cluster.members[leader].process.respawn();
+    crate::harness::wait_ready(cluster.members[leader].process.addr).await;
+    let added = matches!(
+        tokio::time::timeout(Duration::from_secs(30), add).await,
+        Ok(Ok(Ok(_)))
+    );
+    let members = agreed_membership(&endpoints_of(&cluster, &live), "after the add").await;
+    let joined = members.contains(&url);
+    assert!(
+        joined || !added,
+        "an acknowledged MemberAdd was lost in a power cut (seed {seed}): {members:?}"
+    );
+    eprintln!("membership power cut 0 (leader, mid-add): acknowledged={added} applied={joined}");
+
+    // The new member loses power while it catches up by snapshot: half the time the
+    // moment the snapshot starts to arrive, else at a random moment.
+    let snaps = dirs[3].join("member").join("snap");
+    let arriving = || std::fs::read_dir(&snaps).is_ok_and(|mut d| d.next().is_some());
+    if joined {
+        let data = format!("--data-dir={}", dirs[3].display());
+        let new = cluster.join_with("m3", peer, &[data, flags[0].to_string()]);
+        assert_eq!(new, 3, "the new member's data is on the fourth LazyFs");
+        live.push(new);
+        let when = if rng.gen_bool(0.5) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !arriving() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            "as its snapshot arrived"
+        } else {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1500))).await;
+            "catching up"
+        };
+        dropped += cut(&mut cluster, &mounts, &[new]);
+        cluster.members[new].process.respawn();
+        crate::harness::wait_ready(cluster.members[new].process.addr).await;
+        eprintln!("membership power cut 1 (the new member, {when})");
+    }
+
+    // The leader loses power while a MemberRemove is in flight; the member removed is an
+    // old follower, so the new member's data is among what is compared at the end.
+    let leader = cluster.leader().await;
+    let target = *live
+        .iter()
+        .find(|&&i| i != leader && i != 3)
+        .expect("a follower");
+    let target_id = cluster.member_id(target).await;
+    let remove = {
+        let c = client.clone();
+        tokio::spawn(async move { c.member_remove(target_id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(0..30))).await;
+    dropped += cut(&mut cluster, &mounts, &[leader]);
+    cluster.members[leader].process.respawn();
+    crate::harness::wait_ready(cluster.members[leader].process.addr).await;
+    let removed = matches!(
+        tokio::time::timeout(Duration::from_secs(30), remove).await,
+        Ok(Ok(Ok(_)))
+    );
+    let others: Vec<usize> = live.iter().copied().filter(|&i| i != target).collect();
+    let members = agreed_membership(&endpoints_of(&cluster, &others), "after the remove").await;
+    let gone = members.len() == live.len() - 1;
+    assert!(
+        gone || !removed,
+        "an acknowledged MemberRemove was lost in a power cut (seed {seed}): {members:?}"
+    );
+    if gone {
+        cluster.members[target].process.kill9();
+        live = others;
+    }
+    eprintln!(
+        "membership power cut 2 (leader, mid-remove): acknowledged={removed} applied={gone}; \
+         {dropped} unsynced bytes dropped in all"
+    );
+
+    // Writes went on throughout; every acknowledged one is kept and the members agree.
+    acknowledged(&acked, len(&acked) + 50, 1).await;
+    for t in tasks {
+        t.abort();
+        let _ = t.await;
+    }
+    let endpoints = endpoints_of(&cluster, &live);
+    let client = Client::connect(&endpoints, ClientOptions::default())
+        .await
+        .expect("connect");
+    all_kept(
+        &client,
+        &acked,
+        &format!("membership power cuts (seed {seed})"),
+    )
+    .await;
+    hashes_agree(&client, &endpoints).await;
+    if joined {
+        let snapshot = std::fs::read_dir(&snaps)
+            .expect("the new member's snapshot directory")
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "snap"));
+        assert!(
+            snapshot,
+            "the new member caught up without a snapshot: the test missed its aim"
+        );
+    }
+    // Whether a cut finds unsynced data depends on the moment (the other power tests
+    // require that some do); that the data is on LazyFs at all is required here.
+    for (i, m) in mounts.iter().enumerate().take(cluster.members.len()) {
         assert!(
             m.fs.counts().synced > 0,
             "member {i} synced nothing: its data is not on its LazyFs"

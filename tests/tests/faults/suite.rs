@@ -95,7 +95,7 @@ pub(crate) async fn under_faults_with(n: usize, secs: u64, soak: bool) {
     let leases = leases::spawn(&addrs, 2, TTL, seed, stop.clone());
     // A soak's writers overwrite a ring of keys, so the live data stays bounded.
     let appends = spawn_appenders(&addrs, stop.clone(), soak.then_some(2000));
-    let mut locks = locks::Locks::start(&addrs, 3, TTL.as_secs()).await;
+    let mut locks = locks::Locks::start(&addrs, 3, 2, TTL.as_secs()).await;
 
     let pause = TTL + Duration::from_millis(1500);
     let mut nemesis = Nemesis::new(seed, ids.clone(), Box::new(locks.holders()), pause);
@@ -119,7 +119,7 @@ pub(crate) async fn under_faults_with(n: usize, secs: u64, soak: bool) {
     let histories = registers.await.expect("register clients");
     let lives = leases.await.expect("lease clients");
     let acked = appends.await.expect("appenders");
-    let sections = locks.stop();
+    let lock_run = locks.stop(&nemesis.log);
     if let Some(samples) = samples {
         crate::soak::flat(&samples.await.expect("sampler"))
             .unwrap_or_else(|e| panic!("{e} (seed {seed})"));
@@ -194,11 +194,14 @@ pub(crate) async fn under_faults_with(n: usize, secs: u64, soak: bool) {
     let election = Duration::from_millis(ELECTION_MS);
     leases::check(&lives, TTL, election, &nemesis.disturbances())
         .unwrap_or_else(|e| panic!("{e} (seed {seed})"));
-    let lock = locks::check(&sections).unwrap_or_else(|e| panic!("{e} (seed {seed})"));
+    let lock = locks::check(&lock_run).unwrap_or_else(|e| panic!("{e} (seed {seed})"));
 
     // Progress under faults, or the run proved nothing.
     assert!(ops > 100 && acked.len() > 100, "too little work done");
-    assert!(lock.sections > 5, "the lock was hardly taken: {lock:?}");
+    assert!(
+        lock.sections - lock.leaderships > 5 && lock.leaderships > 2,
+        "the lock or the election was hardly taken: {lock:?}"
+    );
     // Checks that saw nothing to check proved nothing.
     assert!(
         seen.iter().any(|w| !w.progress.is_empty()),
@@ -214,7 +217,8 @@ pub(crate) async fn under_faults_with(n: usize, secs: u64, soak: bool) {
          registers={} register_ops={ops} indeterminate={unknown} linearizable=all \
          acked_writes={} lost=0 revisions={} watchers={} reconnects={} progress_notifications={} \
          filtered_deletes={} multi_event_revisions={} \
-         lock_sections={} stale_writes_caught={} overlaps_caught={} unsafe_overlaps=0 \
+         lock_sections={} leaderships={} stale_writes_caught={} overlaps_caught={} unsafe_overlaps=0 \
+         ended_by_lost={} lost_late=0 \
          leases={} leases_late=0 hashes_equal=true",
         nemesis.counts(),
         histories.len(),
@@ -232,9 +236,11 @@ pub(crate) async fn under_faults_with(n: usize, secs: u64, soak: bool) {
             .windows(2)
             .filter(|p| p[0].rev == p[1].rev)
             .count(),
-        lock.sections,
+        lock.sections - lock.leaderships,
+        lock.leaderships,
         lock.stale_writes,
         lock.overlaps,
+        lock.lost,
         lives.len(),
     );
 }

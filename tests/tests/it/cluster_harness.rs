@@ -219,14 +219,21 @@ impl Cluster {
 
     /// Starts a member that was added with MemberAdd, joining with `existing`.
     pub fn join(&mut self, name: &str, peer: u16) -> usize {
+        self.join_with(name, peer, &[])
+    }
+
+    /// The same with `extra` flags (e.g. a data directory on a filesystem that can lose
+    /// unsynced writes).
+    pub fn join_with(&mut self, name: &str, peer: u16, extra: &[String]) -> usize {
         let initial_cluster = format!("{},{name}=http://127.0.0.1:{peer}", self.initial_cluster);
-        let args = member_args(
+        let mut args = member_args(
             name,
             peer,
             &initial_cluster,
             "existing",
             self.etcd.is_some(),
         );
+        args.extend_from_slice(extra);
         let process = self.spawn(free_port(), args);
         self.members.push(Member {
             process,
