@@ -19,6 +19,7 @@ mod fuzz;
 mod gateway;
 mod hardening;
 mod harness;
+mod interop;
 mod lease;
 mod migration;
 mod ops;
