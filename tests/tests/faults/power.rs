@@ -312,25 +312,16 @@ fn lazyfs_drops_exactly_what_was_not_synced() {
 /// history (equal HashKV at one revision).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_keep_acknowledged_writes_and_agree_after_power_cuts() {
-    if !fuse_here() {
+    let Some(Rack {
+        seed,
+        mut rng,
+        _dir,
+        mounts,
+        dirs,
+    }) = rack("cluster power cuts", 3)
+    else {
         return;
-    }
-    let seed = seed();
-    eprintln!("cluster power cuts: seed {seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut mounts = Vec::new();
-    let mut dirs = Vec::new();
-    for i in 0..3 {
-        let (base, mnt) = (
-            dir.path().join(format!("base{i}")),
-            dir.path().join(format!("mnt{i}")),
-        );
-        std::fs::create_dir_all(&base).expect("base dir");
-        std::fs::create_dir_all(&mnt).expect("mount point");
-        mounts.push(LazyFs::mount(&base, &mnt).expect("mount lazyfs"));
-        dirs.push(mnt.join("member"));
-    }
+    };
     let mut cluster =
         crate::cluster_harness::Cluster::start_at(&dirs, &["--snapshot-count=300"]).await;
     let endpoints = cluster.client_endpoints();
@@ -371,17 +362,8 @@ async fn three_members_keep_acknowledged_writes_and_agree_after_power_cuts() {
         for &i in &victims {
             crate::harness::wait_ready(cluster.members[i].process.addr).await;
         }
-        let client = Client::connect(&endpoints, ClientOptions::default())
-            .await
-            .expect("connect");
-        // A linearizable read; HashKV below waits for each member to reach its revision.
-        all_kept(
-            &client,
-            &acked,
-            &format!("cluster power cut {round} (seed {seed})"),
-        )
-        .await;
-        hashes_agree(&client, &endpoints).await;
+        let what = format!("cluster power cut {round} (seed {seed})");
+        kept_and_agreed(&endpoints, &acked, &what).await;
     }
     assert!(dropped_total > 0, "the cuts dropped no unsynced data");
     for (i, m) in mounts.iter().enumerate() {
@@ -393,6 +375,45 @@ async fn three_members_keep_acknowledged_writes_and_agree_after_power_cuts() {
     for m in &mut cluster.members {
         m.process.kill9();
     }
+}
+
+/// Hosts for a cluster whose power can be cut: a LazyFs mount each, with a member data
+/// directory on it, and the run's seed.
+struct Rack {
+    seed: u64,
+    rng: StdRng,
+    _dir: tempfile::TempDir,
+    mounts: Vec<lazyfs::Mounted>,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+/// `n` hosts for the test `what`, or `None` where FUSE is not available.
+fn rack(what: &str, n: usize) -> Option<Rack> {
+    if !fuse_here() {
+        return None;
+    }
+    let seed = seed();
+    eprintln!("{what}: seed {seed}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut mounts = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..n {
+        let (base, mnt) = (
+            dir.path().join(format!("base{i}")),
+            dir.path().join(format!("mnt{i}")),
+        );
+        std::fs::create_dir_all(&base).expect("base dir");
+        std::fs::create_dir_all(&mnt).expect("mount point");
+        mounts.push(LazyFs::mount(&base, &mnt).expect("mount lazyfs"));
+        dirs.push(mnt.join("member"));
+    }
+    Some(Rack {
+        seed,
+        rng: StdRng::seed_from_u64(seed),
+        _dir: dir,
+        mounts,
+        dirs,
+    })
 }
 
 /// SIGKILLs every victim before any is reaped, then drops each one's unsynced data: a
@@ -411,6 +432,16 @@ fn cut(
         dropped += mounts[i].fs.cut().dropped;
     }
     dropped
+}
+
+/// Every acknowledged write kept (read linearizably), and every member in `endpoints`
+/// holding the same data at one revision.
+async fn kept_and_agreed(endpoints: &[String], acked: &Acked, what: &str) {
+    let client = Client::connect(endpoints, ClientOptions::default())
+        .await
+        .expect("connect");
+    all_kept(&client, acked, what).await;
+    hashes_agree(&client, endpoints).await;
 }
 
 /// Every member in `endpoints` holds the same data at the current revision (HashKV).
@@ -443,6 +474,27 @@ async fn hashes_agree(client: &Client, endpoints: &[String]) {
         hashes.windows(2).all(|w| w[0] == w[1]),
         "members disagree at revision {rev}: {hashes:?}"
     );
+}
+
+/// Cuts the power of `leader` 0–30 ms into `change` (a membership call just sent) and
+/// starts it again; whether the change was acknowledged, and the bytes the cut dropped.
+/// The leader is found before the call: a member it removes stops answering.
+async fn cut_leader_during(
+    cluster: &mut crate::cluster_harness::Cluster,
+    mounts: &[lazyfs::Mounted],
+    rng: &mut StdRng,
+    leader: usize,
+    change: tokio::task::JoinHandle<Result<(), cairn_client::Error>>,
+) -> (bool, u64) {
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(0..30))).await;
+    let dropped = cut(cluster, mounts, &[leader]);
+    cluster.members[leader].process.respawn();
+    crate::harness::wait_ready(cluster.members[leader].process.addr).await;
+    let acknowledged = matches!(
+        tokio::time::timeout(Duration::from_secs(30), change).await,
+        Ok(Ok(Ok(())))
+    );
+    (acknowledged, dropped)
 }
 
 /// The peer URLs of the membership, once every member in `endpoints` lists the same.
@@ -484,25 +536,16 @@ async fn agreed_membership(endpoints: &[String], what: &str) -> Vec<String> {
 /// the data (equal HashKV).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_in_the_middle_of_membership_changes_lose_nothing() {
-    if !fuse_here() {
+    let Some(Rack {
+        seed,
+        mut rng,
+        _dir,
+        mounts,
+        dirs,
+    }) = rack("membership power cuts", 4)
+    else {
         return;
-    }
-    let seed = seed();
-    eprintln!("membership power cuts: seed {seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut mounts = Vec::new();
-    let mut dirs = Vec::new();
-    for i in 0..4 {
-        let (base, mnt) = (
-            dir.path().join(format!("base{i}")),
-            dir.path().join(format!("mnt{i}")),
-        );
-        std::fs::create_dir_all(&base).expect("base dir");
-        std::fs::create_dir_all(&mnt).expect("mount point");
-        mounts.push(LazyFs::mount(&base, &mnt).expect("mount lazyfs"));
-        dirs.push(mnt.join("member"));
-    }
+    };
     let flags = ["--snapshot-count=300"];
     let mut cluster = crate::cluster_harness::Cluster::start_at(&dirs[..3], &flags).await;
     let mut live: Vec<usize> = (0..3).collect();
@@ -525,16 +568,10 @@ async fn power_cuts_in_the_middle_of_membership_changes_lose_nothing() {
     let leader = cluster.leader().await;
     let add = {
         let (c, url) = (client.clone(), url.clone());
-        tokio::spawn(async move { c.member_add(vec![url], false).await })
+        tokio::spawn(async move { c.member_add(vec![url], false).await.map(|_| ()) })
     };
-    tokio::time::sleep(Duration::from_millis(rng.gen_range(0..30))).await;
-    dropped += cut(&mut cluster, &mounts, &[leader]);
-    cluster.members[leader].process.respawn();
-    crate::harness::wait_ready(cluster.members[leader].process.addr).await;
-    let added = matches!(
-        tokio::time::timeout(Duration::from_secs(30), add).await,
-        Ok(Ok(Ok(_)))
-    );
+    let (added, lost) = cut_leader_during(&mut cluster, &mounts, &mut rng, leader, add).await;
+    dropped += lost;
     let members = agreed_membership(&endpoints_of(&cluster, &live), "after the add").await;
     let joined = members.contains(&url);
     assert!(
@@ -578,16 +615,10 @@ async fn power_cuts_in_the_middle_of_membership_changes_lose_nothing() {
     let target_id = cluster.member_id(target).await;
     let remove = {
         let c = client.clone();
-        tokio::spawn(async move { c.member_remove(target_id).await })
+        tokio::spawn(async move { c.member_remove(target_id).await.map(|_| ()) })
     };
-    tokio::time::sleep(Duration::from_millis(rng.gen_range(0..30))).await;
-    dropped += cut(&mut cluster, &mounts, &[leader]);
-    cluster.members[leader].process.respawn();
-    crate::harness::wait_ready(cluster.members[leader].process.addr).await;
-    let removed = matches!(
-        tokio::time::timeout(Duration::from_secs(30), remove).await,
-        Ok(Ok(Ok(_)))
-    );
+    let (removed, lost) = cut_leader_during(&mut cluster, &mounts, &mut rng, leader, remove).await;
+    dropped += lost;
     let others: Vec<usize> = live.iter().copied().filter(|&i| i != target).collect();
     let members = agreed_membership(&endpoints_of(&cluster, &others), "after the remove").await;
     let gone = members.len() == live.len() - 1;
@@ -611,16 +642,12 @@ async fn power_cuts_in_the_middle_of_membership_changes_lose_nothing() {
         let _ = t.await;
     }
     let endpoints = endpoints_of(&cluster, &live);
-    let client = Client::connect(&endpoints, ClientOptions::default())
-        .await
-        .expect("connect");
-    all_kept(
-        &client,
+    kept_and_agreed(
+        &endpoints,
         &acked,
         &format!("membership power cuts (seed {seed})"),
     )
     .await;
-    hashes_agree(&client, &endpoints).await;
     if joined {
         let snapshot = std::fs::read_dir(&snaps)
             .expect("the new member's snapshot directory")

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use cairn_client::{Client, ClientOptions, GetOptions};
+use cairn_client::{Client, ClientOptions};
 use cairn_recipes::{
     Barrier, DoubleBarrier, Election, EndpointManager, Error, Isolation, Mutex, PriorityQueue,
     Queue, RwMutex, Session, Stm,
@@ -22,6 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::harness::{etcd_binary, reference, Process};
+use crate::recipes::keys_under;
 
 /// Where Debian installs Go library sources (etcd's among them).
 const GOPATH: &str = "/usr/share/gocode";
@@ -154,16 +155,6 @@ where
         .await
         .expect("connect");
     scenario(program.to_path_buf(), client, endpoint).await;
-}
-
-async fn keys_under(c: &Client, prefix: &str) -> i64 {
-    c.get(
-        prefix,
-        Some(GetOptions::new().with_prefix().with_count_only()),
-    )
-    .await
-    .expect("count")
-    .count
 }
 
 /// Waits until `n` keys are under `prefix` (a waiter has queued up).
@@ -405,19 +396,7 @@ async fn stm_transfers_from_go_and_rust_conserve_the_sum() {
             for r in rust {
                 r.await.expect("rust transfers");
             }
-            let all = c
-                .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-                .await
-                .expect("accounts");
-            let sum: i64 = all
-                .kvs
-                .iter()
-                .map(|kv| {
-                    String::from_utf8_lossy(&kv.value)
-                        .parse::<i64>()
-                        .expect("number")
-                })
-                .sum();
+            let sum = crate::recipes_state::sum_under(&c, &prefix).await;
             assert_eq!(sum, 100 * ACCOUNTS as i64, "{name}: money made or lost");
         }
     })

@@ -21,6 +21,21 @@ use crate::recipes::client;
 /// Within this, everything the tests wait for happens.
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The sum of the numbers stored under `prefix` (the accounts of an STM bank).
+pub(crate) async fn sum_under(c: &Client, prefix: &str) -> i64 {
+    c.get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("accounts")
+        .kvs
+        .iter()
+        .map(|kv| {
+            String::from_utf8_lossy(&kv.value)
+                .parse::<i64>()
+                .expect("number")
+        })
+        .sum()
+}
+
 pub(crate) async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, f)
         .await
@@ -475,20 +490,11 @@ async fn stm_keeps_a_sum_under_contention_where_its_isolation_promises_it() {
         for t in tasks {
             t.await.expect("task");
         }
-        let all = c
-            .get(format!("bank{i}/"), Some(GetOptions::new().with_prefix()))
-            .await
-            .expect("get");
-        let sum: i64 = all
-            .kvs
-            .iter()
-            .map(|kv| {
-                String::from_utf8_lossy(&kv.value)
-                    .parse::<i64>()
-                    .expect("number")
-            })
-            .sum();
-        assert_eq!(sum, 500, "{iso:?} lost money");
+        assert_eq!(
+            sum_under(&c, &format!("bank{i}/")).await,
+            500,
+            "{iso:?} lost money"
+        );
     }
     m.stop().await;
 }
