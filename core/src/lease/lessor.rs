@@ -15,9 +15,9 @@ struct Lease {
     /// When the lease expires; `None` on a member that is not the leader.
     expiry: Option<Instant>,
     keys: BTreeSet<Vec<u8>>,
-    /// When this member last proposed revoking it on expiry (to avoid proposing again and
-    /// again while the revoke is in flight).
-    revoke_proposed: Option<Instant>,
+    /// Its place in `Leases::due`: the deadline, or once a revoke was proposed, when to
+    /// propose again if it has not been applied by then.
+    due: Option<Instant>,
 }
 
 /// A snapshot of one lease for TimeToLive.
@@ -37,6 +37,24 @@ struct Leases {
     items: HashMap<Vec<u8>, i64>,
     /// Whether this member tracks deadlines (it is the leader).
     primary: bool,
+    /// Leases by when the leader must next act on them, soonest first: finding the expired
+    /// costs what expired, not a scan of every lease (a million of them on a busy leader).
+    due: BTreeSet<(Instant, i64)>,
+}
+
+impl Leases {
+    /// Moves lease `id` to `at` in the deadline order (`None`: out of it).
+    fn schedule(&mut self, id: i64, at: Option<Instant>) {
+        let Some(lease) = self.map.get_mut(&id) else {
+            return;
+        };
+        if let Some(old) = std::mem::replace(&mut lease.due, at) {
+            self.due.remove(&(old, id));
+        }
+        if let Some(at) = at {
+            self.due.insert((at, id));
+        }
+    }
 }
 
 /// Every lease; see the module docs. Shared by the apply loop (grant, revoke, attach) and
@@ -84,9 +102,10 @@ impl Lessor {
                 ttl,
                 expiry,
                 keys: BTreeSet::new(),
-                revoke_proposed: None,
+                due: None,
             },
         );
+        l.schedule(id, expiry);
         Ok(ttl)
     }
 
@@ -95,13 +114,15 @@ impl Lessor {
     /// overflow on the raft thread.
     pub fn restore(&self, id: i64, ttl: i64) {
         let ttl = self.effective_ttl(ttl.min(MAX_LEASE_TTL));
-        self.leases().map.insert(
+        let mut l = self.leases();
+        l.schedule(id, None);
+        l.map.insert(
             id,
             Lease {
                 ttl,
                 expiry: None,
                 keys: BTreeSet::new(),
-                revoke_proposed: None,
+                due: None,
             },
         );
     }
@@ -111,11 +132,13 @@ impl Lessor {
         let mut l = self.leases();
         l.map.clear();
         l.items.clear();
+        l.due.clear();
     }
 
     /// Removes a lease (apply loop); returns its keys, sorted, for deletion.
     pub fn revoke(&self, id: i64) -> Result<Vec<Vec<u8>>, Error> {
         let mut l = self.leases();
+        l.schedule(id, None);
         let lease = l.map.remove(&id).ok_or(Error::LeaseNotFound)?;
         for k in &lease.keys {
             l.items.remove(k);
@@ -163,9 +186,10 @@ impl Lessor {
             return Err(Error::NotLeader);
         }
         let lease = l.map.get_mut(&id).ok_or(Error::LeaseNotFound)?;
-        lease.expiry = Some(deadline(lease.ttl));
-        lease.revoke_proposed = None;
-        Ok(lease.ttl)
+        let (ttl, at) = (lease.ttl, deadline(lease.ttl));
+        lease.expiry = Some(at);
+        l.schedule(id, Some(at));
+        Ok(ttl)
     }
 
     pub fn time_to_live(&self, id: i64) -> Option<LeaseInfo> {
@@ -209,11 +233,15 @@ impl Lessor {
     /// `extend`, so leases are not expired by the time the election took.
     pub fn promote(&self, extend: Duration) {
         let mut l = self.leases();
+        let l = &mut *l;
         l.primary = true;
-        for lease in l.map.values_mut() {
+        l.due.clear();
+        for (id, lease) in l.map.iter_mut() {
             let at = deadline(lease.ttl);
-            lease.expiry = Some(at.checked_add(extend).unwrap_or(at));
-            lease.revoke_proposed = None;
+            let at = at.checked_add(extend).unwrap_or(at);
+            lease.expiry = Some(at);
+            lease.due = Some(at);
+            l.due.insert((at, *id));
         }
     }
 
@@ -221,8 +249,10 @@ impl Lessor {
     pub fn demote(&self) {
         let mut l = self.leases();
         l.primary = false;
+        l.due.clear();
         for lease in l.map.values_mut() {
             lease.expiry = None;
+            lease.due = None;
         }
     }
 
@@ -235,15 +265,14 @@ impl Lessor {
     pub fn expired(&self, now: Instant, retry: Duration, max: usize) -> Vec<i64> {
         let mut l = self.leases();
         let mut out = Vec::new();
-        for (id, lease) in l.map.iter_mut() {
-            if out.len() == max {
-                break;
-            }
-            let due = lease.expiry.is_some_and(|at| at <= now);
-            let waiting = lease.revoke_proposed.is_some_and(|at| now < at + retry);
-            if due && !waiting {
-                lease.revoke_proposed = Some(now);
-                out.push(*id);
+        let again = now.checked_add(retry).unwrap_or(now);
+        while out.len() < max {
+            match l.due.first() {
+                Some(&(at, id)) if at <= now => {
+                    l.schedule(id, Some(again));
+                    out.push(id);
+                }
+                _ => break,
             }
         }
         out
@@ -327,5 +356,25 @@ mod tests {
         assert!(l
             .expired(Instant::now(), Duration::from_secs(1), usize::MAX)
             .is_empty());
+    }
+
+    #[test]
+    fn expired_leases_come_soonest_deadline_first_and_in_bounded_batches() {
+        let l = Lessor::new(1);
+        l.promote(Duration::ZERO);
+        for id in 1..=5 {
+            l.grant(id, 10 * id).unwrap();
+        }
+        // Lease 1 renewed: its deadline moves, and only the new one counts.
+        assert_eq!(l.renew(1), Ok(10));
+        l.revoke(3).unwrap();
+        let at = |secs| Instant::now() + Duration::from_secs(secs);
+        let retry = Duration::from_secs(100);
+        assert_eq!(l.expired(at(21), retry, 1), vec![1]);
+        assert_eq!(l.expired(at(21), retry, 10), vec![2]);
+        assert_eq!(l.expired(at(60), retry, 10), vec![4, 5]);
+        assert!(l.expired(at(60), retry, 10).is_empty());
+        l.demote();
+        assert!(l.expired(at(1_000), retry, 10).is_empty());
     }
 }

@@ -113,13 +113,14 @@ impl<'a> WriteBatch<'a> {
     /// Revokes a lease: its keys are deleted at one revision, in key order (so every member
     /// produces the same events). Returns the deletions.
     pub fn revoke_lease(&mut self, id: i64) -> Result<Vec<KeyValue>, Error> {
-        let keys = self.store.lessor.keys(id).ok_or(Error::LeaseNotFound)?;
+        // Revoked first: the lease hands over its keys instead of copying them, and the
+        // deletions then find the keys already detached (an expiry storm revokes a million).
+        let keys = self.store.lessor.revoke(id)?;
         let mut txn = self.txn();
         for k in &keys {
             txn.delete_range(k, &[]);
         }
         let changes = txn.end();
-        self.store.lessor.revoke(id)?;
         self.size_delta -= 16;
         self.batch
             .remove(&self.store.leases, id.to_be_bytes().to_vec());
