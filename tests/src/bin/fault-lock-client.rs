@@ -22,6 +22,10 @@ use cairn_recipes::{Election, Leadership, Mutex, MutexGuard, Session};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+#[path = "../clock.rs"]
+mod clock;
+use clock::monotonic_ns;
+
 /// One line to the store and its answer.
 struct Store {
     conn: BufReader<TcpStream>,
@@ -224,16 +228,4 @@ async fn still_held(lost: Pin<&mut impl Future<Output = ()>>) -> Option<u64> {
 /// Whether the holder has already learnt of its loss, without waiting.
 fn gone(lost: Pin<&mut impl Future<Output = ()>>) -> bool {
     futures::FutureExt::now_or_never(lost).is_some()
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock tokio's timers and the suite's run clock
-/// both read, so times from this process and the suite compare.
-fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+use crate::clock::monotonic_ns;
 use crate::nemesis::Fault;
 use crate::now;
 
@@ -48,26 +49,9 @@ pub struct Write {
     pub accepted: bool,
 }
 
-impl Section {
-    /// What the section fences: the lock (`c…` clients) or the election (`e…`).
-    fn resource(&self) -> char {
-        resource(&self.client)
-    }
-}
-
+/// What a client's sections fence: the lock (`c…` clients) or the election (`e…`).
 fn resource(client: &str) -> char {
     client.chars().next().unwrap_or('?')
-}
-
-/// CLOCK_MONOTONIC in nanoseconds, which the clients stamp their times with.
-fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 struct State {
@@ -328,7 +312,11 @@ fn span(s: &Section) -> Option<(u64, u64)> {
 pub fn check(run: &Run) -> Result<Summary, String> {
     let mut summary = Summary::default();
     for r in ['c', 'e'] {
-        let sections: Vec<&Section> = run.sections.iter().filter(|s| s.resource() == r).collect();
+        let sections: Vec<&Section> = run
+            .sections
+            .iter()
+            .filter(|s| resource(&s.client) == r)
+            .collect();
         let s = check_resource(&sections, run)?;
         summary.sections += s.sections;
         summary.stale_writes += s.stale_writes;

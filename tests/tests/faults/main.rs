@@ -16,6 +16,9 @@ mod harness;
 #[path = "../it/cluster_harness.rs"]
 mod cluster_harness;
 
+#[path = "../../src/clock.rs"]
+mod clock;
+
 mod failover;
 mod lazyfs;
 mod leases;

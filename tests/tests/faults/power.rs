@@ -500,12 +500,14 @@ async fn cut_leader_during(
 /// The peer URLs of the membership, once every member in `endpoints` lists the same.
 async fn agreed_membership(endpoints: &[String], what: &str) -> Vec<String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut each = Vec::new();
+    for e in endpoints {
+        let one = Client::connect([e.clone()], ClientOptions::default()).await;
+        each.push(one.expect("connect to a member"));
+    }
     loop {
         let mut lists = Vec::new();
-        for e in endpoints {
-            let Ok(one) = Client::connect([e.clone()], ClientOptions::default()).await else {
-                continue;
-            };
+        for one in &each {
             if let Ok(list) = one.member_list().await {
                 let mut urls: Vec<String> = list
                     .members
@@ -594,7 +596,11 @@ async fn power_cuts_in_the_middle_of_membership_changes_lose_nothing() {
             while !arriving() && std::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            "as its snapshot arrived"
+            if arriving() {
+                "as its snapshot arrived"
+            } else {
+                "10 s without a snapshot arriving"
+            }
         } else {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1500))).await;
             "catching up"

@@ -55,7 +55,7 @@ async fn keys(c: &Client, prefix: &str) -> Vec<cairn_client::KeyValue> {
 }
 
 /// Waits until `prefix` holds `n` keys; returns them in creation order.
-async fn until_keys(c: &Client, prefix: &str, n: usize) -> Vec<cairn_client::KeyValue> {
+pub(crate) async fn until_keys(c: &Client, prefix: &str, n: usize) -> Vec<cairn_client::KeyValue> {
     within(&format!("{n} keys under {prefix}"), async {
         loop {
             let mut kvs = keys(c, prefix).await;

@@ -338,7 +338,7 @@ async fn watchers_catching_up_during_compactions_see_every_revision_or_a_compact
 /// not reproduced it yet, see docs/reliability.md.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_woken_from_a_pause_does_not_serve_reads_from_before_it() {
-    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
     use std::sync::Arc;
     let cluster = Cluster::start(3, &[]).await;
     for round in 0..2 {
@@ -357,6 +357,8 @@ async fn a_member_woken_from_a_pause_does_not_serve_reads_from_before_it() {
         // The revision of the last write acknowledged so far.
         let acked = Arc::new(AtomicI64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        // Reads the paused member answered, so far.
+        let served = Arc::new(AtomicUsize::new(0));
         let key = format!("paused/{round}");
         let writer = {
             let (acked, stop, key) = (acked.clone(), stop.clone(), key.clone());
@@ -387,9 +389,9 @@ async fn a_member_woken_from_a_pause_does_not_serve_reads_from_before_it() {
         let readers: Vec<_> = (0..4)
             .map(|_| {
                 let (acked, stop, key) = (acked.clone(), stop.clone(), key.clone());
+                let served = served.clone();
                 tokio::spawn(async move {
                     let mut r = kv(&channel(victim_addr).await);
-                    let mut served = 0;
                     while !stop.load(Ordering::Relaxed) {
                         let before = acked.load(Ordering::SeqCst);
                         let mut req = tonic::Request::new(RangeRequest {
@@ -404,27 +406,39 @@ async fn a_member_woken_from_a_pause_does_not_serve_reads_from_before_it() {
                                 "a linearizable read sent after revision {before} was \
                                  acknowledged was answered at {rev}"
                             );
-                            served += 1;
+                            served.fetch_add(1, Ordering::SeqCst);
                         }
                     }
-                    served
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Reads and writes under way before the pause, and again after it.
+        let until_served = |n: usize| {
+            let (served, acked) = (served.clone(), acked.clone());
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while served.load(Ordering::SeqCst) < n || acked.load(Ordering::SeqCst) == 0 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "round {round}: only {} reads served",
+                        served.load(Ordering::SeqCst)
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        until_served(20).await;
         cluster.members[victim].process.signal("STOP");
+        // Longer than an election, as the soak's member pauses.
         tokio::time::sleep(Duration::from_millis(4500)).await;
         cluster.members[victim].process.signal("CONT");
-        crate::harness::wait_ready(victim_addr).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        until_served(served.load(Ordering::SeqCst) + 20).await;
         stop.store(true, Ordering::Relaxed);
         writer.await.expect("writer");
-        let mut served = 0;
         for r in readers {
-            served += r.await.unwrap_or_else(|e| {
+            r.await.unwrap_or_else(|e| {
                 panic!("round {round} (victim {victim}, leader {leader}): {e}")
             });
         }
-        assert!(served > 0, "the paused member served no read");
     }
 }

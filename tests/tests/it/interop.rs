@@ -21,6 +21,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
+use crate::dashboard::until_keys;
 use crate::harness::{etcd_binary, reference, Process};
 use crate::recipes::keys_under;
 
@@ -155,18 +156,6 @@ where
         .await
         .expect("connect");
     scenario(program.to_path_buf(), client, endpoint).await;
-}
-
-/// Waits until `n` keys are under `prefix` (a waiter has queued up).
-async fn until_keys(c: &Client, prefix: &str, n: i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while keys_under(c, prefix).await < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {n} keys under {prefix}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,9 +310,13 @@ async fn rw_locks_and_barriers_coordinate_go_and_rust() {
         Go::start(&go, &ep, &["barrier-hold", "interop/barrier"])
             .finish()
             .await;
-        let wait = tokio::spawn(async move { barrier.wait().await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!wait.is_finished(), "passed a barrier Go holds");
+        let mut wait = tokio::spawn(async move { barrier.wait().await });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut wait)
+                .await
+                .is_err(),
+            "passed a barrier Go holds"
+        );
         Go::start(&go, &ep, &["barrier-release", "interop/barrier"])
             .finish()
             .await;
