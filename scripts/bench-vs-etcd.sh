@@ -11,6 +11,8 @@
 #   AUTH=0 scripts/bench-vs-etcd.sh     # without the auth-on rows (1 member)
 #   BIG=4000000 scripts/bench-vs-etcd.sh  # the big store: keys of 1 KiB written twice (0: skip)
 #   LEASES=1000000 STORM_TTL=900 scripts/bench-vs-etcd.sh  # the lease storm's leases (0: skip)
+#   FAILOVER_LEASES=100000 scripts/bench-vs-etcd.sh  # live leases in the second failover (0: skip)
+#   WATCHERS=100000 scripts/bench-vs-etcd.sh  # watchers on 1,000 streams, 1 member (0: skip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -25,6 +27,9 @@ BIG="${BIG:-400000}"
 LEASES="${LEASES:-100000}"
 # The storm's TTL must outlast creating all the leases (etcd on 3 members: ~1,500 leases/s).
 STORM_TTL="${STORM_TTL:-120}"
+FAILOVER_LEASES="${FAILOVER_LEASES:-100000}"
+WATCHERS="${WATCHERS:-100000}"
+CLK_TCK="$(getconf CLK_TCK)"
 
 if ! command -v etcd >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null
@@ -150,6 +155,60 @@ failover() {
   kill -9 "${SERVER_PIDS[$leader]}"
   wait "$bench_pid"
   cat "$out"
+}
+
+# failover_with_leases <etcd|cairn> <leases>: on 3 fresh members holding that many live
+# leases (a key each, TTL 600 s), the leader is SIGKILLed while 16 clients write and 4
+# renew leases back to back through the followers (100 ms client deadline; a broken
+# keep-alive stream is opened again). Prints the longest gap between acknowledged writes
+# and between answered keep-alives, in ms.
+failover_with_leases() {
+  local kind="$1" leases="$2" p leader eps i followers="" writes keeps w k
+  for ((p = 0; p < 3; p++)); do rm -rf "$WORK/$kind-3-$p"; done
+  start_cluster "$kind" 3
+  if [ "$leases" -gt 0 ]; then
+    "$BENCH" --endpoints "$ENDPOINTS" --conns 8 --json lease-grant --leases "$leases" --ttl 600 >/dev/null
+  fi
+  leader="$(leader_index)"
+  IFS=, read -r -a eps <<<"$ENDPOINTS"
+  for i in "${!eps[@]}"; do [ "$i" = "$leader" ] || followers+="${followers:+,}${eps[$i]}"; done
+  writes="$WORK/failover-writes.json"; keeps="$WORK/failover-keeps.json"
+  "$BENCH" --endpoints "$followers" --clients 16 --conns 4 --duration 10 --timeout-ms 100 \
+    --key-space-size 100000 --json put >"$writes" &
+  w=$!
+  "$BENCH" --endpoints "$followers" --clients 4 --conns 2 --duration 10 --timeout-ms 100 \
+    --json lease-keepalive >"$keeps" &
+  k=$!
+  sleep 4
+  kill -9 "${SERVER_PIDS[$leader]}"
+  wait "$w"; wait "$k"
+  stop_cluster
+  for ((p = 0; p < 3; p++)); do rm -rf "$WORK/$kind-3-$p"; done
+  echo "$(field "$(cat "$writes")" max_gap_ms) $(field "$(cat "$keeps")" max_gap_ms)"
+}
+
+# watch_scale <etcd|cairn>: on a fresh member, WATCHERS watchers over 1,000 streams, a key
+# each (memory per watcher; put → its watcher; again with a stream that stopped reading),
+# then as many on one key (put → the last delivery). Two JSON lines.
+watch_scale() {
+  local kind="$1" per=$((WATCHERS / 1000))
+  rm -rf "$WORK/$kind-1-0"
+  start_cluster "$kind" 1
+  "$BENCH" --endpoints "$ENDPOINTS" --conns 8 --json watch-scale --streams 1000 --per-stream "$per" \
+    --puts 2000 --rss-pid "${SERVER_PIDS[0]}"
+  "$BENCH" --endpoints "$ENDPOINTS" --conns 8 --json watch-scale --streams 1000 --per-stream "$per" \
+    --puts 100 --mode fan
+  stop_cluster
+  rm -rf "$WORK/$kind-1-0"
+}
+
+# cpu_ms: CPU time (user + system) the running members have used so far, in ms.
+cpu_ms() {
+  local p t=0
+  for p in "${SERVER_PIDS[@]}"; do
+    t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo $((t * 1000 / CLK_TCK))
 }
 
 vm_kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -312,12 +371,18 @@ for n in $SIZES; do
       # measures etcd's own Lock service, the way its users take a lock.
       if [ "$kind" = etcd ] && [[ "$args" == *" lock" ]]; then args="$args --service"; fi
       echo "[$n member(s)] $kind: $label" >&2
-      runs=()
+      runs=(); ops=0; cpu0=$(cpu_ms)
       for ((r = 0; r < REPEAT; r++)); do
         # shellcheck disable=SC2086
         runs+=("$("$BENCH" --endpoints "$ENDPOINTS" --json $args)")
+        ops=$((ops + $(field "${runs[-1]}" ops)))
       done
+      # The members' CPU over all the runs of the workload, per 10,000 operations.
+      RESULT["$kind|cpu|$label"]="$(awk -v ms=$(($(cpu_ms) - cpu0)) -v n="$ops" 'BEGIN { printf "%.0f", (n > 0 ? ms * 10000 / n : 0) }')"
       RESULT["$kind|$label"]="$(median_run "$(compared "$label")" "${runs[@]}")"
+      if [ "$n" = 1 ] && [ "$label" = "put, 1 client" ]; then
+        RESULT["$kind|floor"]="$("$BENCH" --endpoints "$ENDPOINTS" --json floor --dir "$WORK/$kind-1-0")"
+      fi
     done
     rss=0; for p in "${SERVER_PIDS[@]}"; do r=$(vm_kb "$p" VmHWM); [ "$r" -gt "$rss" ] && rss=$r; done
     RESULT["$kind|rss"]=$rss
@@ -336,6 +401,15 @@ for n in $SIZES; do
       echo "[1 member] $kind: $BIG keys of 1 KiB twice, compaction and defrag under writes" >&2
       big_store "$kind"
     fi
+    if [ "$n" -ge 3 ] && [ "$FAILOVER_LEASES" -gt 0 ]; then
+      echo "[3 members] $kind: leader failover with no leases, then with $FAILOVER_LEASES" >&2
+      RESULT["$kind|failover-0"]="$(failover_with_leases "$kind" 0)"
+      RESULT["$kind|failover-leases"]="$(failover_with_leases "$kind" "$FAILOVER_LEASES")"
+    fi
+    if [ "$n" = 1 ] && [ "$WATCHERS" -gt 0 ]; then
+      echo "[1 member] $kind: $WATCHERS watchers" >&2
+      RESULT["$kind|watchers"]="$(watch_scale "$kind")"
+    fi
     if [ "$LEASES" -gt 0 ]; then
       echo "[$n member(s)] $kind: lease storm, $LEASES leases" >&2
       RESULT["$kind|storm"]="$(storm "$kind" "$n")"
@@ -347,6 +421,21 @@ for n in $SIZES; do
     f="$(compared "$label")"; unit="ops/s"; [ "$f" = p99_ms ] && unit="p99 ms"
     row "$n" "$label" "$unit" "$(field "$e" "$f")" "$(field "$c" "$f")"
   done
+  for w in "${WORKLOADS[@]}"; do
+    label="${w%%|*}"
+    [[ "$label" =~ ^(put|range|txn) ]] || continue
+    e="${RESULT["etcd|cpu|$label"]:-}"; c="${RESULT["cairn|cpu|$label"]:-}"
+    if [ -z "$e" ] || [ -z "$c" ]; then continue; fi
+    row "$n" "members' CPU per 10,000 ops: $label" "ms" "$e" "$c"
+  done
+  e="${RESULT["etcd|floor"]:-}"; c="${RESULT["cairn|floor"]:-}"
+  pe="${RESULT["etcd|put, 1 client"]:-}"; pc="${RESULT["cairn|put, 1 client"]:-}"
+  if [ -n "$e" ] && [ -n "$c" ] && [ -n "$pe" ] && [ -n "$pc" ]; then
+    row 1 "put, 1 client: mean latency" ms "$(field "$pe" avg_ms)" "$(field "$pc" avg_ms)"
+    row 1 "the same: its floor, one fdatasync + one round trip (mean of each)" ms "$(field "$e" floor_ms)" "$(field "$c" floor_ms)"
+    row 1 "the same: mean latency over the floor" ratio \
+      "$(ratio "$(field "$pe" avg_ms)" "$(field "$e" floor_ms)")" "$(ratio "$(field "$pc" avg_ms)" "$(field "$c" floor_ms)")"
+  fi
   row "$n" "peak RSS of a member" MiB "$((RESULT["etcd|rss"] / 1024))" "$((RESULT["cairn|rss"] / 1024))"
   if [ "$n" = 1 ] && [ "$KEYS" -gt 0 ]; then
     row 1 "$KEYS keys of 256 B: load, 256 clients" "puts/s" "${RESULT["etcd|keys-load"]}" "${RESULT["cairn|keys-load"]}"
@@ -376,6 +465,16 @@ for n in $SIZES; do
     row 1 "the same: longest put during it (1 client)" ms "${RESULT["etcd|big-defrag-max"]}" "${RESULT["cairn|big-defrag-max"]}"
     row 1 "data dir after both" MiB "$((RESULT["etcd|big-disk"] / 1024))" "$((RESULT["cairn|big-disk"] / 1024))"
   fi
+  if [ "$n" = 1 ] && [ "$WATCHERS" -gt 0 ]; then
+    e1="$(head -1 <<<"${RESULT["etcd|watchers"]}")"; c1="$(head -1 <<<"${RESULT["cairn|watchers"]}")"
+    ef="$(tail -1 <<<"${RESULT["etcd|watchers"]}")"; cf="$(tail -1 <<<"${RESULT["cairn|watchers"]}")"
+    row 1 "$WATCHERS watchers on 1,000 streams, a key each: member memory per watcher" B "$(field "$e1" bytes_per_watcher)" "$(field "$c1" bytes_per_watcher)"
+    row 1 "the same: put → its one watcher, p99" ms "$(field "$e1" p99_ms)" "$(field "$c1" p99_ms)"
+    row 1 "the same, with one more stream (its own connection) that stopped reading: p99" ms "$(field "$e1" p99_with_slow_stream_ms)" "$(field "$c1" p99_with_slow_stream_ms)"
+    row 1 "the same: p99 with the stopped stream over without" ratio \
+      "$(ratio "$(field "$e1" p99_with_slow_stream_ms)" "$(field "$e1" p99_ms)")" "$(ratio "$(field "$c1" p99_with_slow_stream_ms)" "$(field "$c1" p99_ms)")"
+    row 1 "$WATCHERS watchers of one key: put → the last delivery, p99" ms "$(field "$ef" p99_ms)" "$(field "$cf" p99_ms)"
+  fi
   if [ "$LEASES" -gt 0 ]; then
     e="${RESULT["etcd|storm"]}"; c="${RESULT["cairn|storm"]}"
     gone() { local g; g=$(sed -E 's/.*"gone_after_deadline_ms":([0-9.]+|null).*/\1/' <<<"$1"); [ "$g" = null ] && echo ">300000" || echo "$g"; }
@@ -388,6 +487,16 @@ for n in $SIZES; do
   if [ "$n" -ge 3 ]; then
     row "$n" "leader failover (SIGKILL) under 16 writers: longest gap between acks" ms \
       "$(field "${RESULT["etcd|failover"]}" max_gap_ms)" "$(field "${RESULT["cairn|failover"]}" max_gap_ms)"
+  fi
+  if [ "$n" -ge 3 ] && [ "$FAILOVER_LEASES" -gt 0 ]; then
+    read -r e0w e0k <<<"${RESULT["etcd|failover-0"]}"; read -r c0w c0k <<<"${RESULT["cairn|failover-0"]}"
+    read -r elw elk <<<"${RESULT["etcd|failover-leases"]}"; read -r clw clk <<<"${RESULT["cairn|failover-leases"]}"
+    row "$n" "leader failover (SIGKILL), no leases: longest gap between acknowledged writes (16 clients)" ms "$e0w" "$c0w"
+    row "$n" "the same: longest gap between answered keep-alives (4 clients)" ms "$e0k" "$c0k"
+    row "$n" "leader failover with $FAILOVER_LEASES live leases: longest gap between acknowledged writes" ms "$elw" "$clw"
+    row "$n" "the same: longest gap between answered keep-alives" ms "$elk" "$clk"
+    row "$n" "with $FAILOVER_LEASES leases over with none: writes" ratio "$(ratio "$elw" "$e0w")" "$(ratio "$clw" "$c0w")"
+    row "$n" "with $FAILOVER_LEASES leases over with none: keep-alives" ratio "$(ratio "$elk" "$e0k")" "$(ratio "$clk" "$c0k")"
   fi
   row "$n" "data dir of a member" MiB "$((RESULT["etcd|disk"] / 1024))" "$((RESULT["cairn|disk"] / 1024))"
   unset RESULT
@@ -408,10 +517,10 @@ MACHINE="$(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cp
   echo
   echo "Produced by \`scripts/bench-vs-etcd.sh\` (SCALE=$SCALE, REPEAT=$REPEAT: the median of that many runs per row) on $(date -u +%Y-%m-%d): $MACHINE;"
   echo "$(etcd --version | head -1) and Cairn $(git rev-parse --short HEAD), same flags, loopback, one run."
-  echo "Ratios above 1 favour Cairn for throughput; for watch rows the ratio is of p99 latency"
-  echo "and for the failover row of the longest time without an acknowledged write, where below 1"
-  echo "favours Cairn. Absolute numbers on shared machines are noise; the ratios within one run"
-  echo "are what to read."
+  echo "Ratios above 1 favour Cairn for throughput (ops/s, puts/s, 1/s); for every other unit"
+  echo "(latency, time, memory, CPU, size, and the \"ratio\" rows, each server against itself)"
+  echo "below 1 favours Cairn. Absolute numbers on shared machines are noise; the ratios within"
+  echo "one run are what to read."
   echo
   echo "$TABLE"
   if [ -n "$KEPT" ]; then echo; echo "$KEPT"; fi

@@ -7,8 +7,11 @@
 //! cairn-bench --clients 8 --duration 10 lock
 //! ```
 
+mod floor;
+mod leases;
 mod report;
 mod storm;
+mod watchers;
 mod workload;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,6 +107,37 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
             give_up: Duration::from_secs(give_up),
         };
         return storm::run(storm, &channels, report::progress(&args)).await;
+    }
+    if let Workload::LeaseGrant { leases, ttl } = args.workload {
+        return storm::grant(leases, ttl, &channels, report::progress(&args)).await;
+    }
+    if let Workload::WatchScale {
+        streams,
+        per_stream,
+        puts,
+        mode,
+        rss_pid,
+    } = &args.workload
+    {
+        let scale = watchers::Scale {
+            streams: *streams,
+            per_stream: *per_stream,
+            puts: *puts,
+            fan: mode == "fan",
+            rss_pid: *rss_pid,
+        };
+        // The slow stream gets a connection of its own: a client's unread stream stalls
+        // its own connection's flow-control window, which is not the server's doing.
+        let slow = connect(&Args {
+            conns: 1,
+            ..args.clone()
+        })
+        .await?
+        .remove(0);
+        return watchers::run(scale, &channels, slow).await;
+    }
+    if let Workload::Floor { dir, count } = &args.workload {
+        return floor::run(dir.clone(), *count, channels[0].clone()).await;
     }
     let workers = workload::prepare(&args, &channels).await?;
     let issued = Arc::new(AtomicU64::new(0));

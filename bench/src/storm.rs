@@ -114,6 +114,33 @@ pub async fn run(
     Ok(())
 }
 
+/// Grants `leases` leases of `ttl` seconds with a key each and leaves them to live: one
+/// JSON line with how many and how fast.
+pub async fn grant(
+    leases: usize,
+    ttl: i64,
+    channels: &[Ch],
+    progress: indicatif::ProgressBar,
+) -> Result<(), BoxError> {
+    progress.set_length(leases as u64);
+    let storm = Storm {
+        leases,
+        ttl,
+        streams: 0,
+        give_up: Duration::ZERO,
+    };
+    let started = Instant::now();
+    let ids = create(&storm, channels, &progress).await?;
+    progress.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{{\"workload\":\"lease-grant\",\"leases\":{},\"seconds\":{secs:.1},\"per_sec\":{:.1}}}",
+        ids.len(),
+        ids.len() as f64 / secs
+    );
+    Ok(())
+}
+
 /// Grants the leases and puts one key under each (`storm/<n>`).
 async fn create(
     storm: &Storm,

@@ -6,13 +6,11 @@ use std::time::{Duration, Instant};
 
 use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_api::etcdserverpb::kv_client::KvClient;
-use cairn_api::etcdserverpb::lease_client::LeaseClient;
 use cairn_api::etcdserverpb::request_op::Request as OpRequest;
 use cairn_api::etcdserverpb::watch_client::WatchClient;
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::{
-    Compare, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest,
-    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use cairn_api::v3lockpb::lock_client::LockClient;
 use cairn_api::v3lockpb::{LockRequest, UnlockRequest};
@@ -23,6 +21,7 @@ use tokio::sync::mpsc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use crate::leases::KeepAlive;
 use crate::Args;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -64,6 +63,23 @@ pub enum Workload {
     },
     /// Put → event latency to a single watcher.
     WatchLatency,
+    /// Many watchers over few streams (runs on its own, one put at a time): `--mode one`
+    /// watches a key per watcher and adds a stream that stops reading halfway; `--mode
+    /// fan` has every watcher on one key. See `watchers.rs`.
+    WatchScale {
+        #[arg(long, default_value_t = 1000)]
+        streams: usize,
+        #[arg(long, default_value_t = 100)]
+        per_stream: usize,
+        #[arg(long, default_value_t = 1000)]
+        puts: usize,
+        /// one | fan
+        #[arg(long, default_value = "one")]
+        mode: String,
+        /// The member's pid, to report its resident memory per watcher.
+        #[arg(long)]
+        rss_pid: Option<u32>,
+    },
     /// A put of a configuration to the moment all N subscribers see it (the slowest
     /// subscriber's delay per put): cairn-recipes `Config` subscribers, or with `--plain`
     /// plain watches of the key (what an etcd user writes by hand).
@@ -93,8 +109,25 @@ pub enum Workload {
         #[arg(long, default_value_t = 600)]
         give_up: u64,
     },
-    /// Lease keep-alive round trips, one lease per client.
+    /// Grants this many leases with a key each (`storm/<n>`) and exits, leaving them to
+    /// live out their TTL: the live leases of the failover-with-leases row.
+    LeaseGrant {
+        #[arg(long, default_value_t = 100_000)]
+        leases: usize,
+        #[arg(long, default_value_t = 600)]
+        ttl: i64,
+    },
+    /// Lease keep-alive round trips, one lease per client; a stream that breaks is opened
+    /// again on the next renewal, as clients do when their member fails over.
     LeaseKeepalive,
+    /// The floor under a 1-client put: mean fdatasync of a small write in `--dir` (on the
+    /// member's data directory's filesystem) plus the mean round trip to the member.
+    Floor {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+    },
     /// Logins (Authenticate with `--user`'s name and password): the password check is
     /// bcrypt's, on purpose slow.
     Authenticate,
@@ -118,11 +151,14 @@ impl Workload {
             Workload::TxnMixed => "txn-mixed".into(),
             Workload::Watch { watchers } => format!("watch-{watchers}"),
             Workload::WatchLatency => "watch-latency".into(),
+            Workload::WatchScale { .. } => "watch-scale".into(),
             Workload::ConfigPropagation { plain: true, .. } => "config-propagation-plain".into(),
             Workload::ConfigPropagation { .. } => "config-propagation".into(),
             Workload::CacheRead => "cache-read".into(),
             Workload::LeaseKeepalive => "lease-keepalive".into(),
             Workload::LeaseStorm { .. } => "lease-storm".into(),
+            Workload::LeaseGrant { .. } => "lease-grant".into(),
+            Workload::Floor { .. } => "floor".into(),
             Workload::Authenticate => "authenticate".into(),
             Workload::Lock { service: true, .. } => "lock-service".into(),
             Workload::Lock { .. } => "lock".into(),
@@ -184,11 +220,7 @@ enum Kind {
         epoch: Instant,
     },
     CacheRead(Arc<cairn_recipes::Cache>),
-    KeepAlive {
-        id: i64,
-        requests: mpsc::Sender<LeaseKeepAliveRequest>,
-        responses: tonic::Streaming<LeaseKeepAliveResponse>,
-    },
+    KeepAlive(KeepAlive),
     Mutex {
         session: cairn_recipes::Session,
         name: String,
@@ -237,8 +269,11 @@ pub async fn prepare(args: &Args, channels: &[Ch]) -> Result<Vec<Worker>, BoxErr
                 propagation(args, kv, channels, n, *plain).await?
             }
             Workload::CacheRead => Kind::CacheRead(cache.clone().ok_or("no cache")?),
-            Workload::LeaseKeepalive => keep_alive(ch).await?,
-            Workload::LeaseStorm { .. } => return Err("lease-storm runs on its own".into()),
+            Workload::LeaseKeepalive => Kind::KeepAlive(KeepAlive::grant(ch, 60).await?),
+            Workload::LeaseStorm { .. }
+            | Workload::LeaseGrant { .. }
+            | Workload::Floor { .. }
+            | Workload::WatchScale { .. } => return Err("this workload runs on its own".into()),
             Workload::Authenticate => {
                 let (name, password) = args.login().ok_or("authenticate needs --user")?;
                 Kind::Authenticate {
@@ -361,14 +396,7 @@ impl Worker {
             Kind::CacheRead(cache) => {
                 std::hint::black_box(cache.get(&keys.key()));
             }
-            Kind::KeepAlive {
-                id,
-                requests,
-                responses,
-            } => {
-                requests.send(LeaseKeepAliveRequest { id: *id }).await?;
-                responses.next().await.ok_or("keep-alive stream ended")??;
-            }
+            Kind::KeepAlive(k) => k.renew().await?,
             Kind::Authenticate {
                 auth,
                 name,
@@ -568,62 +596,14 @@ async fn watch_stream(
     Ok((req_tx, stream))
 }
 
-/// A lease and its keep-alive stream, with the first keep-alive answered.
-async fn lease_stream(
-    ch: Ch,
-    ttl: i64,
-) -> Result<
-    (
-        i64,
-        mpsc::Sender<LeaseKeepAliveRequest>,
-        tonic::Streaming<LeaseKeepAliveResponse>,
-    ),
-    BoxError,
-> {
-    let mut lease = LeaseClient::new(ch);
-    let id = lease
-        .lease_grant(LeaseGrantRequest { ttl, id: 0 })
-        .await?
-        .into_inner()
-        .id;
-    let (requests, rx) = mpsc::channel(1);
-    // etcd answers the call only once the first request is in.
-    requests.send(LeaseKeepAliveRequest { id }).await?;
-    let mut responses = lease
-        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    responses.next().await.ok_or("keep-alive stream ended")??;
-    Ok((id, requests, responses))
-}
-
-async fn keep_alive(ch: Ch) -> Result<Kind, BoxError> {
-    let (id, requests, responses) = lease_stream(ch, 60).await?;
-    Ok(Kind::KeepAlive {
-        id,
-        requests,
-        responses,
-    })
-}
-
 /// A lease kept alive in the background, as `etcdctl lock` keeps its session.
 async fn lock_service(ch: Ch, name: &str) -> Result<Kind, BoxError> {
-    let (id, tx, mut responses) = lease_stream(ch.clone(), 30).await?;
-    let keeper = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                return;
-            }
-            if !matches!(responses.next().await, Some(Ok(_))) {
-                return;
-            }
-        }
-    });
+    let session = KeepAlive::grant(ch.clone(), 30).await?;
+    let lease = session.id();
     Ok(Kind::LockService {
         lock: LockClient::new(ch),
-        lease: id,
+        lease,
         name: name.to_string(),
-        _keeper: keeper,
+        _keeper: session.keep_in_background(Duration::from_secs(10)),
     })
 }
