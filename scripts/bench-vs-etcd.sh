@@ -224,6 +224,13 @@ million() {
     --key-space-size "$KEYS" --sequential-keys --key-size 16 --val-size 256 --json put)"
   RESULT["$kind|keys-load"]="$(field "$load" throughput)"
   RESULT["$kind|keys-rss"]="$(vm_kb "${SERVER_PIDS[0]}" VmRSS)"
+  # Every key at once: one reader, ten, and ten paging by 500 as Kubernetes lists.
+  local spec c p
+  for spec in "1 0" "10 0" "10 500"; do
+    read -r c p <<<"$spec"
+    RESULT["$kind|ranges-$c-$p"]="$("$BENCH" --endpoints "$ENDPOINTS" --conns 10 --json range-full \
+      --concurrency "$c" --page "$p" --rss-pid "${SERVER_PIDS[0]}")"
+  done
   kill -TERM "${SERVER_PIDS[0]}"; wait "${SERVER_PIDS[0]}" 2>/dev/null || true
   RESULT["$kind|keys-disk"]=$(du -sk "$WORK/$kind-1-0" | cut -f1)
   t0=$(date +%s%N)
@@ -442,6 +449,12 @@ for n in $SIZES; do
     row 1 "$KEYS keys: RSS after the load" MiB "$((RESULT["etcd|keys-rss"] / 1024))" "$((RESULT["cairn|keys-rss"] / 1024))"
     row 1 "$KEYS keys: data dir" MiB "$((RESULT["etcd|keys-disk"] / 1024))" "$((RESULT["cairn|keys-disk"] / 1024))"
     row 1 "$KEYS keys: restart to the first acknowledged put" ms "${RESULT["etcd|keys-restart"]}" "${RESULT["cairn|keys-restart"]}"
+    for spec in "1 0|one full range" "10 0|ten concurrent full ranges" "10 500|ten concurrent full ranges, paged by 500"; do
+      k="${spec%%|*}"; k="${k// /-}"
+      e="${RESULT["etcd|ranges-$k"]}"; c="${RESULT["cairn|ranges-$k"]}"
+      row 1 "$KEYS keys: ${spec#*|}, wall" s "$(field "$e" seconds)" "$(field "$c" seconds)"
+      row 1 "the same: member peak RSS" MiB "$(( $(field "$e" peak_rss_kib) / 1024 ))" "$(( $(field "$c" peak_rss_kib) / 1024 ))"
+    done
     row 1 "$KEYS keys: RSS after the restart" MiB "$((RESULT["etcd|keys-rss-restart"] / 1024))" "$((RESULT["cairn|keys-rss-restart"] / 1024))"
   fi
   if [ "$n" = 1 ] && [ "$AUTH" != 0 ]; then

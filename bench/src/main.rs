@@ -9,6 +9,7 @@
 
 mod floor;
 mod leases;
+mod ranges;
 mod report;
 mod storm;
 mod watchers;
@@ -135,6 +136,19 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
         .await?
         .remove(0);
         return watchers::run(scale, &channels, slow).await;
+    }
+    if let Workload::RangeFull {
+        concurrency,
+        page,
+        rss_pid,
+    } = args.workload
+    {
+        let full = ranges::Full {
+            concurrency,
+            page,
+            rss_pid,
+        };
+        return ranges::run(full, &channels).await;
     }
     if let Workload::Floor { dir, count } = &args.workload {
         return floor::run(dir.clone(), *count, channels[0].clone()).await;

@@ -221,7 +221,7 @@ fn prefix_end(key: &[u8]) -> Vec<u8> {
 }
 
 /// The resident memory of a process on this machine, in KiB (0 if unreadable).
-fn rss_kib(pid: u32) -> u64 {
+pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

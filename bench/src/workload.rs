@@ -63,6 +63,17 @@ pub enum Workload {
     },
     /// Put → event latency to a single watcher.
     WatchLatency,
+    /// Every key read by `--concurrency` clients at once (runs on its own), in one Range
+    /// or paged (`--page` keys a call, as Kubernetes lists). See `ranges.rs`.
+    RangeFull {
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 0)]
+        page: i64,
+        /// The member's pid, to report its peak resident memory during the reads.
+        #[arg(long)]
+        rss_pid: Option<u32>,
+    },
     /// Many watchers over few streams (runs on its own, one put at a time): `--mode one`
     /// watches a key per watcher and adds a stream that stops reading halfway; `--mode
     /// fan` has every watcher on one key. See `watchers.rs`.
@@ -152,6 +163,7 @@ impl Workload {
             Workload::Watch { watchers } => format!("watch-{watchers}"),
             Workload::WatchLatency => "watch-latency".into(),
             Workload::WatchScale { .. } => "watch-scale".into(),
+            Workload::RangeFull { .. } => "range-full".into(),
             Workload::ConfigPropagation { plain: true, .. } => "config-propagation-plain".into(),
             Workload::ConfigPropagation { .. } => "config-propagation".into(),
             Workload::CacheRead => "cache-read".into(),
@@ -273,7 +285,8 @@ pub async fn prepare(args: &Args, channels: &[Ch]) -> Result<Vec<Worker>, BoxErr
             Workload::LeaseStorm { .. }
             | Workload::LeaseGrant { .. }
             | Workload::Floor { .. }
-            | Workload::WatchScale { .. } => return Err("this workload runs on its own".into()),
+            | Workload::WatchScale { .. }
+            | Workload::RangeFull { .. } => return Err("this workload runs on its own".into()),
             Workload::Authenticate => {
                 let (name, password) = args.login().ok_or("authenticate needs --user")?;
                 Kind::Authenticate {
