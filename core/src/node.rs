@@ -275,7 +275,15 @@ impl Node {
             Ok(Err(_)) => return Err(Error::Stopped),
             Err(_) => return Err(Error::Timeout),
         };
-        self.wait_applied(index).await
+        self.wait_applied(index).await?;
+        tracing::debug!(
+            member = format!("{:x}", self.membership.local_id),
+            index,
+            applied = *self.applied.borrow(),
+            rev = self.store.current_rev(),
+            "linearizable read may proceed"
+        );
+        Ok(())
     }
 
     /// Waits until the apply loop has applied `index`.

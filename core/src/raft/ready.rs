@@ -106,6 +106,47 @@ impl PendingReads {
         self.next_ctx = self.next_ctx.wrapping_add(1);
         ctx
     }
+
+    /// Moves the reads that waited longer than `patience` ticks onto fresh contexts, which
+    /// the caller asks raft for; reads whose callers gave up are dropped. The old context
+    /// is never asked again. raft counts a heartbeat's acknowledgement towards whichever
+    /// pending read has its context, and resolves every read queued before it: a context
+    /// asked twice lets an acknowledgement of the first asking, delayed in a queue (by a
+    /// pause of the leader's process, say), confirm the second — and with it a read that
+    /// a deposed leader registered at its stale commit index. The hour soak caught exactly
+    /// that (docs/reliability.md).
+    fn reissue_stale(&mut self, ticks: u64, patience: u64) -> Vec<Vec<u8>> {
+        self.inflight
+            .retain(|_, (waiting, _)| waiting.iter().any(|w| !w.is_closed()));
+        let stale: Vec<Vec<u8>> = self
+            .inflight
+            .iter()
+            .filter(|(_, (_, at))| ticks > *at + patience)
+            .map(|(ctx, _)| ctx.clone())
+            .collect();
+        stale
+            .into_iter()
+            .filter_map(|old| {
+                let (waiting, _) = self.inflight.remove(&old)?;
+                let ctx = self.next_ctx();
+                tracing::debug!(
+                    old = ctx_number(&old),
+                    new = ctx_number(&ctx),
+                    reads = waiting.len(),
+                    "read index asked again under a new context"
+                );
+                self.inflight.insert(ctx.clone(), (waiting, ticks));
+                Some(ctx)
+            })
+            .collect()
+    }
+}
+
+/// A read context's counter, for the logs (the member id is the log line's own).
+fn ctx_number(ctx: &[u8]) -> u64 {
+    ctx.get(8..16)
+        .and_then(|c| c.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 pub struct ReadyLoop {
@@ -341,6 +382,17 @@ impl ReadyLoop {
         }
         let ctx = self.reads.next_ctx();
         let waiting = std::mem::take(&mut self.reads.queued);
+        let raft = &self.node.raft;
+        tracing::debug!(
+            member = format!("{:x}", raft.id),
+            ctx = ctx_number(&ctx),
+            reads = waiting.len(),
+            role = ?raft.state,
+            term = raft.term,
+            leader = format!("{:x}", raft.leader_id),
+            committed = raft.raft_log.committed,
+            "read index asked"
+        );
         self.reads
             .inflight
             .insert(ctx.clone(), (waiting, self.ticks));
@@ -350,24 +402,10 @@ impl ReadyLoop {
     /// raft drops a read index silently when it cannot serve it yet (no leader, or a new
     /// leader that has not committed in its term); ask again until the caller times out.
     fn reissue_stale_reads(&mut self) {
-        let ticks = self.ticks;
-        let patience = self.heartbeat_ticks as u64;
-        let stale: Vec<Vec<u8>> = self
+        let asks = self
             .reads
-            .inflight
-            .iter_mut()
-            .filter(|(_, (waiting, at))| {
-                ticks > *at + patience && waiting.iter().any(|w| !w.is_closed())
-            })
-            .map(|(ctx, (_, at))| {
-                *at = ticks;
-                ctx.clone()
-            })
-            .collect();
-        self.reads
-            .inflight
-            .retain(|_, (waiting, _)| waiting.iter().any(|w| !w.is_closed()));
-        for ctx in stale {
+            .reissue_stale(self.ticks, self.heartbeat_ticks as u64);
+        for ctx in asks {
             self.node.read_index(ctx);
         }
     }
@@ -411,6 +449,17 @@ impl ReadyLoop {
         // 3. Entries committed earlier, in log order.
         self.hand_to_apply(rd.take_committed_entries())?;
         for rs in rd.take_read_states() {
+            let raft = &self.node.raft;
+            tracing::debug!(
+                member = format!("{:x}", raft.id),
+                ctx = ctx_number(&rs.request_ctx),
+                index = rs.index,
+                role = ?raft.state,
+                term = raft.term,
+                committed = raft.raft_log.committed,
+                applied = *self.applied.borrow(),
+                "read index answered"
+            );
             if let Some((waiting, _)) = self.reads.inflight.remove(&rs.request_ctx) {
                 for tx in waiting {
                     let _ = tx.send(rs.index);
@@ -565,5 +614,50 @@ mod tests {
         for _ in 0..100 {
             assert!(seen.insert(again.next_ctx()));
         }
+    }
+
+    /// A read asked again goes under a context never asked before; an answer to the old
+    /// one finds nothing; a read whose caller gave up is not asked again.
+    #[test]
+    fn a_read_asked_again_gets_a_new_context() {
+        let mut reads = PendingReads::new(7);
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<u64>();
+        let (gone, gone_rx) = tokio::sync::oneshot::channel::<u64>();
+        drop(gone_rx);
+        let first = reads.next_ctx();
+        reads.inflight.insert(first.clone(), (vec![tx], 0));
+        let abandoned = reads.next_ctx();
+        reads.inflight.insert(abandoned.clone(), (vec![gone], 0));
+
+        // Not yet past its patience: nothing to ask again.
+        assert!(reads.reissue_stale(3, 3).is_empty());
+        assert!(reads.inflight.contains_key(&first));
+
+        let asked = reads.reissue_stale(4, 3);
+        assert_eq!(
+            asked.len(),
+            1,
+            "the abandoned read is dropped, not asked again"
+        );
+        let second = asked[0].clone();
+        assert_ne!(second, first);
+        assert_ne!(second, abandoned);
+        assert!(
+            !reads.inflight.contains_key(&first),
+            "the old context is gone"
+        );
+        assert!(!reads.inflight.contains_key(&abandoned));
+
+        // Asked again once more, later: a third context, never one of the earlier two.
+        let third = reads.reissue_stale(8, 3);
+        assert_eq!(third.len(), 1);
+        assert!(third[0] != first && third[0] != second);
+
+        // The waiter is still the same read, answered under the newest context.
+        let (waiting, _) = reads.inflight.remove(&third[0]).expect("pending");
+        for w in waiting {
+            let _ = w.send(42);
+        }
+        assert_eq!(rx.try_recv(), Ok(42));
     }
 }

@@ -56,11 +56,12 @@ pub(crate) fn member_args(
         args.push("--log-level=error".into());
     } else {
         args.push("--experimental-fault-injection".into());
-        // CAIRN_TEST_LOG=1 also turns the members' logs up.
-        let level = if std::env::var_os("CAIRN_TEST_LOG").is_some() {
-            "info"
-        } else {
-            "warn"
+        // CAIRN_TEST_LOG=1 also turns the members' logs up; any other value is taken as the
+        // members' filter (`warn,cairn_core::raft=debug`, say).
+        let level = match std::env::var("CAIRN_TEST_LOG") {
+            Ok(v) if v != "1" && !v.is_empty() => v,
+            Ok(_) => "info".to_string(),
+            Err(_) => "warn".to_string(),
         };
         args.push(format!("--log-level={level}"));
     }
