@@ -25,7 +25,10 @@ const WRITE: usize = 256;
 
 pub async fn run(dir: PathBuf, count: usize, ch: Ch) -> Result<(), BoxError> {
     let count = count.max(1);
-    let syncs = tokio::task::spawn_blocking(move || syncs(&dir, count)).await??;
+    let (syncs, sparse) = tokio::task::spawn_blocking(move || {
+        Ok::<_, BoxError>((syncs(&dir, count, true)?, syncs(&dir, count, false)?))
+    })
+    .await??;
     let mut kv = KvClient::new(ch);
     let mut trips = Vec::with_capacity(count);
     for _ in 0..count {
@@ -39,16 +42,20 @@ pub async fn run(dir: PathBuf, count: usize, ch: Ch) -> Result<(), BoxError> {
         trips.push(started.elapsed());
     }
     let (sync_avg, sync_p50) = summary(syncs);
+    let (sparse_avg, _) = summary(sparse);
     let (trip_avg, trip_p50) = summary(trips);
     println!(
-        "{{\"workload\":\"floor\",\"count\":{count},\"fdatasync_avg_ms\":{sync_avg:.3},\"fdatasync_p50_ms\":{sync_p50:.3},\"round_trip_avg_ms\":{trip_avg:.3},\"round_trip_p50_ms\":{trip_p50:.3},\"floor_ms\":{:.3}}}",
+        "{{\"workload\":\"floor\",\"count\":{count},\"fdatasync_avg_ms\":{sync_avg:.3},\"fdatasync_p50_ms\":{sync_p50:.3},\"round_trip_avg_ms\":{trip_avg:.3},\"round_trip_p50_ms\":{trip_p50:.3},\"floor_ms\":{:.3},\"fdatasync_sparse_avg_ms\":{sparse_avg:.3}}}",
         sync_avg + trip_avg
     );
     Ok(())
 }
 
 /// `count` timed syncs of one write each, in a file of `dir` that is removed afterwards.
-fn syncs(dir: &std::path::Path, count: usize) -> Result<Vec<Duration>, BoxError> {
+/// The file's blocks are written beforehand (`allocate`), or it is only sized, as a
+/// journal preallocated with `set_len` is: sparse, so each sync also commits the
+/// allocation of the block it wrote into.
+fn syncs(dir: &std::path::Path, count: usize, allocate: bool) -> Result<Vec<Duration>, BoxError> {
     let path = dir.join(format!("cairn-bench-floor-{}.tmp", std::process::id()));
     let mut file = OpenOptions::new()
         .create(true)
@@ -57,8 +64,12 @@ fn syncs(dir: &std::path::Path, count: usize) -> Result<Vec<Duration>, BoxError>
         .write(true)
         .open(&path)?;
     let result = (|| {
-        // Allocated and synced up front, so the timed syncs carry no size change.
-        file.write_all(&vec![0u8; WRITE * count])?;
+        // Sized (and allocated) and synced up front, so the timed syncs carry no size change.
+        if allocate {
+            file.write_all(&vec![0u8; WRITE * count])?;
+        } else {
+            file.set_len((WRITE * count) as u64)?;
+        }
         file.sync_all()?;
         file.seek(SeekFrom::Start(0))?;
         let block = [b'x'; WRITE];
@@ -92,9 +103,11 @@ mod tests {
     fn syncs_time_each_write_and_leave_nothing_behind() {
         let dir = std::env::temp_dir().join(format!("cairn-floor-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let took = syncs(&dir, 5).expect("syncs");
-        assert_eq!(took.len(), 5);
-        assert!(took.iter().all(|d| *d > Duration::ZERO));
+        for allocate in [true, false] {
+            let took = syncs(&dir, 5, allocate).expect("syncs");
+            assert_eq!(took.len(), 5);
+            assert!(took.iter().all(|d| *d > Duration::ZERO));
+        }
         assert_eq!(std::fs::read_dir(&dir).expect("read").count(), 0);
         std::fs::remove_dir(&dir).expect("rmdir");
     }
