@@ -7,6 +7,7 @@
 //! cairn-bench --clients 8 --duration 10 lock
 //! ```
 
+mod command;
 mod floor;
 mod leases;
 mod ranges;

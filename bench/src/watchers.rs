@@ -21,7 +21,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::workload::Ch;
+use crate::workload::{sent_ns, Ch};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -162,11 +162,9 @@ async fn open(
         while let Some(Ok(resp)) = stream.next().await {
             let now = epoch.elapsed();
             for ev in resp.events {
-                let Some(kv) = ev.kv else { continue };
-                let Ok(sent) = <[u8; 8]>::try_from(kv.value.as_slice()) else {
+                let Some(sent) = ev.kv.and_then(|kv| sent_ns(&kv.value)) else {
                     continue;
                 };
-                let sent = u64::from_be_bytes(sent);
                 let _ = seen.send((sent, now.saturating_sub(Duration::from_nanos(sent))));
             }
         }
@@ -184,7 +182,11 @@ async fn create(
     let n = keys.len();
     let (tx, rx) = mpsc::channel(n.max(1));
     for key in keys {
-        let range_end = if prefix { prefix_end(&key) } else { vec![] };
+        let range_end = if prefix {
+            cairn_client::prefix_end(&key)
+        } else {
+            vec![]
+        };
         tx.send(WatchRequest {
             request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
                 key,
@@ -207,17 +209,6 @@ async fn create(
         created += usize::from(resp.created);
     }
     Ok((tx, stream))
-}
-
-fn prefix_end(key: &[u8]) -> Vec<u8> {
-    let mut end = key.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// The resident memory of a process on this machine, in KiB (0 if unreadable).
