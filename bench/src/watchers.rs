@@ -62,7 +62,10 @@ pub async fn run(scale: Scale, channels: &[Ch], slow: Ch) -> Result<(), BoxError
     let mut kv = KvClient::new(channels[0].clone());
     // Deliveries each put awaits: one, or every watcher.
     let expect = if scale.fan { total } else { 1 };
+    let cpu = || scale.rss_pid.map_or(0, cpu_ms);
+    let cpu_before = cpu();
     let quiet = measure(&mut kv, &scale, total, expect, epoch, &mut seen).await?;
+    let quiet_cpu = cpu() - cpu_before;
     let mut json = format!(
         "{{\"workload\":\"watch-scale\",\"mode\":\"{}\",\"watchers\":{total},\"streams\":{},\"creation_s\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3}",
         if scale.fan { "fan" } else { "one" },
@@ -81,11 +84,18 @@ pub async fn run(scale: Scale, channels: &[Ch], slow: Ch) -> Result<(), BoxError
         // The slow stream: it watches the whole prefix and never reads an event, so what
         // the member sends it piles up behind the connection's flow-control window.
         let (_slow_tx, _slow_rx) = create(slow, vec![b"ws/".to_vec()], true).await?;
+        let cpu_before = cpu();
         let slowed = measure(&mut kv, &scale, total, expect, epoch, &mut seen).await?;
+        let slowed_cpu = cpu() - cpu_before;
         json += &format!(
             ",\"p50_with_slow_stream_ms\":{:.3},\"p99_with_slow_stream_ms\":{:.3}",
             slowed.0, slowed.1
         );
+        if scale.rss_pid.is_some() {
+            json += &format!(
+                ",\"member_cpu_ms\":{quiet_cpu},\"member_cpu_with_slow_stream_ms\":{slowed_cpu}"
+            );
+        }
     }
     json += "}";
     println!("{json}");
@@ -209,6 +219,21 @@ async fn create(
         created += usize::from(resp.created);
     }
     Ok((tx, stream))
+}
+
+/// The CPU time (user and system) a process on this machine has used, in ms (0 if
+/// unreadable; Linux's clock tick is 10 ms).
+fn cpu_ms(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // After the command name, which is in parentheses and may hold spaces.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks * 10)
+        })
+        .unwrap_or(0)
 }
 
 /// The resident memory of a process on this machine, in KiB (0 if unreadable).
