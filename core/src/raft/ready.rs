@@ -118,16 +118,13 @@ impl PendingReads {
     fn reissue_stale(&mut self, ticks: u64, patience: u64) -> Vec<Vec<u8>> {
         self.inflight
             .retain(|_, (waiting, _)| waiting.iter().any(|w| !w.is_closed()));
-        let stale: Vec<Vec<u8>> = self
+        let stale: Vec<_> = self
             .inflight
-            .iter()
-            .filter(|(_, (_, at))| ticks > *at + patience)
-            .map(|(ctx, _)| ctx.clone())
+            .extract_if(|_, (_, at)| ticks > *at + patience)
             .collect();
         stale
             .into_iter()
-            .filter_map(|old| {
-                let (waiting, _) = self.inflight.remove(&old)?;
+            .map(|(old, (waiting, _))| {
                 let ctx = self.next_ctx();
                 tracing::debug!(
                     old = ctx_number(&old),
@@ -136,7 +133,7 @@ impl PendingReads {
                     "read index asked again under a new context"
                 );
                 self.inflight.insert(ctx.clone(), (waiting, ticks));
-                Some(ctx)
+                ctx
             })
             .collect()
     }

@@ -2,10 +2,11 @@
 //!
 //! Each round takes the unsynced watchers, cancels those whose next revision is compacted,
 //! reads a bounded slice of history from the smallest next revision on for the watchers
-//! whose streams have room, hands each its events (a watcher whose stream is full waits for a
-//! later round, and costs no read meanwhile), and moves
-//! the watchers that reached the newest revision back to the synced set, under the hub lock
-//! so no publication slips between.
+//! whose streams have room, hands each its events, and moves the watchers that reached the
+//! newest revision back to the synced set, under the hub lock so no publication slips
+//! between. A watcher whose stream is full waits for a later round and costs no read
+//! meanwhile: a client that stopped reading would otherwise have the same history read for
+//! it every round for as long as it stays stopped.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -106,9 +107,6 @@ fn round(hub: &Arc<WatchHub>) -> Result<Round, crate::error::Error> {
         } else if p.tx.capacity() > 0 {
             live.push(p);
         }
-        // A watcher whose stream is full waits, without a read, for a round in which its
-        // stream has room: reading the history for a stream that stopped reading would
-        // repeat the same storage read every round for as long as it stays stopped.
     }
 
     let mut advanced: HashMap<WatcherHandle, i64> = HashMap::new();
