@@ -44,8 +44,7 @@ pub enum Workload {
         per_stream: usize,
         #[arg(long, default_value_t = 1000)]
         puts: usize,
-        /// one | fan
-        #[arg(long, default_value = "one")]
+        #[arg(long, default_value = "one", value_parser = ["one", "fan"])]
         mode: String,
         /// The member's pid, to report its resident memory per watcher.
         #[arg(long)]

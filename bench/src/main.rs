@@ -95,64 +95,67 @@ async fn main() {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let channels = connect(&args).await?;
-    if let Workload::LeaseStorm {
-        leases,
-        ttl,
-        streams,
-        give_up,
-    } = args.workload
-    {
-        let storm = storm::Storm {
+    // The workloads that run on their own, not as clients stepping one request at a time.
+    let progress = || report::progress(&args);
+    match &args.workload {
+        &Workload::LeaseStorm {
             leases,
             ttl,
             streams,
-            give_up: Duration::from_secs(give_up),
-        };
-        return storm::run(storm, &channels, report::progress(&args)).await;
-    }
-    if let Workload::LeaseGrant { leases, ttl } = args.workload {
-        return storm::grant(leases, ttl, &channels, report::progress(&args)).await;
-    }
-    if let Workload::WatchScale {
-        streams,
-        per_stream,
-        puts,
-        mode,
-        rss_pid,
-    } = &args.workload
-    {
-        let scale = watchers::Scale {
-            streams: *streams,
-            per_stream: *per_stream,
-            puts: *puts,
-            fan: mode == "fan",
-            rss_pid: *rss_pid,
-        };
-        // The slow stream gets a connection of its own: a client's unread stream stalls
-        // its own connection's flow-control window, which is not the server's doing.
-        let slow = connect(&Args {
-            conns: 1,
-            ..args.clone()
-        })
-        .await?
-        .remove(0);
-        return watchers::run(scale, &channels, slow).await;
-    }
-    if let Workload::RangeFull {
-        concurrency,
-        page,
-        rss_pid,
-    } = args.workload
-    {
-        let full = ranges::Full {
+            give_up,
+        } => {
+            let storm = storm::Storm {
+                leases,
+                ttl,
+                streams,
+                give_up: Duration::from_secs(give_up),
+            };
+            return storm::run(storm, &channels, progress()).await;
+        }
+        &Workload::LeaseGrant { leases, ttl } => {
+            return storm::grant(leases, ttl, &channels, progress()).await;
+        }
+        Workload::WatchScale {
+            streams,
+            per_stream,
+            puts,
+            mode,
+            rss_pid,
+        } => {
+            let scale = watchers::Scale {
+                streams: *streams,
+                per_stream: *per_stream,
+                puts: *puts,
+                fan: mode == "fan",
+                rss_pid: *rss_pid,
+            };
+            // The slow stream gets a connection of its own: a client's unread stream
+            // stalls its own connection's flow-control window, which is not the server's
+            // doing.
+            let slow = connect(&Args {
+                conns: 1,
+                ..args.clone()
+            })
+            .await?
+            .remove(0);
+            return watchers::run(scale, &channels, slow).await;
+        }
+        &Workload::RangeFull {
             concurrency,
             page,
             rss_pid,
-        };
-        return ranges::run(full, &channels).await;
-    }
-    if let Workload::Floor { dir, count } = &args.workload {
-        return floor::run(dir.clone(), *count, channels[0].clone()).await;
+        } => {
+            let full = ranges::Full {
+                concurrency,
+                page,
+                rss_pid,
+            };
+            return ranges::run(full, &channels).await;
+        }
+        Workload::Floor { dir, count } => {
+            return floor::run(dir.clone(), *count, channels[0].clone()).await;
+        }
+        _ => {}
     }
     let workers = workload::prepare(&args, &channels).await?;
     let issued = Arc::new(AtomicU64::new(0));

@@ -68,13 +68,7 @@ impl Report {
         self.latencies.sort_unstable();
         let gap = self.max_gap_ms();
         let n = self.latencies.len();
-        let pct = |p: f64| -> f64 {
-            if n == 0 {
-                return 0.0;
-            }
-            let i = ((p / 100.0) * n as f64).ceil() as usize;
-            self.latencies[i.clamp(1, n) - 1] as f64 / 1000.0
-        };
+        let pct = |p: f64| percentile(&self.latencies, p) as f64 / 1000.0;
         let avg = if n == 0 {
             0.0
         } else {
@@ -129,6 +123,14 @@ pub fn progress(args: &Args) -> ProgressBar {
     bar
 }
 
+/// The nearest-rank `p`th percentile of `sorted` (ascending); the default of `T` when empty.
+pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+    match sorted.len() {
+        0 => T::default(),
+        n => sorted[(((p / 100.0) * n as f64).ceil() as usize).clamp(1, n) - 1],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +150,16 @@ mod tests {
         // 0, 2, 5, 30, 31: nothing completed between 5 and 30 ms.
         assert_eq!(a.max_gap_ms(), 25.0);
         assert_eq!(Report::default().max_gap_ms(), 0.0);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&v, 100.0), 100);
+        assert_eq!(percentile(&v, 0.0), 1);
+        assert_eq!(percentile(&[7.5f64], 99.0), 7.5);
+        assert_eq!(percentile::<f64>(&[], 99.0), 0.0);
     }
 }

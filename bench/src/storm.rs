@@ -13,6 +13,7 @@ use cairn_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, PutReque
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::report::percentile;
 use crate::workload::Ch;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -90,11 +91,7 @@ pub async fn run(
             .map(|(_, d)| d.as_secs_f64() * 1000.0)
             .collect();
         l.sort_by(f64::total_cmp);
-        let pct = |p: f64| match l.len() {
-            0 => 0.0,
-            n => l[(((p / 100.0) * n as f64).ceil() as usize).clamp(1, n) - 1],
-        };
-        (pct(50.0), pct(99.0))
+        (percentile(&l, 50.0), percentile(&l, 99.0))
     };
     let quiet_from = last_round_end + Duration::from_secs(1);
     let (b50, b99) = window(quiet_from, deadline - Duration::from_millis(500));

@@ -21,6 +21,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::report::percentile;
 use crate::workload::{sent_ns, Ch};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -107,8 +108,8 @@ fn key(i: usize) -> Vec<u8> {
     format!("ws/{i:08}").into_bytes()
 }
 
-/// `puts` puts one after another, each once its deliveries are in (or after 5 s); the p50
-/// and p99 of their delays, in ms.
+/// `puts` puts one after another, each once its deliveries are in (an error if they are not
+/// all in after 5 s); the p50 and p99 of their delays, in ms.
 async fn measure(
     kv: &mut KvClient<Ch>,
     scale: &Scale,
@@ -153,11 +154,7 @@ async fn measure(
         }
     }
     delays.sort_by(f64::total_cmp);
-    let pct = |q: f64| match delays.len() {
-        0 => 0.0,
-        n => delays[(((q / 100.0) * n as f64).ceil() as usize).clamp(1, n) - 1],
-    };
-    Ok((pct(50.0), pct(99.0)))
+    Ok((percentile(&delays, 50.0), percentile(&delays, 99.0)))
 }
 
 /// A stream with a watcher per key, all created, whose events are reported to `seen`.
@@ -183,8 +180,8 @@ async fn open(
 }
 
 /// Creates a watcher per key on one stream (`prefix`: each key is a prefix), pipelined,
-/// and waits for every creation to be confirmed.
-async fn create(
+/// and waits for every creation to be confirmed; the sender keeps the stream open.
+pub async fn create(
     ch: Ch,
     keys: Vec<Vec<u8>>,
     prefix: bool,

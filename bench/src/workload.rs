@@ -7,10 +7,8 @@ use std::time::{Duration, Instant};
 use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::request_op::Request as OpRequest;
-use cairn_api::etcdserverpb::watch_client::WatchClient;
-use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchRequest,
 };
 use cairn_api::v3lockpb::lock_client::LockClient;
 use cairn_api::v3lockpb::{LockRequest, UnlockRequest};
@@ -459,23 +457,7 @@ async fn watch_stream(
     ),
     BoxError,
 > {
-    let mut client = WatchClient::new(ch);
-    let (req_tx, req_rx) = mpsc::channel(1);
-    req_tx
-        .send(WatchRequest {
-            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-                key: key.to_vec(),
-                ..Default::default()
-            })),
-        })
-        .await?;
-    let mut stream = client
-        .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
-        .await?
-        .into_inner();
-    // The created response first: the watcher is in place before the first put.
-    stream.next().await.ok_or("watch stream ended")??;
-    Ok((req_tx, stream))
+    crate::watchers::create(ch, vec![key.to_vec()], false).await
 }
 
 /// A lease kept alive in the background, as `etcdctl lock` keeps its session.
