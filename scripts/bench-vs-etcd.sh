@@ -139,15 +139,21 @@ leader_index() {
   echo "no leader among $ENDPOINTS" >&2; exit 1
 }
 
+# followers_of <leader index>: the other members' endpoints, comma-separated.
+followers_of() {
+  local eps i out=""
+  IFS=, read -r -a eps <<<"$ENDPOINTS"
+  for i in "${!eps[@]}"; do [ "$i" = "$1" ] || out+="${out:+,}${eps[$i]}"; done
+  echo "$out"
+}
+
 # failover: 16 clients write through the followers (100 ms client deadline, then the next
 # request) while the leader is SIGKILLed; cairn-bench's JSON reports the longest gap
 # between two acknowledged writes.
 failover() {
-  local leader eps i out="$WORK/failover.json" bench_pid
+  local leader followers out="$WORK/failover.json" bench_pid
   leader="$(leader_index)"
-  IFS=, read -r -a eps <<<"$ENDPOINTS"
-  local followers=""
-  for i in "${!eps[@]}"; do [ "$i" = "$leader" ] || followers+="${followers:+,}${eps[$i]}"; done
+  followers="$(followers_of "$leader")"
   "$BENCH" --endpoints "$followers" --clients 16 --conns 4 --duration 8 --timeout-ms 100 \
     --key-space-size 100000 --json put >"$out" &
   bench_pid=$!
@@ -163,15 +169,14 @@ failover() {
 # keep-alive stream is opened again). Prints the longest gap between acknowledged writes
 # and between answered keep-alives, in ms.
 failover_with_leases() {
-  local kind="$1" leases="$2" p leader eps i followers="" writes keeps w k
+  local kind="$1" leases="$2" p leader followers writes keeps w k
   for ((p = 0; p < 3; p++)); do rm -rf "$WORK/$kind-3-$p"; done
   start_cluster "$kind" 3
   if [ "$leases" -gt 0 ]; then
     "$BENCH" --endpoints "$ENDPOINTS" --conns 8 --json lease-grant --leases "$leases" --ttl 600 >/dev/null
   fi
   leader="$(leader_index)"
-  IFS=, read -r -a eps <<<"$ENDPOINTS"
-  for i in "${!eps[@]}"; do [ "$i" = "$leader" ] || followers+="${followers:+,}${eps[$i]}"; done
+  followers="$(followers_of "$leader")"
   writes="$WORK/failover-writes.json"; keeps="$WORK/failover-keeps.json"
   "$BENCH" --endpoints "$followers" --clients 16 --conns 4 --duration 10 --timeout-ms 100 \
     --key-space-size 100000 --json put >"$writes" &
@@ -224,10 +229,10 @@ million() {
     --key-space-size "$KEYS" --sequential-keys --key-size 16 --val-size 256 --json put)"
   RESULT["$kind|keys-load"]="$(field "$load" throughput)"
   RESULT["$kind|keys-rss"]="$(vm_kb "${SERVER_PIDS[0]}" VmRSS)"
-  # Every key at once: one reader, ten, and one paging by 500 as Kubernetes lists (ten
-  # paging readers took etcd over 15 minutes: it counts the rest of the range on every page).
+  # Every key at once: one reader paging by 500 as Kubernetes lists (ten took etcd over 15
+  # minutes: it counts the rest of the range on every page), one reader, ten. Paged first:
+  # each reader's peak includes what earlier readers left the allocator holding.
   local spec c p
-  # Paged first: each reader's peak includes what earlier readers left the allocator holding.
   for spec in "1 500" "1 0" "10 0"; do
     read -r c p <<<"$spec"
     RESULT["$kind|ranges-$c-$p"]="$(timeout 600 "$BENCH" --endpoints "$ENDPOINTS" --conns 10 --json range-full \
