@@ -1,6 +1,10 @@
 //! A client that speaks plain HTTP to a TLS port cannot read a TLS alert, so it would see
 //! only a closed connection. It is answered in its own protocol instead: an HTTP/1 request
 //! gets the 400 Go's servers (so etcd's) give, an HTTP/2 client a GOAWAY that says why.
+//!
+//! The GOAWAY waits for the client's first request (its first HEADERS frame): a GOAWAY that
+//! reaches a client with no stream open closes the connection quietly, and the request the
+//! client sends a moment later fails as "connection closed", with nothing to say why.
 
 use std::time::Duration;
 
@@ -36,14 +40,55 @@ pub async fn refuse(mut tcp: TcpStream) {
         }
     })
     .await;
-    let answer = answer(&head[..got]);
-    if !answer.is_empty() && tcp.write_all(&answer).await.is_ok() {
+    let whole = answer(&head[..got]);
+    if whole.is_empty() {
+        return;
+    }
+    let mut answer = whole.as_slice();
+    if head[..got] == *b"PRI *" {
+        // The server's preface first: some clients (gRPC-Go) send no request before it.
+        let (settings, goaway) = answer.split_at(HTTP2_FRAME_HEADER);
+        if tcp.write_all(settings).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(LINGER, first_request(&mut tcp)).await;
+        answer = goaway;
+    }
+    if tcp.write_all(answer).await.is_ok() {
         let _ = tcp.shutdown().await;
         let mut sink = [0u8; 4096];
         let _ = tokio::time::timeout(LINGER, async {
             while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
         })
         .await;
+    }
+}
+
+/// The length of an HTTP/2 frame's header, so of an empty SETTINGS frame.
+const HTTP2_FRAME_HEADER: usize = 9;
+/// The client's connection preface, of which `refuse` has read the first 5 bytes.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The largest frame a client may send before it has seen the server's SETTINGS.
+const HTTP2_MAX_FRAME: usize = 16_384;
+
+/// Reads the rest of an HTTP/2 client's preface and its frames up to its first HEADERS
+/// frame (the first request), or until the client stops or sends something else.
+async fn first_request(tcp: &mut TcpStream) -> std::io::Result<()> {
+    const HEADERS: u8 = 0x1;
+    let mut rest = [0u8; HTTP2_PREFACE.len() - 5];
+    tcp.read_exact(&mut rest).await?;
+    if rest != HTTP2_PREFACE[5..] {
+        return Ok(());
+    }
+    let mut header = [0u8; HTTP2_FRAME_HEADER];
+    let mut payload = vec![0u8; HTTP2_MAX_FRAME];
+    loop {
+        tcp.read_exact(&mut header).await?;
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        if header[3] == HEADERS || len > HTTP2_MAX_FRAME {
+            return Ok(());
+        }
+        tcp.read_exact(&mut payload[..len]).await?;
     }
 }
 
