@@ -444,7 +444,7 @@ impl Responses {
                 let mut resp = WatchResponse {
                     header: Some(shared.node.header(revision)),
                     watch_id: id,
-                    events,
+                    events: events.to_vec(),
                     ..Default::default()
                 };
                 if prev_kv {

@@ -16,11 +16,12 @@ pub type WatcherHandle = u64;
 /// What the hub hands a watch stream.
 #[derive(Debug)]
 pub enum Delivery {
-    /// Events for one watcher, all of complete revisions, in order.
+    /// Events for one watcher, all of complete revisions, in order. Shared: a revision
+    /// that every watcher of a key takes whole is one allocation, not one per watcher.
     Events {
         handle: WatcherHandle,
         revision: i64,
-        events: Vec<Event>,
+        events: Arc<[Event]>,
     },
     /// The watcher's start revision is compacted; it is removed from the hub.
     Compacted {
@@ -70,10 +71,12 @@ pub(super) struct Watcher {
 }
 
 impl Watcher {
-    /// The events of one revision this watcher wants.
-    pub fn select(&self, events: &[Event]) -> Vec<Event> {
-        events
-            .iter()
+    /// The events of one revision this watcher wants: `all` itself when it wants every one.
+    pub fn select(&self, all: &Arc<[Event]>) -> Arc<[Event]> {
+        if all.iter().all(|e| matches(&self.spec, e)) {
+            return all.clone();
+        }
+        all.iter()
             .filter(|e| matches(&self.spec, e))
             .cloned()
             .collect()
@@ -280,10 +283,10 @@ impl WatchHub {
         let mut st = self.lock();
         let mut fell_behind = false;
         for (rev, kvs) in changes {
-            let events = to_events(kvs);
+            let events: Arc<[Event]> = to_events(kvs).into();
             let mut targets: Vec<WatcherHandle> = Vec::new();
             let mut seen = HashSet::new();
-            for e in &events {
+            for e in events.iter() {
                 let key = e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice());
                 targets.extend(st.synced_for(key).filter(|h| seen.insert(*h)));
             }

@@ -139,7 +139,7 @@ fn round(hub: &Arc<WatchHub>) -> Result<Round, crate::error::Error> {
             match p.tx.try_send(Delivery::Events {
                 handle: p.handle,
                 revision: current,
-                events: mine,
+                events: mine.into(),
             }) {
                 Ok(()) => {
                     advanced.insert(p.handle, upto + 1);
