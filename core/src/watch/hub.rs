@@ -323,3 +323,49 @@ impl WatchHub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_api::mvccpb::KeyValue;
+
+    fn watcher(key: &[u8], end: &[u8], no_delete: bool) -> Watcher {
+        let (tx, _rx) = mpsc::channel(1);
+        Watcher {
+            spec: WatchSpec {
+                key: key.to_vec(),
+                end: end.to_vec(),
+                start_revision: 0,
+                no_put: false,
+                no_delete,
+            },
+            next_rev: 0,
+            tx,
+            synced: true,
+        }
+    }
+
+    fn revision() -> Arc<[Event]> {
+        let kv = |key: &[u8], version| KeyValue {
+            key: key.to_vec(),
+            version,
+            ..Default::default()
+        };
+        to_events(vec![kv(b"a", 1), kv(b"b", 0), kv(b"c", 2)]).into()
+    }
+
+    #[test]
+    fn a_watcher_that_wants_every_event_shares_them_and_others_get_their_own() {
+        let all = revision();
+        let everything = watcher(b"a", b"d", false).select(&all);
+        assert!(Arc::ptr_eq(&everything, &all));
+        let keys = |events: &[Event]| -> Vec<Vec<u8>> {
+            events.iter().map(|e| e.kv.clone().unwrap().key).collect()
+        };
+        let part = watcher(b"b", b"d", false).select(&all);
+        assert_eq!(keys(&part), [b"b".to_vec(), b"c".to_vec()]);
+        let puts = watcher(b"a", b"d", true).select(&all);
+        assert_eq!(keys(&puts), [b"a".to_vec(), b"c".to_vec()]);
+        assert!(watcher(b"x", b"", false).select(&all).is_empty());
+    }
+}
