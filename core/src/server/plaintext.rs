@@ -29,7 +29,7 @@ pub async fn is_plaintext(tcp: &TcpStream) -> std::io::Result<bool> {
 
 /// Answers a plain-text client (see the module's comment) and closes the connection.
 pub async fn refuse(mut tcp: TcpStream) {
-    let mut head = [0u8; 5];
+    let mut head = [0u8; HEAD];
     let mut got = 0;
     let _ = tokio::time::timeout(LINGER, async {
         while got < head.len() {
@@ -40,21 +40,19 @@ pub async fn refuse(mut tcp: TcpStream) {
         }
     })
     .await;
-    let whole = answer(&head[..got]);
-    if whole.is_empty() {
-        return;
-    }
-    let mut answer = whole.as_slice();
-    if head[..got] == *b"PRI *" {
-        // The server's preface first: some clients (gRPC-Go) send no request before it.
-        let (settings, goaway) = answer.split_at(HTTP2_FRAME_HEADER);
-        if tcp.write_all(settings).await.is_err() {
-            return;
+    let answer = match protocol(&head[..got]) {
+        Protocol::Unknown => return,
+        Protocol::Http1 => HTTP1_REFUSAL.to_vec(),
+        Protocol::Http2 => {
+            // The server's preface first: some clients (gRPC-Go) send no request before it.
+            if tcp.write_all(&http2_settings()).await.is_err() {
+                return;
+            }
+            let _ = tokio::time::timeout(LINGER, first_request(&mut tcp)).await;
+            http2_goaway()
         }
-        let _ = tokio::time::timeout(LINGER, first_request(&mut tcp)).await;
-        answer = goaway;
-    }
-    if tcp.write_all(answer).await.is_ok() {
+    };
+    if tcp.write_all(&answer).await.is_ok() {
         let _ = tcp.shutdown().await;
         let mut sink = [0u8; 4096];
         let _ = tokio::time::timeout(LINGER, async {
@@ -64,9 +62,9 @@ pub async fn refuse(mut tcp: TcpStream) {
     }
 }
 
-/// The length of an HTTP/2 frame's header, so of an empty SETTINGS frame.
+/// The length of an HTTP/2 frame's header.
 const HTTP2_FRAME_HEADER: usize = 9;
-/// The client's connection preface, of which `refuse` has read the first 5 bytes.
+/// The client's connection preface, of which `refuse` has read the first `HEAD` bytes.
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The largest frame a client may send before it has seen the server's SETTINGS.
 const HTTP2_MAX_FRAME: usize = 16_384;
@@ -75,9 +73,9 @@ const HTTP2_MAX_FRAME: usize = 16_384;
 /// frame (the first request), or until the client stops or sends something else.
 async fn first_request(tcp: &mut TcpStream) -> std::io::Result<()> {
     const HEADERS: u8 = 0x1;
-    let mut rest = [0u8; HTTP2_PREFACE.len() - 5];
+    let mut rest = [0u8; HTTP2_PREFACE.len() - HEAD];
     tcp.read_exact(&mut rest).await?;
-    if rest != HTTP2_PREFACE[5..] {
+    if rest != HTTP2_PREFACE[HEAD..] {
         return Ok(());
     }
     let mut header = [0u8; HTTP2_FRAME_HEADER];
@@ -92,39 +90,56 @@ async fn first_request(tcp: &mut TcpStream) -> std::io::Result<()> {
     }
 }
 
-/// What a request that starts with `head` is answered: nothing when it is neither HTTP/1
-/// nor HTTP/2.
-fn answer(head: &[u8]) -> Vec<u8> {
+/// How many bytes of a request tell its protocol (Go's test for a request line reads 5).
+const HEAD: usize = 5;
+/// What Go's servers, so etcd's, answer an HTTP/1 request on a TLS port.
+const HTTP1_REFUSAL: &[u8] =
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// The protocol a plain-text request is in, by its first bytes.
+#[derive(Debug, PartialEq)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// Neither: it is not answered.
+    Unknown,
+}
+
+fn protocol(head: &[u8]) -> Protocol {
     // Go's test for a request line (net/http's tlsRecordHeaderLooksLikeHTTP).
     const HTTP1: [&[u8]; 5] = [b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO"];
-    if head == b"PRI *" {
-        http2_goaway()
+    if head == &HTTP2_PREFACE[..HEAD] {
+        Protocol::Http2
     } else if HTTP1.contains(&head) {
-        b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
-            .to_vec()
+        Protocol::Http1
     } else {
-        Vec::new()
+        Protocol::Unknown
     }
 }
 
-/// A server's connection preface (an empty SETTINGS frame) and a GOAWAY with PROTOCOL_ERROR
-/// that refuses every stream, with `HTTP2_REASON` as its debug data.
-fn http2_goaway() -> Vec<u8> {
-    let frame = |kind: u8, payload: &[u8]| {
-        let len = (payload.len() as u32).to_be_bytes();
-        let mut f = vec![len[1], len[2], len[3], kind, 0, 0, 0, 0, 0];
-        f.extend_from_slice(payload);
-        f
-    };
+/// An HTTP/2 frame of `kind` with no flags, on stream 0.
+fn http2_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, 0, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A server's connection preface: an empty SETTINGS frame.
+fn http2_settings() -> Vec<u8> {
     const SETTINGS: u8 = 0x4;
+    http2_frame(SETTINGS, &[])
+}
+
+/// A GOAWAY with PROTOCOL_ERROR that refuses every stream, with `HTTP2_REASON` as its
+/// debug data.
+fn http2_goaway() -> Vec<u8> {
     const GOAWAY: u8 = 0x7;
     const PROTOCOL_ERROR: u32 = 0x1;
     let mut goaway = 0u32.to_be_bytes().to_vec(); // last stream id: none was processed
     goaway.extend_from_slice(&PROTOCOL_ERROR.to_be_bytes());
     goaway.extend_from_slice(HTTP2_REASON.as_bytes());
-    let mut out = frame(SETTINGS, &[]);
-    out.extend(frame(GOAWAY, &goaway));
-    out
+    http2_frame(GOAWAY, &goaway)
 }
 
 #[cfg(test)]
@@ -133,14 +148,15 @@ mod tests {
 
     #[test]
     fn answers_by_protocol() {
-        let h2 = answer(b"PRI *");
-        assert_eq!(&h2[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-        let goaway = &h2[9..];
+        assert_eq!(protocol(b"PRI *"), Protocol::Http2);
+        assert_eq!(http2_settings(), [0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let goaway = http2_goaway();
         let len = u32::from_be_bytes([0, goaway[0], goaway[1], goaway[2]]) as usize;
-        assert_eq!((goaway[3], len), (7, goaway.len() - 9));
+        assert_eq!((goaway[3], len), (7, goaway.len() - HTTP2_FRAME_HEADER));
         assert!(goaway.ends_with(HTTP2_REASON.as_bytes()));
-        assert!(answer(b"GET /").starts_with(b"HTTP/1.0 400 Bad Request\r\n"));
-        assert!(answer(b"\x15\x03\x01\x00\x02").is_empty());
-        assert!(answer(b"GE").is_empty());
+        assert_eq!(protocol(b"GET /"), Protocol::Http1);
+        assert!(HTTP1_REFUSAL.starts_with(b"HTTP/1.0 400 Bad Request\r\n"));
+        assert_eq!(protocol(b"\x15\x03\x01\x00\x02"), Protocol::Unknown);
+        assert_eq!(protocol(b"GE"), Protocol::Unknown);
     }
 }
