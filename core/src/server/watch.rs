@@ -444,7 +444,7 @@ impl Responses {
                 let mut resp = WatchResponse {
                     header: Some(shared.node.header(revision)),
                     watch_id: id,
-                    events: events.to_vec(),
+                    events: owned(events),
                     ..Default::default()
                 };
                 if prev_kv {
@@ -498,6 +498,16 @@ fn add_prev_kvs(node: &Node, events: &mut [Event]) {
         if let Ok(r) = view.range(&kv.key, &[], opts) {
             e.prev_kv = r.kvs.into_iter().next();
         }
+    }
+}
+
+/// A delivery's events as a response's own: moved out when this delivery holds the only
+/// reference (a catch-up batch, a filtered revision, the last of a fan-out), copied while
+/// other watchers still share them.
+fn owned(mut events: Arc<[Event]>) -> Vec<Event> {
+    match Arc::get_mut(&mut events) {
+        Some(only) => only.iter_mut().map(std::mem::take).collect(),
+        None => events.to_vec(),
     }
 }
 

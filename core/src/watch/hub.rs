@@ -71,15 +71,20 @@ pub(super) struct Watcher {
 }
 
 impl Watcher {
-    /// The events of one revision this watcher wants: `all` itself when it wants every one.
-    pub fn select(&self, all: &Arc<[Event]>) -> Arc<[Event]> {
-        if all.iter().all(|e| matches(&self.spec, e)) {
-            return all.clone();
+    /// The events of one revision this watcher wants: none, `all` itself when it wants
+    /// every one, else a copy of its own. Range watchers are asked about every revision,
+    /// so one that wants nothing costs no allocation.
+    pub fn select(&self, all: &Arc<[Event]>) -> Option<Arc<[Event]>> {
+        match all.iter().filter(|e| matches(&self.spec, e)).count() {
+            0 => None,
+            n if n == all.len() => Some(all.clone()),
+            _ => Some(
+                all.iter()
+                    .filter(|e| matches(&self.spec, e))
+                    .cloned()
+                    .collect(),
+            ),
         }
-        all.iter()
-            .filter(|e| matches(&self.spec, e))
-            .cloned()
-            .collect()
     }
 }
 
@@ -297,10 +302,9 @@ impl WatchHub {
                 if rev < w.next_rev {
                     continue;
                 }
-                let mine = w.select(&events);
-                if mine.is_empty() {
+                let Some(mine) = w.select(&events) else {
                     continue;
-                }
+                };
                 match w.tx.try_send(Delivery::Events {
                     handle: h,
                     revision: rev,
@@ -357,15 +361,15 @@ mod tests {
     #[test]
     fn a_watcher_that_wants_every_event_shares_them_and_others_get_their_own() {
         let all = revision();
-        let everything = watcher(b"a", b"d", false).select(&all);
+        let everything = watcher(b"a", b"d", false).select(&all).expect("all");
         assert!(Arc::ptr_eq(&everything, &all));
         let keys = |events: &[Event]| -> Vec<Vec<u8>> {
             events.iter().map(|e| e.kv.clone().unwrap().key).collect()
         };
-        let part = watcher(b"b", b"d", false).select(&all);
+        let part = watcher(b"b", b"d", false).select(&all).expect("part");
         assert_eq!(keys(&part), [b"b".to_vec(), b"c".to_vec()]);
-        let puts = watcher(b"a", b"d", true).select(&all);
+        let puts = watcher(b"a", b"d", true).select(&all).expect("puts");
         assert_eq!(keys(&puts), [b"a".to_vec(), b"c".to_vec()]);
-        assert!(watcher(b"x", b"", false).select(&all).is_empty());
+        assert!(watcher(b"x", b"", false).select(&all).is_none());
     }
 }
