@@ -293,6 +293,7 @@ mod tests {
 
     use crate::mvcc::store::open_for_test as open;
     use crate::mvcc::{RangeOptions, ReadView, Store};
+    use prost::Message;
 
     /// Writes `rounds` versions of `keys` keys, one revision per key per round, from
     /// raft index `index` on; returns the next index.
@@ -332,6 +333,31 @@ mod tests {
                 .expect("compaction finishes")
                 .expect("compactor alive");
         });
+    }
+
+    #[test]
+    fn an_encoded_range_reads_what_a_later_compaction_removes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = open(dir.path());
+        let index = write(&store, 10, 1, 1);
+        let first = store.current_rev();
+        let index = write(&store, 10, 2, index);
+        let plan = store
+            .read()
+            .expect("view")
+            .encoded_range(b"k", b"l", first, 0)
+            .expect("plan");
+        compact(&store, store.current_rev(), index + 1);
+        wait_finished(&store, store.compact_rev());
+        // The view is gone and its records deleted, but the plan's snapshot still has them.
+        let values: Vec<Vec<u8>> = plan
+            .records()
+            .map(|r| {
+                let kv = cairn_api::mvccpb::KeyValue::decode(r.expect("record").as_ref());
+                kv.expect("decode").value
+            })
+            .collect();
+        assert_eq!(values, vec![b"v0".to_vec(); 10]);
     }
 
     #[test]

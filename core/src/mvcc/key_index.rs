@@ -12,20 +12,27 @@ use super::revision::Revision;
 struct Generation {
     /// Version of the key at the generation's last revision.
     ver: i64,
-    /// Revision that created the key in this generation.
-    created: Revision,
+    /// Main revision that created the key in this generation (a create revision has no
+    /// sub-revision in the API; 8 bytes a key less, which pays for `size`).
+    created: i64,
     /// Every revision of this generation in order; the last one of a finished (non-current)
     /// generation is its tombstone. Most keys are written once or a few times between
     /// compactions, so one revision is kept inline rather than in a heap allocation of four.
     revs: SmallVec<[Revision; 1]>,
+    /// Bytes of the stored record of the newest revision (0: not known), so a range can
+    /// frame its answer before it reads the records (`mvcc::encoded`).
+    size: u32,
 }
 
 /// What a key looked like at some revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyAt {
     pub modified: Revision,
-    pub created: Revision,
+    /// Main revision that created the key.
+    pub created: i64,
     pub version: i64,
+    /// Bytes of the record at `modified`, when the index knows them (0: read it to learn).
+    pub size: u32,
 }
 
 /// One key's generations; see the module docs. The index holds one per key, so its size is
@@ -51,25 +58,27 @@ impl KeyIndex {
         &mut self.generations[last]
     }
 
-    /// Records a put at `rev`.
-    pub fn put(&mut self, rev: Revision) {
+    /// Records a put at `rev` whose stored record is `size` bytes (0: not known).
+    pub fn put(&mut self, rev: Revision, size: u32) {
         let g = self.current();
         if g.revs.is_empty() {
-            g.created = rev;
+            g.created = rev.main;
         }
         g.revs.push(rev);
         g.ver += 1;
+        g.size = size;
     }
 
     /// Records a put read back from storage, where earlier history may have been compacted
     /// away: the record itself says when the key was created and which version it is.
-    pub fn restore_put(&mut self, rev: Revision, created: Revision, version: i64) {
+    pub fn restore_put(&mut self, rev: Revision, created: i64, version: i64, size: u32) {
         let g = self.current();
         if g.revs.is_empty() {
             g.created = created;
         }
         g.revs.push(rev);
         g.ver = version;
+        g.size = size;
     }
 
     /// Records a deletion at `rev`; false if the key is already deleted.
@@ -79,7 +88,7 @@ impl KeyIndex {
         }
         // The tombstone counts as a version of its generation, so versions of the earlier
         // revisions come out right when counted back from the end.
-        self.put(rev);
+        self.put(rev, 0);
         self.generations.push(Generation::default());
         true
     }
@@ -89,6 +98,8 @@ impl KeyIndex {
         let g = self.current();
         if g.revs.pop().is_some() {
             g.ver -= 1;
+            // The record before is not the one the size was of.
+            g.size = 0;
         }
     }
 
@@ -123,10 +134,12 @@ impl KeyIndex {
             }
             if first.main <= at {
                 let n = g.revs.iter().rposition(|r| r.main <= at)?;
+                let newest = n + 1 == g.revs.len();
                 return Some(KeyAt {
                     modified: g.revs[n],
                     created: g.created,
                     version: g.ver - (g.revs.len() - n - 1) as i64,
+                    size: if newest { g.size } else { 0 },
                 });
             }
         }
@@ -192,26 +205,28 @@ mod tests {
     #[test]
     fn versions_count_puts_and_reset_after_delete() {
         let mut ki = KeyIndex::default();
-        ki.put(rev(2));
-        ki.put(rev(3));
+        ki.put(rev(2), 0);
+        ki.put(rev(3), 0);
         assert!(ki.tombstone(rev(4)));
         assert!(!ki.tombstone(rev(5)));
-        ki.put(rev(6));
+        ki.put(rev(6), 0);
         assert_eq!(ki.get(1), None);
         assert_eq!(
             ki.get(2),
             Some(KeyAt {
                 modified: rev(2),
-                created: rev(2),
-                version: 1
+                created: 2,
+                version: 1,
+                size: 0
             })
         );
         assert_eq!(
             ki.get(3),
             Some(KeyAt {
                 modified: rev(3),
-                created: rev(2),
-                version: 2
+                created: 2,
+                version: 2,
+                size: 0
             })
         );
         assert_eq!(ki.get(4), None);
@@ -220,8 +235,9 @@ mod tests {
             ki.get(9),
             Some(KeyAt {
                 modified: rev(6),
-                created: rev(6),
-                version: 1
+                created: 6,
+                version: 1,
+                size: 0
             })
         );
     }
@@ -229,9 +245,9 @@ mod tests {
     #[test]
     fn compaction_keeps_the_newest_live_revision() {
         let mut ki = KeyIndex::default();
-        ki.put(rev(2));
-        ki.put(rev(3));
-        ki.put(rev(5));
+        ki.put(rev(2), 0);
+        ki.put(rev(3), 0);
+        ki.put(rev(5), 0);
         let mut removed = vec![];
         ki.compact(4, &mut removed);
         assert_eq!(removed, vec![(rev(2), false)]);
@@ -242,10 +258,10 @@ mod tests {
     #[test]
     fn kept_at_is_what_compaction_keeps() {
         let mut ki = KeyIndex::default();
-        ki.put(rev(2));
-        ki.put(rev(3));
+        ki.put(rev(2), 0);
+        ki.put(rev(3), 0);
         ki.tombstone(rev(6));
-        ki.put(rev(7));
+        ki.put(rev(7), 0);
         assert_eq!(ki.kept_at(1), None);
         assert_eq!(ki.kept_at(4), Some(rev(3)));
         // A generation closed at or below `at` keeps nothing.
@@ -261,7 +277,7 @@ mod tests {
     #[test]
     fn compaction_drops_deleted_generations_and_empties_the_key() {
         let mut ki = KeyIndex::default();
-        ki.put(rev(2));
+        ki.put(rev(2), 0);
         ki.tombstone(rev(3));
         let mut removed = vec![];
         ki.compact(3, &mut removed);
@@ -272,10 +288,10 @@ mod tests {
     #[test]
     fn compaction_below_a_tombstone_keeps_the_generation() {
         let mut ki = KeyIndex::default();
-        ki.put(rev(2));
-        ki.put(rev(3));
+        ki.put(rev(2), 0);
+        ki.put(rev(3), 0);
         ki.tombstone(rev(6));
-        ki.put(rev(7));
+        ki.put(rev(7), 0);
         let mut removed = vec![];
         ki.compact(4, &mut removed);
         assert_eq!(removed, vec![(rev(2), false)]);
@@ -287,9 +303,9 @@ mod tests {
     #[test]
     fn undo_restores_the_previous_state() {
         let mut ki = KeyIndex::default();
-        ki.put(rev(2));
+        ki.put(rev(2), 0);
         let before = ki.clone();
-        ki.put(rev(3));
+        ki.put(rev(3), 0);
         ki.tombstone(rev(4));
         ki.undo_tombstone();
         ki.undo_put();
@@ -299,15 +315,40 @@ mod tests {
     #[test]
     fn restored_puts_keep_their_recorded_version() {
         let mut ki = KeyIndex::default();
-        ki.restore_put(rev(8), rev(2), 4);
-        ki.put(rev(9));
+        ki.restore_put(rev(8), 2, 4, 0);
+        ki.put(rev(9), 0);
         assert_eq!(
             ki.get(9),
             Some(KeyAt {
                 modified: rev(9),
-                created: rev(2),
-                version: 5
+                created: 2,
+                version: 5,
+                size: 0
             })
         );
+    }
+
+    #[test]
+    fn the_size_is_known_for_the_newest_record_only() {
+        let mut ki = KeyIndex::default();
+        ki.put(rev(2), 40);
+        assert_eq!(ki.get(2).map(|k| k.size), Some(40));
+        ki.put(rev(3), 50);
+        assert_eq!(ki.get(2).map(|k| k.size), Some(0));
+        assert_eq!(ki.get(3).map(|k| k.size), Some(50));
+        // Undone, the newest record is one whose size the index never had.
+        ki.undo_put();
+        assert_eq!(ki.get(3).map(|k| k.size), Some(0));
+        ki.tombstone(rev(4));
+        ki.put(rev(5), 60);
+        assert_eq!(ki.get(5).map(|k| k.size), Some(60));
+    }
+
+    #[test]
+    fn a_key_written_once_costs_no_more_than_it_did() {
+        // Most of a member's memory with many keys is this (docs/storage.md); the size of
+        // the newest record fits where the create revision's sub-revision used to be.
+        assert_eq!(std::mem::size_of::<Generation>(), 48);
+        assert_eq!(std::mem::size_of::<KeyIndex>(), 56);
     }
 }

@@ -27,6 +27,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Sn
 use prost::Message;
 
 use super::compactor::Compactor;
+use super::key_index::KeyAt;
 use super::revision::Revision;
 use super::tree_index::TreeIndex;
 use super::write::WriteBatch;
@@ -260,8 +261,9 @@ pub(super) fn load_state(
             index.restore_put(
                 &kv.key,
                 rev,
-                Revision::new(kv.create_revision, 0),
+                kv.create_revision,
                 kv.version,
+                u32::try_from(v.len()).unwrap_or(0),
             );
             if kv.lease != 0 {
                 key_leases.insert(kv.key, kv.lease);
@@ -507,12 +509,12 @@ pub(super) fn read_rev(opts: &RangeOptions, cur_rev: i64, compact_rev: i64) -> R
 /// the shared lock (chunk by chunk) and reads the values from the snapshot taken with the
 /// revision, which compaction cannot change.
 pub struct ReadTxn<'a> {
-    store: &'a Store,
-    rev: i64,
+    pub(super) store: &'a Store,
+    pub(super) rev: i64,
     /// The compaction point when the view was taken: the oldest revision it may read.
     floor: i64,
     epoch: u64,
-    snapshot: Snapshot,
+    pub(super) snapshot: Snapshot,
 }
 
 impl Drop for ReadTxn<'_> {
@@ -569,17 +571,15 @@ impl ReadTxn<'_> {
         self.store.compact_rev()
     }
 
-    /// The revisions of the keys alive at `rev` in the range, in key order, with their
-    /// count; stops collecting (but not counting) at `limit`.
-    fn walk(
+    /// Walks the keys alive at `rev` in the range, in key order, handing each to `take`;
+    /// returns how many there were.
+    pub(super) fn walk(
         &self,
         key: &[u8],
         end: &[u8],
         rev: i64,
-        limit: usize,
-        count_only: bool,
-    ) -> Result<(Vec<Revision>, i64), Error> {
-        let mut revs = Vec::new();
+        mut take: impl FnMut(&KeyAt),
+    ) -> Result<i64, Error> {
         let mut count = 0i64;
         let mut from: Option<Vec<u8>> = None;
         loop {
@@ -595,15 +595,13 @@ impl ReadTxn<'_> {
                 st.index
                     .visit_chunk(start, from.is_some(), end, rev, WALK_CHUNK, |_, at| {
                         count += 1;
-                        if !count_only && revs.len() < limit {
-                            revs.push(at.modified);
-                        }
+                        take(&at);
                     });
             drop(st);
             match last {
                 // The walk goes on after the last key it took.
                 Some(k) => from = Some(k),
-                None => return Ok((revs, count)),
+                None => return Ok(count),
             }
         }
     }
@@ -617,7 +615,12 @@ impl ReadView for ReadTxn<'_> {
         } else {
             usize::MAX
         };
-        let (revs, count) = self.walk(key, end, rev, limit, opts.count_only)?;
+        let mut revs = Vec::new();
+        let count = self.walk(key, end, rev, |at| {
+            if !opts.count_only && revs.len() < limit {
+                revs.push(at.modified);
+            }
+        })?;
         let mut kvs = Vec::with_capacity(revs.len());
         for r in revs {
             kvs.push(self.store.load(Some(&self.snapshot), r, None)?);

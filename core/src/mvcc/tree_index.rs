@@ -17,15 +17,23 @@ pub struct TreeIndex {
 }
 
 impl TreeIndex {
-    pub fn put(&mut self, key: &[u8], rev: Revision) {
-        self.keys.entry(key.into()).or_default().put(rev);
+    /// Records a put of `key` whose stored record is `size` bytes (0: not known).
+    pub fn put(&mut self, key: &[u8], rev: Revision, size: u32) {
+        self.keys.entry(key.into()).or_default().put(rev, size);
     }
 
-    pub fn restore_put(&mut self, key: &[u8], rev: Revision, created: Revision, version: i64) {
+    pub fn restore_put(
+        &mut self,
+        key: &[u8],
+        rev: Revision,
+        created: i64,
+        version: i64,
+        size: u32,
+    ) {
         self.keys
             .entry(key.into())
             .or_default()
-            .restore_put(rev, created, version);
+            .restore_put(rev, created, version, size);
     }
 
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
@@ -207,7 +215,7 @@ mod tests {
     fn range_forms_select_the_right_keys() {
         let mut ti = TreeIndex::default();
         for (i, k) in ["a", "b", "c"].iter().enumerate() {
-            ti.put(k.as_bytes(), Revision::new(2 + i as i64, 0));
+            ti.put(k.as_bytes(), Revision::new(2 + i as i64, 0), 0);
         }
         let keys = |k: &str, e: &[u8]| -> Vec<Vec<u8>> {
             ti.range(k.as_bytes(), e, 10)
@@ -224,9 +232,9 @@ mod tests {
     #[test]
     fn compaction_removes_dead_keys() {
         let mut ti = TreeIndex::default();
-        ti.put(b"a", Revision::new(2, 0));
+        ti.put(b"a", Revision::new(2, 0), 0);
         assert!(ti.tombstone(b"a", Revision::new(3, 0)));
-        ti.put(b"b", Revision::new(4, 0));
+        ti.put(b"b", Revision::new(4, 0), 0);
         let removed = ti.compact(4);
         assert_eq!(removed.len(), 2);
         assert_eq!(ti.len(), 1);

@@ -224,7 +224,7 @@ impl WriteTxn<'_, '_> {
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> i64 {
         let rev = self.next_rev();
         let (create_revision, version) = match self.wb.state.index.get(key, rev.main) {
-            Some(at) => (at.created.main, at.version + 1),
+            Some(at) => (at.created, at.version + 1),
             None => (rev.main, 1),
         };
         let kv = KeyValue {
@@ -235,9 +235,12 @@ impl WriteTxn<'_, '_> {
             value,
             lease,
         };
-        self.staged.push((rev.to_key(false), kv.encode_to_vec()));
+        let record = kv.encode_to_vec();
+        // A record past 4 GiB cannot be (requests are far smaller); 0 would only mean unknown.
+        let size = u32::try_from(record.len()).unwrap_or(0);
+        self.staged.push((rev.to_key(false), record));
         self.lease_moves.push((key.to_vec(), lease));
-        self.wb.state.index.put(key, rev);
+        self.wb.state.index.put(key, rev, size);
         self.wb.pending.insert(rev, kv.clone());
         self.changes.push(kv);
         rev.main

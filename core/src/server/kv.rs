@@ -155,7 +155,10 @@ impl Kv for KvService {
 
 /// etcd's rule for reads: one that raced an auth change (the credentials were checked at
 /// an older auth revision than the one now) is not answered, the client logs in again.
-fn stale_auth(auth: &crate::auth::AuthStore, who: &crate::auth::AuthInfo) -> Result<(), Status> {
+pub(super) fn stale_auth(
+    auth: &crate::auth::AuthStore,
+    who: &crate::auth::AuthInfo,
+) -> Result<(), Status> {
     if auth.is_enabled() && who.revision != 0 && who.revision != auth.revision() {
         return Err(crate::error::Error::AuthOldRevision.into());
     }

@@ -19,6 +19,7 @@ mod maintenance;
 mod peer;
 mod plaintext;
 mod preflight;
+mod range_stream;
 mod tls;
 pub mod validate;
 mod watch;
@@ -372,11 +373,13 @@ impl Server {
                 writes: cfg.ui_writes,
             }),
         ))
-        .add_service(
+        .add_service(range_stream::RangeStream::new(
             KvServer::new(kv::KvService::new(node.clone(), cfg.max_txn_ops))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
-        )
+            node.clone(),
+            limit,
+        ))
         .add_service(
             MaintenanceServer::new(maintenance::MaintenanceService::new(
                 node.clone(),

@@ -3,7 +3,7 @@
 use crate::harness::Embedded;
 use cairn_api::etcdserverpb::{
     range_request::{SortOrder, SortTarget},
-    CompactionRequest, RangeRequest,
+    CompactionRequest, PutRequest, RangeRequest,
 };
 
 use crate::ops::*;
@@ -406,5 +406,97 @@ async fn compaction_hides_old_revisions_and_keeps_the_newest() {
             .revision,
         6
     );
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn a_big_range_is_streamed_and_answers_as_a_built_one() {
+    // A plain range is written from the stored records in chunks (server/range_stream.rs);
+    // a sorted one is built whole. Both must give the same keys, over many chunks.
+    let m = Embedded::start().await;
+    let mut kv = m.kv().await.max_decoding_message_size(usize::MAX);
+    for batch in 0..30 {
+        let ops = (0..100)
+            .map(|i| {
+                let n = batch * 100 + i;
+                op_put_req(PutRequest {
+                    key: format!("big/{n:05}").into(),
+                    value: vec![b'a' + (n % 26) as u8; 2000],
+                    ..Default::default()
+                })
+            })
+            .collect();
+        kv.txn(txn(vec![], ops, vec![])).await.unwrap();
+    }
+    let before = kv
+        .put(put("big/00007", "again"))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = before.header.unwrap().revision - 1;
+    let all = range("big/", "big0");
+    let streamed = kv.range(all.clone()).await.unwrap().into_inner();
+    let mut built = kv
+        .range(RangeRequest {
+            sort_order: SortOrder::Descend as i32,
+            sort_target: SortTarget::Key as i32,
+            ..all.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    built.kvs.reverse();
+    assert_eq!((streamed.count, streamed.more), (3000, false));
+    assert_eq!(streamed.kvs, built.kvs);
+    assert_eq!(streamed.kvs[7].value, b"again");
+    assert_eq!(streamed.header, built.header);
+    let page = kv
+        .range(RangeRequest {
+            limit: 700,
+            ..all.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((page.count, page.more), (3000, true));
+    assert_eq!(page.kvs[..], streamed.kvs[..700]);
+    // At the revision before the overwrite, the record read is not the key's newest.
+    let old = kv
+        .range(RangeRequest {
+            revision: before,
+            ..all.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(old.kvs[7].value, vec![b'a' + 7; 2000]);
+    assert_eq!(old.kvs[8..], streamed.kvs[8..]);
+    kv.compact(CompactionRequest {
+        revision: before + 1,
+        physical: true,
+    })
+    .await
+    .unwrap();
+    // Errors are those of the built path, code and text.
+    for rev in [before, before + 100] {
+        let single = kv
+            .range(RangeRequest {
+                revision: rev,
+                ..get("big/00001")
+            })
+            .await
+            .unwrap_err();
+        let ranged = kv
+            .range(RangeRequest {
+                revision: rev,
+                ..all.clone()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (ranged.code(), ranged.message()),
+            (single.code(), single.message())
+        );
+    }
     m.stop().await;
 }
