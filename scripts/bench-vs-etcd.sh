@@ -29,6 +29,8 @@ LEASES="${LEASES:-100000}"
 STORM_TTL="${STORM_TTL:-120}"
 FAILOVER_LEASES="${FAILOVER_LEASES:-100000}"
 WATCHERS="${WATCHERS:-100000}"
+# The servers to run (both for a table; one alone to measure it again).
+KINDS="${KINDS:-etcd cairn}"
 CLK_TCK="$(getconf CLK_TCK)"
 
 if ! command -v etcd >/dev/null 2>&1; then
@@ -63,7 +65,8 @@ free_port() {
 n_of() { awk -v n="$1" -v s="$SCALE" 'BEGIN { v = int(n * s); print (v < 1 ? 1 : v) }'; }
 
 # start_cluster <etcd|cairn> <members>: starts the members, sets ENDPOINTS and SERVER_PIDS.
-# With RESTART=1 the members start again on the ports (and data) of the last start.
+# With RESTART=1 the members start again on the ports (and data) of the last start;
+# START_FLAGS are added to both servers' flags.
 start_cluster() {
   local kind="$1" n="$2" i cluster=""
   if [ "${RESTART:-0}" != 1 ]; then
@@ -85,7 +88,7 @@ start_cluster() {
       --initial-advertise-peer-urls "http://127.0.0.1:${peers[$i]}" \
       --initial-cluster "$cluster" --initial-cluster-state new \
       --initial-cluster-token "bench-$kind-$n" \
-      --heartbeat-interval 100 --election-timeout 1000 \
+      --heartbeat-interval 100 --election-timeout 1000 ${START_FLAGS:-} \
       >>"$WORK/$kind-$n-$i.log" 2>&1 &
     SERVER_PIDS+=("$!"); PIDS+=("$!")
     ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:${clients[$i]}"
@@ -260,6 +263,9 @@ longest_put() {
   t0=$(date +%s%N)
   "$@" >/dev/null
   took=$(( ($(date +%s%N) - t0) / 1000000 ))
+  if [ $((took + 2000)) -gt $((secs * 1000)) ]; then
+    echo "longest_put: '$*' outlasted the putting client (${took} ms); its longest put is of the first $((secs - 2)) s" >&2
+  fi
   wait "$bench_pid"
   echo "$took $(field "$(cat "$out")" max_ms) $(field "$(cat "$out")" p99_ms)"
 }
@@ -290,26 +296,40 @@ settled_size() {
   echo "$last"
 }
 
-# big_store <etcd|cairn>: on a fresh member, BIG keys of 1 KiB written twice; then, each
-# while one client puts, a compaction of the first versions (waiting for its physical
-# end) and a defragmentation: how long each took and the longest put during it (the pause
-# users feel); and the data directory after both (once the engine let go of old files).
+# big_store <etcd|cairn>: on a fresh member, BIG keys of 1 KiB written twice (the load's
+# rate, the member's RSS and data directory after it); a restart (SIGTERM, start, the first
+# acknowledged put); then, each while one client puts, a compaction of the first versions
+# (waiting for its physical end) and a defragmentation: how long each took and the longest
+# put during it (the pause users feel); and the data directory after both (once the engine
+# let go of old files). The quota is 16 GiB on both: the default 2 GiB holds 1.6 M such keys.
 big_store() {
-  local kind="$1" rev r ctl
+  local kind="$1" rev r ctl load t0 quota=17179869184
+  local -x START_FLAGS="--quota-backend-bytes $quota"
   rm -rf "$WORK/$kind-1-0"
   start_cluster "$kind" 1
   ctl=(env ETCDCTL_API=3 etcdctl --command-timeout 600s --endpoints "$ENDPOINTS")
   for r in 1 2; do
-    "$BENCH" --endpoints "$ENDPOINTS" --clients 256 --conns 16 --total "$BIG" --key-space-size "$BIG" \
-      --sequential-keys --key-size 16 --val-size 1024 --json put >/dev/null
+    load="$("$BENCH" --endpoints "$ENDPOINTS" --clients 256 --conns 16 --total "$BIG" --key-space-size "$BIG" \
+      --sequential-keys --key-size 16 --val-size 1024 --json put)"
+    RESULT["$kind|big-load-$r"]="$(field "$load" throughput)"
   done
+  RESULT["$kind|big-rss"]="$(vm_kb "${SERVER_PIDS[0]}" VmRSS)"
   rev="$("${ctl[@]}" get x -w json | sed -E 's/.*"revision":([0-9]+).*/\1/')"
-  # What the loads left for the engine to flush settles first.
+  kill -TERM "${SERVER_PIDS[0]}"; wait "${SERVER_PIDS[0]}" 2>/dev/null || true
+  RESULT["$kind|big-disk-load"]=$(du -sk "$WORK/$kind-1-0" | cut -f1)
+  t0=$(date +%s%N)
+  RESTART=1 start_cluster "$kind" 1
+  RESULT["$kind|big-restart"]=$(( ($(date +%s%N) - t0) / 1000000 ))
+  RESULT["$kind|big-rss-restart"]="$(vm_kb "${SERVER_PIDS[0]}" VmRSS)"
+  # What the loads and the restart left for the engine to flush settles first.
   longest_put 8 true >/dev/null
+  # The putting client must outlast the command: about 12 s per 400,000 keys for etcd's
+  # compaction, the slower of the two.
+  local secs=$((15 + BIG / 20000))
   read -r RESULT["$kind|big-compact-ms"] RESULT["$kind|big-compact-max"] _ \
-    <<<"$(longest_put 15 "${ctl[@]}" compaction --physical "$rev")"
+    <<<"$(longest_put "$secs" "${ctl[@]}" compaction --physical "$rev")"
   read -r RESULT["$kind|big-defrag-ms"] RESULT["$kind|big-defrag-max"] _ \
-    <<<"$(longest_put 15 "${ctl[@]}" defrag)"
+    <<<"$(longest_put "$secs" "${ctl[@]}" defrag)"
   RESULT["$kind|big-disk"]=$(settled_size "$WORK/$kind-1-0")
   stop_cluster
   rm -rf "$WORK/$kind-1-0"
@@ -373,7 +393,7 @@ median_run() {
 ROWS=()
 for n in $SIZES; do
   declare -A RESULT=()
-  for kind in etcd cairn; do
+  for kind in $KINDS; do
     start_cluster "$kind" "$n"
     for w in "${WORKLOADS[@]}"; do
       label="${w%%|*}"; args="${w#*|}"
@@ -429,6 +449,12 @@ for n in $SIZES; do
       RESULT["$kind|storm"]="$(storm "$kind" "$n")"
     fi
   done
+  # With one server in KINDS, the other one's cells read 0.
+  for key in "${!RESULT[@]}"; do
+    for k in etcd cairn; do
+      [ -n "${RESULT["$k|${key#*|}"]+set}" ] || RESULT["$k|${key#*|}"]=0
+    done
+  done
   for w in "${WORKLOADS[@]}"; do
     label="${w%%|*}"; e="${RESULT["etcd|$label"]:-}"; c="${RESULT["cairn|$label"]:-}"
     if [ -z "$e" ] || [ -z "$c" ]; then continue; fi
@@ -481,6 +507,12 @@ for n in $SIZES; do
     done
   fi
   if [ "$n" = 1 ] && [ "$BIG" -gt 0 ]; then
+    row 1 "$BIG keys of 1 KiB: load, 256 clients" "puts/s" "${RESULT["etcd|big-load-1"]}" "${RESULT["cairn|big-load-1"]}"
+    row 1 "the same keys again" "puts/s" "${RESULT["etcd|big-load-2"]}" "${RESULT["cairn|big-load-2"]}"
+    row 1 "the same: RSS after both loads" MiB "$((RESULT["etcd|big-rss"] / 1024))" "$((RESULT["cairn|big-rss"] / 1024))"
+    row 1 "the same: data dir" MiB "$((RESULT["etcd|big-disk-load"] / 1024))" "$((RESULT["cairn|big-disk-load"] / 1024))"
+    row 1 "the same: restart to the first acknowledged put" ms "${RESULT["etcd|big-restart"]}" "${RESULT["cairn|big-restart"]}"
+    row 1 "the same: RSS after the restart" MiB "$((RESULT["etcd|big-rss-restart"] / 1024))" "$((RESULT["cairn|big-rss-restart"] / 1024))"
     row 1 "$BIG keys × 2 of 1 KiB: compaction of the first versions" ms "${RESULT["etcd|big-compact-ms"]}" "${RESULT["cairn|big-compact-ms"]}"
     row 1 "the same: longest put during it (1 client)" ms "${RESULT["etcd|big-compact-max"]}" "${RESULT["cairn|big-compact-max"]}"
     row 1 "then defragmentation" ms "${RESULT["etcd|big-defrag-ms"]}" "${RESULT["cairn|big-defrag-ms"]}"
