@@ -33,6 +33,9 @@ pub enum Workload {
         /// The member's pid, to report its peak resident memory during the reads.
         #[arg(long)]
         rss_pid: Option<u32>,
+        /// Count each answer's key-values without decoding them (`--page 0` only).
+        #[arg(long)]
+        raw: bool,
     },
     /// Many watchers over few streams (runs on its own, one put at a time): `--mode one`
     /// watches a key per watcher and adds a stream that stops reading halfway; `--mode

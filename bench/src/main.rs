@@ -144,11 +144,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
             concurrency,
             page,
             rss_pid,
+            raw,
         } => {
             let full = ranges::Full {
                 concurrency,
                 page,
                 rss_pid,
+                raw,
             };
             return ranges::run(full, &channels).await;
         }

@@ -220,7 +220,7 @@ pub async fn create(
 
 /// The CPU time (user and system) a process on this machine has used, in ms (0 if
 /// unreadable; Linux's clock tick is 10 ms).
-fn cpu_ms(pid: u32) -> u64 {
+pub fn cpu_ms(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
