@@ -12,10 +12,10 @@ use prost::Message;
 
 use fjall::{PersistMode, Readable};
 
+use super::load::load_state;
 use super::revision::Revision;
 use super::store::{
-    keyspace_options, load_state, Record, Space, Store, META_COMPACT_REV, META_CURRENT_REV,
-    META_MEMBERS,
+    keyspace_options, Record, Space, Store, META_COMPACT_REV, META_CURRENT_REV, META_MEMBERS,
 };
 use crate::error::Error;
 

@@ -5,6 +5,7 @@ mod compactor;
 mod encoded;
 mod key_index;
 mod key_range;
+mod load;
 mod maintenance;
 mod revision;
 mod store;

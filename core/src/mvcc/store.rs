@@ -21,13 +21,14 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use cairn_api::cairnpb::ClusterState;
-use cairn_api::etcdserverpb::{AlarmMember, AlarmResponse, AlarmType};
+use cairn_api::etcdserverpb::{AlarmMember, AlarmType};
 use cairn_api::mvccpb::KeyValue;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 use prost::Message;
 
 use super::compactor::Compactor;
 use super::key_index::KeyAt;
+use super::load::load_state;
 use super::revision::Revision;
 use super::tree_index::TreeIndex;
 use super::write::WriteBatch;
@@ -216,93 +217,6 @@ impl Store {
         Compactor::start(&store)?;
         Ok(store)
     }
-}
-
-/// Rebuilds the in-memory state from storage: the key index from the history, the leases
-/// with their attached keys into `lessor`, the revisions and applied index from meta.
-/// Returns it with the bytes in use.
-pub(super) fn load_state(
-    kv: &Keyspace,
-    meta: &Keyspace,
-    leases: &Keyspace,
-    lessor: &Lessor,
-    epoch: u64,
-) -> Result<(State, u64), Error> {
-    let mut size_in_use = 0u64;
-    for item in leases.iter() {
-        let (k, v) = item.into_inner()?;
-        size_in_use += (k.len() + v.len()) as u64;
-        let id = i64::from_be_bytes(
-            k.as_ref()
-                .try_into()
-                .map_err(|_| Error::Corrupt("lease id".into()))?,
-        );
-        let ttl = i64::from_be_bytes(
-            v.as_ref()
-                .try_into()
-                .map_err(|_| Error::Corrupt("lease ttl".into()))?,
-        );
-        lessor.restore(id, ttl);
-    }
-    let mut index = TreeIndex::default();
-    // The lease of each key's newest record (records come in revision order).
-    let mut key_leases: HashMap<Vec<u8>, i64> = HashMap::new();
-    let mut max_rev = 1;
-    for item in kv.iter() {
-        let (k, v) = item.into_inner()?;
-        size_in_use += (k.len() + v.len()) as u64;
-        let (rev, tombstone) =
-            Revision::from_key(&k).ok_or_else(|| Error::Corrupt("revision key".into()))?;
-        let kv = KeyValue::decode(v.as_ref())?;
-        if tombstone {
-            index.tombstone(&kv.key, rev);
-            key_leases.remove(&kv.key);
-        } else {
-            index.restore_put(
-                &kv.key,
-                rev,
-                kv.create_revision,
-                kv.version,
-                u32::try_from(v.len()).unwrap_or(0),
-            );
-            if kv.lease != 0 {
-                key_leases.insert(kv.key, kv.lease);
-            } else {
-                key_leases.remove(&kv.key);
-            }
-        }
-        max_rev = max_rev.max(rev.main);
-    }
-    for (key, lease) in key_leases {
-        lessor.move_key(&key, lease);
-    }
-    // -1 until the first compaction, as etcd: compacting at 0 is then allowed once.
-    let compact_rev = read_i64(meta, META_COMPACT_REV)?.unwrap_or(-1);
-    // A fresh store is at revision 1; compaction may have removed the newest record.
-    let current_rev = read_i64(meta, META_CURRENT_REV)?.unwrap_or(1).max(max_rev);
-    let applied_index = read_i64(meta, META_APPLIED)?.unwrap_or(0) as u64;
-    let applied_term = read_i64(meta, META_APPLIED_TERM)?.unwrap_or(0) as u64;
-    let alarms = match meta.get(META_ALARMS)? {
-        Some(v) => AlarmResponse::decode(v.as_ref())?.alarms,
-        None => Vec::new(),
-    };
-    tracing::info!(
-        keys = index.len(),
-        current_rev,
-        compact_rev,
-        applied_index,
-        "mvcc store loaded"
-    );
-    let state = State {
-        index,
-        current_rev,
-        compact_rev,
-        applied_index,
-        applied_term,
-        alarms,
-        epoch,
-    };
-    Ok((state, size_in_use))
 }
 
 impl Store {
