@@ -2,9 +2,9 @@
 //!
 //! The storage engine checksums what it reads (journal batches, table blocks), but it names
 //! no file when a check fails, and it only reads a block when something asks for it. So at
-//! every clean stop the member records the SHA-256 and length
+//! every clean stop the member records the digest and length
 //! of each file that is never modified once written — the tables and version files of the
-//! database and the raft snapshots — in `member/integrity`, itself checksummed; at start,
+//! database and the raft snapshots — in `member/integrity-xxh3`, itself checksummed; at start,
 //! before opening anything, it checks every recorded file that still exists. A file that
 //! changed or got shorter stops the member with a message naming it, so it never serves
 //! wrong data. Files written after the last record (after a crash) are left to the engine's
@@ -17,17 +17,28 @@
 //! The record is consumed by the check (a later start after a crash finds none, rather than
 //! a stale one), and the digests it confirmed are reused at the next stop for files that
 //! did not change, so a stop hashes only what is new.
+//!
+//! The digest is XXH3-128: the check is against damage (a disk, a copy, a stray edit), not
+//! against someone who can write the directory (they could rewrite the record as well), and
+//! at start it reads the whole store: SHA-256 was a quarter of a restart's CPU, and XXH3
+//! hashes at memory speed. Records made before held SHA-256 (64 hex digits, where XXH3-128
+//! has 32, under the record's old name); they are still checked with it, and those files
+//! are hashed anew at the next stop.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Files confirmed at start: relative path → (identity, length, SHA-256).
+/// Files confirmed at start: relative path → (identity, length, digest).
 pub type Known = HashMap<PathBuf, (String, u64, String)>;
 
 /// The record, in the member directory.
-const MANIFEST: &str = "integrity";
+const MANIFEST: &str = "integrity-xxh3";
+/// The record as Cairn wrote it with SHA-256. A new name for the new record lets an older
+/// Cairn, started on this directory again, find no record (and check nothing) rather than
+/// one whose digests it would take for damage.
+const OLD_MANIFEST: &str = "integrity";
 
 /// A file that failed the check.
 #[derive(Debug, thiserror::Error)]
@@ -82,13 +93,33 @@ fn identity(path: &Path) -> std::io::Result<String> {
     Ok(format!("{ino}.{born}"))
 }
 
-/// SHA-256 (hex) and length of a file's contents, or of its first `limit` bytes.
-fn digest(path: &Path, limit: Option<u64>) -> std::io::Result<(String, u64)> {
+/// The hash a recorded digest was made with.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Hash {
+    Xxh3,
+    /// In records made before XXH3 was.
+    Sha256,
+}
+
+impl Hash {
+    /// Told by the digest's length: SHA-256 has 64 hex digits, XXH3-128 has 32.
+    fn of(recorded: &str) -> Hash {
+        if recorded.len() == 64 {
+            Hash::Sha256
+        } else {
+            Hash::Xxh3
+        }
+    }
+}
+
+/// The digest (hex) and length of a file's contents, or of its first `limit` bytes.
+fn digest(path: &Path, limit: Option<u64>, hash: Hash) -> std::io::Result<(String, u64)> {
     let f = File::open(path)?;
     let mut r: Box<dyn Read> = match limit {
         Some(n) => Box::new(f.take(n)),
         None => Box::new(f),
     };
+    let mut xxh3 = xxhash_rust::xxh3::Xxh3::new();
     let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 256 * 1024];
     let mut len = 0u64;
@@ -97,10 +128,17 @@ fn digest(path: &Path, limit: Option<u64>) -> std::io::Result<(String, u64)> {
         if n == 0 {
             break;
         }
-        sha.update(&buf[..n]);
+        match hash {
+            Hash::Xxh3 => xxh3.update(&buf[..n]),
+            Hash::Sha256 => sha.update(&buf[..n]),
+        }
         len += n as u64;
     }
-    Ok((hex(sha.finish().as_ref()), len))
+    let hex = match hash {
+        Hash::Xxh3 => hex(&xxh3.digest128().to_be_bytes()),
+        Hash::Sha256 => hex(sha.finish().as_ref()),
+    };
+    Ok((hex, len))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -123,10 +161,12 @@ pub fn record(member_dir: &Path, known: &Known) -> std::io::Result<()> {
         let summed = identity(&path).and_then(|id| {
             let len = std::fs::metadata(&path)?.len();
             match known.get(rel) {
-                Some((k_id, k_len, sha)) if *k_id == id && *k_len == len => {
-                    Ok((id, (sha.clone(), len)))
+                Some((k_id, k_len, sum))
+                    if *k_id == id && *k_len == len && Hash::of(sum) == Hash::Xxh3 =>
+                {
+                    Ok((id, (sum.clone(), len)))
                 }
-                _ => Ok((id, digest(&path, None)?)),
+                _ => Ok((id, digest(&path, None, Hash::Xxh3)?)),
             }
         });
         match summed {
@@ -143,6 +183,7 @@ pub fn record(member_dir: &Path, known: &Known) -> std::io::Result<()> {
     f.write_all(format!("sealed {seal}\n").as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, member_dir.join(MANIFEST))?;
+    let _ = std::fs::remove_file(member_dir.join(OLD_MANIFEST));
     File::open(member_dir)?.sync_all()
 }
 
@@ -151,11 +192,20 @@ pub fn record(member_dir: &Path, known: &Known) -> std::io::Result<()> {
 pub fn verify(member_dir: &Path) -> Result<Known, Damaged> {
     let known = check(member_dir)?;
     let _ = std::fs::remove_file(member_dir.join(MANIFEST));
+    let _ = std::fs::remove_file(member_dir.join(OLD_MANIFEST));
     Ok(known)
 }
 
+/// Checks against both records: an older Cairn run on this directory in between leaves its
+/// own record beside this one's.
 fn check(member_dir: &Path) -> Result<Known, Damaged> {
-    let manifest = member_dir.join(MANIFEST);
+    let mut known = check_record(member_dir, OLD_MANIFEST)?;
+    known.extend(check_record(member_dir, MANIFEST)?);
+    Ok(known)
+}
+
+fn check_record(member_dir: &Path, name: &str) -> Result<Known, Damaged> {
+    let manifest = member_dir.join(name);
     let text = match std::fs::read_to_string(&manifest) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Known::new()),
@@ -204,7 +254,7 @@ fn check(member_dir: &Path) -> Result<Known, Damaged> {
             }
         }
         // More bytes than recorded: still being written then; its recorded prefix must match.
-        let (got, got_len) = match digest(&path, Some(len)) {
+        let (got, got_len) = match digest(&path, Some(len), Hash::of(sha)) {
             Ok(d) => d,
             // Compacted away since: the engine no longer refers to it.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -253,6 +303,43 @@ mod tests {
         ] {
             assert!(!immutable(Path::new(rel)), "{rel}");
         }
+    }
+
+    #[test]
+    fn records_made_with_sha256_are_checked_with_it_and_hashed_anew() {
+        let dir = tempfile::tempdir().expect("dir");
+        let tables = dir.path().join("db/keyspaces/1/tables");
+        std::fs::create_dir_all(&tables).expect("mkdir");
+        let table = tables.join("4");
+        std::fs::write(&table, vec![7u8; 10_000]).expect("write");
+        let (sha, len) = digest(&table, None, Hash::Sha256).expect("sha");
+        let id = identity(&table).expect("id");
+        let body = format!("{sha} {len} {id} db/keyspaces/1/tables/4\n");
+        let seal = hex(ring::digest::digest(&ring::digest::SHA256, body.as_bytes()).as_ref());
+        std::fs::write(
+            dir.path().join(OLD_MANIFEST),
+            format!("{body}sealed {seal}\n"),
+        )
+        .expect("w");
+        let known = check(dir.path()).expect("an old record of an intact file");
+        assert_eq!(known.len(), 1);
+        record(dir.path(), &known).expect("record");
+        // The new record replaces the old one, which an older Cairn would misread.
+        assert!(!dir.path().join(OLD_MANIFEST).exists());
+        let text = std::fs::read_to_string(dir.path().join(MANIFEST)).expect("read");
+        let (xxh3, _) = digest(&table, None, Hash::Xxh3).expect("xxh3");
+        assert!(text.starts_with(&format!("{xxh3} ")), "{text}");
+        assert_eq!(Hash::of(&xxh3), Hash::Xxh3);
+        // The old hash still finds damage.
+        std::fs::write(
+            dir.path().join(OLD_MANIFEST),
+            format!("{body}sealed {seal}\n"),
+        )
+        .expect("w");
+        let mut bytes = std::fs::read(&table).expect("read");
+        bytes[77] ^= 1;
+        std::fs::write(&table, &bytes).expect("write");
+        assert_eq!(check(dir.path()).expect_err("flipped").file, table);
     }
 
     #[test]
