@@ -2,12 +2,12 @@
 //!
 //! The storage engine checksums what it reads (journal batches, table blocks), but it names
 //! no file when a check fails, and it only reads a block when something asks for it. So at
-//! every clean stop the member records the digest and length
-//! of each file that is never modified once written — the tables and version files of the
-//! database and the raft snapshots — in `member/integrity-xxh3`, itself checksummed; at start,
-//! before opening anything, it checks every recorded file that still exists. A file that
-//! changed or got shorter stops the member with a message naming it, so it never serves
-//! wrong data. Files written after the last record (after a crash) are left to the engine's
+//! every clean stop the member records the digest and length of each file that is never
+//! modified once written — the tables and version files of the database and the raft
+//! snapshots — in `member/integrity-xxh3`, itself checksummed. At start, while the store
+//! loads and before the member joins raft or serves, it checks every recorded file that still
+//! exists. A file that changed or got shorter stops the member with a message naming it, so
+//! it never serves wrong data. Files written after the last record (after a crash) are left to the engine's
 //! own checksums; journals are appended in place, so only the engine checks them.
 //!
 //! The engine may reuse a file name after deleting the file (its table ids restart above the
@@ -78,11 +78,18 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A file opened once, so that what is identified is what is hashed: the check runs while
+/// the engine opens the store, and the engine may delete a table and reuse its name.
+fn open(path: &Path) -> std::io::Result<(File, String, u64)> {
+    let f = File::open(path)?;
+    let meta = f.metadata()?;
+    Ok((f, identity(&meta), meta.len()))
+}
+
 /// Which file this is, beyond its name: inode and creation time (0 where unsupported).
-fn identity(path: &Path) -> std::io::Result<String> {
-    let meta = std::fs::metadata(path)?;
+fn identity(meta: &std::fs::Metadata) -> String {
     #[cfg(unix)]
-    let ino = std::os::unix::fs::MetadataExt::ino(&meta);
+    let ino = std::os::unix::fs::MetadataExt::ino(meta);
     #[cfg(not(unix))]
     let ino = 0u64;
     let born = meta
@@ -90,7 +97,7 @@ fn identity(path: &Path) -> std::io::Result<String> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    Ok(format!("{ino}.{born}"))
+    format!("{ino}.{born}")
 }
 
 /// The hash a recorded digest was made with.
@@ -113,8 +120,7 @@ impl Hash {
 }
 
 /// The digest (hex) and length of a file's contents, or of its first `limit` bytes.
-fn digest(path: &Path, limit: Option<u64>, hash: Hash) -> std::io::Result<(String, u64)> {
-    let f = File::open(path)?;
+fn digest(f: File, limit: Option<u64>, hash: Hash) -> std::io::Result<(String, u64)> {
     let mut r: Box<dyn Read> = match limit {
         Some(n) => Box::new(f.take(n)),
         None => Box::new(f),
@@ -158,16 +164,13 @@ pub fn record(member_dir: &Path, known: &Known) -> std::io::Result<()> {
         if !immutable(rel) {
             continue;
         }
-        let summed = identity(&path).and_then(|id| {
-            let len = std::fs::metadata(&path)?.len();
-            match known.get(rel) {
-                Some((k_id, k_len, sum))
-                    if *k_id == id && *k_len == len && Hash::of(sum) == Hash::Xxh3 =>
-                {
-                    Ok((id, (sum.clone(), len)))
-                }
-                _ => Ok((id, digest(&path, None, Hash::Xxh3)?)),
+        let summed = open(&path).and_then(|(f, id, len)| match known.get(rel) {
+            Some((k_id, k_len, sum))
+                if *k_id == id && *k_len == len && Hash::of(sum) == Hash::Xxh3 =>
+            {
+                Ok((id, (sum.clone(), len)))
             }
+            _ => Ok((id, digest(f, None, Hash::Xxh3)?)),
         });
         match summed {
             Ok((id, (sha, len))) => body.push_str(&format!("{sha} {len} {id} {}\n", rel.display())),
@@ -241,21 +244,10 @@ fn check_record(member_dir: &Path, name: &str) -> Result<Known, Damaged> {
             .parse()
             .map_err(|_| damaged_manifest("malformed length"))?;
         let path = member_dir.join(rel);
-        match identity(&path) {
+        let (file, whole) = match open(&path) {
             // Another file under the recorded name: written after the record.
-            Ok(now) if now != id => continue,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(Damaged {
-                    file: path,
-                    why: e.to_string(),
-                })
-            }
-        }
-        // More bytes than recorded: still being written then; its recorded prefix must match.
-        let (got, got_len) = match digest(&path, Some(len), Hash::of(sha)) {
-            Ok(d) => d,
+            Ok((_, now, _)) if now != id => continue,
+            Ok((f, _, whole)) => (f, whole),
             // Compacted away since: the engine no longer refers to it.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
@@ -265,12 +257,16 @@ fn check_record(member_dir: &Path, name: &str) -> Result<Known, Damaged> {
                 })
             }
         };
+        // More bytes than recorded: still being written then; its recorded prefix must match.
+        let (got, got_len) = digest(file, Some(len), Hash::of(sha)).map_err(|e| Damaged {
+            file: path.clone(),
+            why: e.to_string(),
+        })?;
         let why = if got_len < len {
             format!("truncated ({got_len} of {len} bytes)")
         } else if got != sha {
             "checksum mismatch (the file changed after it was written)".to_string()
         } else {
-            let whole = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             if whole == len {
                 known.insert(PathBuf::from(rel), (id.to_string(), len, sha.to_string()));
             }
@@ -312,8 +308,8 @@ mod tests {
         std::fs::create_dir_all(&tables).expect("mkdir");
         let table = tables.join("4");
         std::fs::write(&table, vec![7u8; 10_000]).expect("write");
-        let (sha, len) = digest(&table, None, Hash::Sha256).expect("sha");
-        let id = identity(&table).expect("id");
+        let (f, id, _) = open(&table).expect("open");
+        let (sha, len) = digest(f, None, Hash::Sha256).expect("sha");
         let body = format!("{sha} {len} {id} db/keyspaces/1/tables/4\n");
         let seal = hex(ring::digest::digest(&ring::digest::SHA256, body.as_bytes()).as_ref());
         std::fs::write(
@@ -327,7 +323,7 @@ mod tests {
         // The new record replaces the old one, which an older Cairn would misread.
         assert!(!dir.path().join(OLD_MANIFEST).exists());
         let text = std::fs::read_to_string(dir.path().join(MANIFEST)).expect("read");
-        let (xxh3, _) = digest(&table, None, Hash::Xxh3).expect("xxh3");
+        let (xxh3, _) = digest(open(&table).expect("open").0, None, Hash::Xxh3).expect("xxh3");
         assert!(text.starts_with(&format!("{xxh3} ")), "{text}");
         assert_eq!(Hash::of(&xxh3), Hash::Xxh3);
         // The old hash still finds damage.

@@ -193,16 +193,29 @@ impl Server {
         let snap_dir = member_dir.join("snap");
         // Backups being streamed when the member last stopped (or crashed) are stale.
         let _ = std::fs::remove_dir_all(member_dir.join("backup"));
-        // Before the engine reads anything: a damaged file is named, never served.
-        let known = crate::integrity::verify(&member_dir)?;
-        tracing::debug!(files = known.len(), "data directory checked");
-        std::fs::create_dir_all(&db_dir)
-            .map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))?;
-        let db = Store::open_database(&db_dir)?;
+        // A damaged file is named, never served. The check reads every recorded file, as the
+        // store's load reads most of them, so it runs beside the load on a thread of its own;
+        // the member neither joins raft nor serves before it has passed.
+        let check = {
+            let dir = member_dir.clone();
+            std::thread::Builder::new()
+                .name("integrity".into())
+                .spawn(move || crate::integrity::verify(&dir))
+                .map_err(StartError::Thread)?
+        };
         // etcd's minimum lease TTL: 1.5 election timeouts, in whole seconds rounded up.
         let min_ttl = (cfg.election_timeout * 3 / 2).div_ceil(1000) as i64;
         let lessor = Arc::new(Lessor::new(min_ttl));
-        let store = Store::open(&db, &db_dir, lessor.clone())?;
+        let opened = std::fs::create_dir_all(&db_dir)
+            .map_err(|e| StartError::DataDir(data_dir.display().to_string(), e))
+            .and_then(|()| Ok(Store::open_database(&db_dir)?))
+            .and_then(|db| Ok((Store::open(&db, &db_dir, lessor.clone())?, db)));
+        // The check's verdict first: the engine may have failed on the very file it names.
+        let known = check.join().map_err(|_| {
+            StartError::Thread(std::io::Error::other("the integrity check panicked"))
+        })??;
+        tracing::debug!(files = known.len(), "data directory checked");
+        let (store, db) = opened?;
         if !store.auth().set_tokens(tokens) {
             return Err(StartError::Flag(
                 "--auth-token: tokens were in use before it was set".into(),
