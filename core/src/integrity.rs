@@ -7,8 +7,9 @@
 //! snapshots — in `member/integrity-xxh3`, itself checksummed. At start, while the store
 //! loads and before the member joins raft or serves, it checks every recorded file that still
 //! exists. A file that changed or got shorter stops the member with a message naming it, so
-//! it never serves wrong data. Files written after the last record (after a crash) are left to the engine's
-//! own checksums; journals are appended in place, so only the engine checks them.
+//! it never serves wrong data. Files written after the last record (after a crash) are left
+//! to the engine's own checksums; journals are appended in place, so only the engine checks
+//! them.
 //!
 //! The engine may reuse a file name after deleting the file (its table ids restart above the
 //! highest one left), so each record also holds the file's identity (inode and creation
@@ -125,8 +126,10 @@ fn digest(f: File, limit: Option<u64>, hash: Hash) -> std::io::Result<(String, u
         Some(n) => Box::new(f.take(n)),
         None => Box::new(f),
     };
-    let mut xxh3 = xxhash_rust::xxh3::Xxh3::new();
-    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut hasher = match hash {
+        Hash::Xxh3 => Hasher::Xxh3(Box::default()),
+        Hash::Sha256 => Hasher::Sha256(Box::new(ring::digest::Context::new(&ring::digest::SHA256))),
+    };
     let mut buf = vec![0u8; 256 * 1024];
     let mut len = 0u64;
     loop {
@@ -134,17 +137,23 @@ fn digest(f: File, limit: Option<u64>, hash: Hash) -> std::io::Result<(String, u
         if n == 0 {
             break;
         }
-        match hash {
-            Hash::Xxh3 => xxh3.update(&buf[..n]),
-            Hash::Sha256 => sha.update(&buf[..n]),
+        match &mut hasher {
+            Hasher::Xxh3(h) => h.update(&buf[..n]),
+            Hasher::Sha256(h) => h.update(&buf[..n]),
         }
         len += n as u64;
     }
-    let hex = match hash {
-        Hash::Xxh3 => hex(&xxh3.digest128().to_be_bytes()),
-        Hash::Sha256 => hex(sha.finish().as_ref()),
+    let sum = match hasher {
+        Hasher::Xxh3(h) => hex(&h.digest128().to_be_bytes()),
+        Hasher::Sha256(h) => hex(h.finish().as_ref()),
     };
-    Ok((hex, len))
+    Ok((sum, len))
+}
+
+/// One [`Hash`] under way.
+enum Hasher {
+    Xxh3(Box<xxhash_rust::xxh3::Xxh3>),
+    Sha256(Box<ring::digest::Context>),
 }
 
 fn hex(b: &[u8]) -> String {

@@ -5,7 +5,7 @@
 //! range gives every record's size before any is read: the key index knows the size of
 //! each key's newest record, and the others are read once to learn it.
 
-use fjall::{Readable, Slice, Snapshot};
+use fjall::{Slice, Snapshot};
 
 use super::revision::Revision;
 use super::store::{read_rev, RangeOptions, ReadTxn, Store};
@@ -52,7 +52,7 @@ impl<'a> ReadTxn<'a> {
             }
         })?;
         for (rev, size) in records.iter_mut().filter(|(_, s)| *s == 0) {
-            *size = len_u32(&record(self.store, &self.snapshot, *rev)?)?;
+            *size = len_u32(&self.store.record(Some(&self.snapshot), *rev)?)?;
         }
         Ok(EncodedRange {
             store: self.store,
@@ -75,7 +75,7 @@ impl EncodedRange<'_> {
     /// error: the answer was framed by the plan.
     pub fn records(&self) -> impl Iterator<Item = Result<Slice, Error>> + '_ {
         self.records.iter().map(|(rev, size)| {
-            let bytes = record(self.store, &self.snapshot, *rev)?;
+            let bytes = self.store.record(Some(&self.snapshot), *rev)?;
             if len_u32(&bytes)? != *size {
                 return Err(Error::Corrupt(format!(
                     "record {}/{} is {} bytes, the index says {size}",
@@ -87,12 +87,6 @@ impl EncodedRange<'_> {
             Ok(bytes)
         })
     }
-}
-
-fn record(store: &Store, snapshot: &Snapshot, rev: Revision) -> Result<Slice, Error> {
-    snapshot
-        .get(&store.kv, rev.to_key(false))?
-        .ok_or_else(|| Error::Corrupt(format!("revision {}/{} missing", rev.main, rev.sub)))
 }
 
 fn len_u32(bytes: &Slice) -> Result<u32, Error> {

@@ -21,7 +21,7 @@ use crate::lease::Lessor;
 /// The fields of a stored `mvccpb.KeyValue` that the key index and the lessor need: the
 /// same tags, without the value (tag 5), which prost skips instead of copying. At 1 KiB a
 /// value that is most of each record.
-#[derive(Clone, PartialEq, prost::Message)]
+#[derive(prost::Message)]
 struct RecordHead {
     #[prost(bytes = "vec", tag = "1")]
     key: Vec<u8>,

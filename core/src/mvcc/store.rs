@@ -23,7 +23,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use cairn_api::cairnpb::ClusterState;
 use cairn_api::etcdserverpb::{AlarmMember, AlarmType};
 use cairn_api::mvccpb::KeyValue;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Slice, Snapshot};
 use prost::Message;
 
 use super::compactor::Compactor;
@@ -395,14 +395,17 @@ impl Store {
         if let Some(kv) = pending.and_then(|p| p.get(&rev)) {
             return Ok(kv.clone());
         }
+        Ok(KeyValue::decode(self.record(from, rev)?.as_ref())?)
+    }
+
+    /// The stored record of the put at `rev` (an encoded `KeyValue`), from `from` if given.
+    pub(super) fn record(&self, from: Option<&Snapshot>, rev: Revision) -> Result<Slice, Error> {
         let key = rev.to_key(false);
         let bytes = match from {
             Some(snap) => snap.get(&self.kv, &key)?,
             None => self.kv.get(&key)?,
         };
-        let bytes = bytes
-            .ok_or_else(|| Error::Corrupt(format!("revision {}/{} missing", rev.main, rev.sub)))?;
-        Ok(KeyValue::decode(bytes.as_ref())?)
+        bytes.ok_or_else(|| Error::Corrupt(format!("revision {}/{} missing", rev.main, rev.sub)))
     }
 }
 

@@ -39,15 +39,8 @@ impl Kv for KvService {
         &self,
         req: GrpcRequest<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        // As etcd: the request is validated, then (after the read barrier, so the auth state
-        // is as recent as the data) its permission checked.
-        validate::check_range(req.get_ref())?;
-        if !req.get_ref().serializable {
-            self.node.wait_linearizable().await?;
-        }
-        let who = super::auth::who(&self.node, &req).await?;
+        let who = admit_range(&self.node, &req).await?;
         let auth = self.node.store.auth();
-        auth.check_range(&who, req.get_ref())?;
         let r = req.into_inner();
         let mut resp = if is_small(&r) {
             kv::range(&self.node.store.read()?, &r)?
@@ -151,6 +144,22 @@ impl Kv for KvService {
             header: Some(self.node.header(rev)),
         }))
     }
+}
+
+/// What a Range passes before it is read, as etcd does it: the request is validated, then
+/// (after the read barrier, so the auth state is as recent as the data) its permission
+/// checked. Returns who asked, for [`stale_auth`] after the read.
+pub(super) async fn admit_range(
+    node: &Node,
+    req: &GrpcRequest<RangeRequest>,
+) -> Result<crate::auth::AuthInfo, Status> {
+    validate::check_range(req.get_ref())?;
+    if !req.get_ref().serializable {
+        node.wait_linearizable().await?;
+    }
+    let who = super::auth::who(node, req).await?;
+    node.store.auth().check_range(&who, req.get_ref())?;
+    Ok(who)
 }
 
 /// etcd's rule for reads: one that raced an auth change (the credentials were checked at

@@ -31,7 +31,7 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::Status;
 
-use super::{kv, validate};
+use super::kv;
 use crate::mvcc::EncodedRange;
 use crate::node::Node;
 
@@ -199,7 +199,7 @@ impl http_body::Body for Replay {
     }
 }
 
-/// The answer to a plain Range: checks as `KvService::range` does, then the records.
+/// The answer to a plain Range: the checks of `KvService::range`, then the records.
 async fn serve(
     node: Arc<Node>,
     parts: http::request::Parts,
@@ -216,17 +216,12 @@ async fn start(
     parts: http::request::Parts,
     r: RangeRequest,
 ) -> Result<http::Response<Body>, Status> {
-    validate::check_range(&r)?;
-    if !r.serializable {
-        node.wait_linearizable().await?;
-    }
     let req = tonic::Request::from_parts(
         MetadataMap::from_headers(parts.headers),
         parts.extensions,
         r,
     );
-    let who = super::auth::who(&node, &req).await?;
-    node.store.auth().check_range(&who, req.get_ref())?;
+    let who = kv::admit_range(&node, &req).await?;
     let r = req.into_inner();
     let (tx, mut rx) = mpsc::channel(AHEAD);
     tokio::task::spawn_blocking(move || {

@@ -477,8 +477,17 @@ async fn a_big_range_is_streamed_and_answers_as_a_built_one() {
     })
     .await
     .unwrap();
-    // Errors are those of the built path, code and text.
-    for rev in [before, before + 100] {
+    // Errors are etcd's, code and text, as on the built path.
+    for (rev, text) in [
+        (
+            before,
+            "etcdserver: mvcc: required revision has been compacted",
+        ),
+        (
+            before + 100,
+            "etcdserver: mvcc: required revision is a future revision",
+        ),
+    ] {
         let single = kv
             .range(RangeRequest {
                 revision: rev,
@@ -496,6 +505,10 @@ async fn a_big_range_is_streamed_and_answers_as_a_built_one() {
         assert_eq!(
             (ranged.code(), ranged.message()),
             (single.code(), single.message())
+        );
+        assert_eq!(
+            (ranged.code(), ranged.message()),
+            (tonic::Code::OutOfRange, text)
         );
     }
     m.stop().await;
